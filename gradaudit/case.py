@@ -1,0 +1,214 @@
+"""Cases (what gets audited), loading them from TARGET strings, and naming their differentiable leaves."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils import _pytree as pytree
+
+from .errors import AuditError
+
+
+@dataclass
+class Case:
+    """A function or module and the arguments to audit it at.
+
+    Floating-point and complex tensors in ``args``/``kwargs`` and the module's parameters are differentiated;
+    everything else is passed through unchanged.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise AuditError(f"case function is not callable: {type(self.fn).__name__}")
+        if not isinstance(self.args, (tuple, list)):
+            self.args = (self.args,)
+        self.args = tuple(self.args)
+        if self.kwargs is None:
+            self.kwargs = {}
+        if not isinstance(self.kwargs, dict):
+            raise AuditError(f"case kwargs must be a dict, got {type(self.kwargs).__name__}")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        owner = getattr(self.fn, "__self__", None)
+        if isinstance(owner, type):  # MyFunction.apply
+            return f"{owner.__name__}.{self.fn.__name__}"
+        if isinstance(self.fn, torch.nn.Module):
+            return type(self.fn).__name__
+        return getattr(self.fn, "__name__", None) or type(self.fn).__name__
+
+
+def as_case(target: Any, args: Any = (), kwargs: dict | None = None, name: str | None = None) -> Case:
+    """Normalize what a user hands over (a Case, a factory's tuple, or fn + args) into a Case."""
+    if isinstance(target, Case):
+        return target
+    if isinstance(target, tuple):
+        return case_from_tuple(target, name or "case")
+    return Case(target, args, kwargs or {}, name)
+
+
+def case_from_tuple(value: Any, where: str) -> Case:
+    if isinstance(value, Case):
+        return value
+    if not isinstance(value, tuple) or len(value) not in (2, 3):
+        raise AuditError(
+            f"{where} returned {_describe(value)}; expected (fn_or_module, args), "
+            "(fn_or_module, args, kwargs) or a gradaudit.Case"
+        )
+    fn, args = value[0], value[1]
+    kwargs = value[2] if len(value) == 3 else {}
+    if not callable(fn):
+        raise AuditError(f"{where} returned a non-callable first element ({type(fn).__name__})")
+    if isinstance(args, torch.Tensor):
+        args = (args,)
+    if not isinstance(args, (tuple, list)):
+        raise AuditError(f"{where} returned args of type {type(args).__name__}; expected a tuple or list")
+    if not isinstance(kwargs, dict):
+        raise AuditError(f"{where} returned kwargs of type {type(kwargs).__name__}; expected a dict")
+    return Case(fn, tuple(args), dict(kwargs), where)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)} elements"
+    return f"a {type(value).__name__}"
+
+
+def load_target(target: str) -> Case:
+    """Load ``path/to/file.py:NAME`` or ``dotted.module:NAME`` and call NAME to get the case."""
+    module_part, sep, attr = target.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise AuditError(f"target {target!r} is not of the form path/to/file.py:NAME or dotted.module:NAME")
+    namespace = _import_target_module(module_part)
+    if not hasattr(namespace, attr):
+        raise AuditError(f"{module_part} has no attribute {attr!r}")
+    factory = getattr(namespace, attr)
+    if isinstance(factory, Case):
+        return factory
+    if not callable(factory):
+        raise AuditError(f"{target} is a {type(factory).__name__}, not a callable returning a case")
+    try:
+        value = factory()
+    except Exception as exc:  # the user's code failed: say how, in one line
+        raise AuditError(f"{target} raised {type(exc).__name__}: {_one_line(exc)}") from exc
+    case = case_from_tuple(value, target)
+    if case.name is None or case.name == target:
+        case.name = target
+    return case
+
+
+def _import_target_module(module_part: str):
+    is_file = module_part.endswith(".py") or "/" in module_part or "\\" in module_part
+    try:
+        if is_file:
+            path = Path(module_part)
+            if not path.is_file():
+                raise AuditError(f"no such file: {module_part}")
+            module_name = f"gradaudit_target_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+            sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.resolve().parent))
+            return module
+        if "" not in sys.path and "." not in sys.path:
+            sys.path.insert(0, "")
+        return importlib.import_module(module_part)
+    except AuditError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise AuditError(f"cannot import {module_part}: {_one_line(exc)}") from exc
+    except SyntaxError as exc:
+        raise AuditError(f"cannot import {module_part}: SyntaxError at line {exc.lineno}: {exc.msg}") from exc
+    except Exception as exc:
+        raise AuditError(f"cannot import {module_part}: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def is_differentiable(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
+
+
+def leaf_name(root: str, path: tuple) -> str:
+    """``args[0][1]`` / ``kwargs[mask]`` from a pytree key path."""
+    parts = [root]
+    for key in path:
+        if isinstance(key, pytree.SequenceKey):
+            parts.append(f"[{key.idx}]")
+        elif isinstance(key, pytree.MappingKey):
+            parts.append(f"[{key.key}]")
+        else:
+            parts.append(str(key))
+    return "".join(parts)
+
+
+@dataclass
+class InputSlots:
+    """The flattened (args, kwargs) of a case and which of its leaves are differentiated."""
+
+    spec: pytree.TreeSpec
+    values: list
+    slots: list[int]
+    names: list[str]
+
+    @classmethod
+    def of(cls, args: tuple, kwargs: dict) -> "InputSlots":
+        flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
+        keyed, _ = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
+        slots, names = [], []
+        for position, (path, value) in enumerate(keyed):
+            if is_differentiable(value):
+                root = "args" if path[0].idx == 0 else "kwargs"
+                slots.append(position)
+                names.append(leaf_name(root, path[1:]))
+        return cls(spec, flat, slots, names)
+
+    def rebuild(self, differentiable: list) -> tuple[tuple, dict]:
+        flat = list(self.values)
+        for position, value in zip(self.slots, differentiable):
+            flat[position] = value
+        args, kwargs = pytree.tree_unflatten(flat, self.spec)
+        return args, kwargs
+
+
+def flatten_outputs(output: Any) -> tuple[list[torch.Tensor], list[str]]:
+    """Differentiable tensors of a pytree output (tuples, dicts, LSTM's ``(out, (h, c))``) and their names."""
+    keyed, _ = pytree.tree_flatten_with_path(output)
+    tensors, names = [], []
+    for path, value in keyed:
+        if is_differentiable(value):
+            tensors.append(value)
+            names.append(leaf_name("out", path))
+    return tensors, names
+
+
+def source_of(fn: Callable) -> str | None:
+    """``file.py:LINE`` where a function or a module's forward is defined."""
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
+    try:
+        target = inspect.unwrap(target)
+        file = inspect.getsourcefile(target)
+        _, line = inspect.getsourcelines(target)
+    except (TypeError, OSError):
+        return None
+    return f"{Path(file).name}:{line}" if file else None

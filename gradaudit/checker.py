@@ -1,0 +1,410 @@
+"""The audit of one Program: probe tests at first and second order, then follow-ups on what fails.
+
+For each group of leaves (``total``: all of them, then each leaf alone) and several signed random directions u,
+the numerical J·u (Richardson, with an error bar) is compared with
+  * reverse mode: ``<v_k, J·u>`` against ``<v_k^T J, u>`` for several signed random cotangents v_k, and
+  * forward mode: the JVP, elementwise.
+A failing group is followed up: re-checked at nearby points (a kink at the evaluation point is a
+``nondifferentiable_point``, not a faulty backward), else narrowed to its worst element.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .backends.base import Program
+from .differentiate import ForwardFunction, GradientFunction, evaluate, jvp, twice_differentiable_attention, vjps
+from .errors import AuditError, Unsupported
+from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, directional_derivative,
+                       elementwise_tolerance, eps_of, inner, one_sided_derivatives, probe_tolerance,
+                       rademacher_like, real, step_size)
+from .report import Check, Finding
+
+Progress = Callable[[str, int, int], None]
+
+
+
+
+@dataclass
+class Settings:
+    order: int = 1
+    mode: str = "auto"  # auto: probes + follow-ups; fast: probes only; full: full Jacobians
+    probes: int = 3  # directions per group, and cotangents per order
+    seed: int = 0
+    repeats: int = 2  # extra backward passes that measure non-determinism
+    per_element_limit: int = 64  # follow-ups look at every element up to this size, bisect above it
+    full_jacobian_limit: int = 200_000  # full mode refuses Jacobians with more entries than this
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Outcome:
+    """The worst of the tests run for one (order, group, method)."""
+
+    excess: float = 0.0  # |error| / tolerance; 1 or more is a failure
+    abs_err: float = 0.0
+    rel_err: float = 0.0
+    tolerance: float = 0.0
+    analytical: float | None = None
+    numerical: float | None = None
+    output: str | None = None
+    cotangent: int | None = None
+    tests: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.excess >= 1.0
+
+    def absorb(self, analytical: float, numerical: float, tolerance: float, output: str | None = None,
+               cotangent: int | None = None) -> None:
+        self.tests += 1
+        error = abs(analytical - numerical)
+        excess = error / tolerance if math.isfinite(error) else math.inf
+        if excess >= self.excess or self.analytical is None:
+            self.excess, self.abs_err, self.tolerance = excess, error, tolerance
+            self.rel_err = error / max(abs(numerical), 1e-300)
+            self.analytical, self.numerical, self.output, self.cotangent = analytical, numerical, output, cotangent
+
+
+@dataclass
+class Group:
+    name: str  # 'total' or a leaf name
+    members: list[int]
+    results: dict = field(default_factory=dict)  # method -> Outcome
+
+
+class Auditor:
+    def __init__(self, program: Program, settings: Settings, progress: Progress | None = None) -> None:
+        self.program, self.settings, self.progress = program, settings, progress
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.x = [leaf.value for leaf in program.leaves]
+        self.names = [leaf.name for leaf in program.leaves]
+        self.dtype = program.dtype
+        self.eps, self.h = eps_of(self.dtype), step_size(self.dtype)
+        # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
+        self.scales = [max(1.0, float(real(x).double().pow(2).mean().sqrt())) for x in self.x]
+        self.checks: list[Check] = []
+        self.findings: list[Finding] = []
+        self.skipped: list[dict] = []
+        self.forward_ad = program.supports_forward_ad
+
+    # -- driving ---------------------------------------------------------------------------------------
+    def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
+        first = ForwardFunction(self.program)
+        steps = self._group_count() * self.settings.order
+        self._done, self._steps = 0, steps
+        self.check_function(first)
+        if self.settings.order >= 2:
+            if not self.program.supports_double_backward:
+                self.skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
+            else:
+                cotangent = self.random_like(evaluate(first, self.x))
+                with twice_differentiable_attention(self.skipped):
+                    self.check_function(GradientFunction(first, cotangent, self.names))
+        return self.checks, self.findings, self.skipped
+
+    def _group_count(self) -> int:
+        return len(self.x) + (1 if len(self.x) > 1 else 0)
+
+    def _tick(self, what: str) -> None:
+        self._done += 1
+        if self.progress:
+            self.progress(what, self._done, self._steps)
+
+    def random_like(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [rademacher_like(t, self.generator) for t in tensors]
+
+    def direction(self, members: list[int], x: list[torch.Tensor] | None = None) -> list:
+        x = self.x if x is None else x
+        return [rademacher_like(x[i], self.generator) * self.scales[i] if i in members else None
+                for i in range(len(x))]
+
+    def groups(self) -> list[Group]:
+        leaves = [Group(name, [i]) for i, name in enumerate(self.names)]
+        return ([Group("total", list(range(len(self.names))))] if len(leaves) > 1 else []) + leaves
+
+    # -- one order ---------------------------------------------------------------------------------------
+    def check_function(self, f) -> None:
+        order = f.order
+        outputs = evaluate(f, self.x)
+        for name, out in zip(f.output_names, outputs):
+            if not torch.isfinite(out).all():
+                raise AuditError(f"order-{order - 1} gradient {name} is NaN or Inf at this point")
+        cotangents = [self.random_like(outputs) for _ in range(self.settings.probes)]
+        grads = vjps(f, self.x, cotangents)
+        self.check_nondeterminism(f, cotangents[0], grads[0])
+        if self.settings.mode == "full":
+            self.full_jacobians(f, outputs)
+            return
+        groups = self.groups()
+        for group in groups:
+            group.results = self.probe(f, self.x, group.members, cotangents, grads)
+            self._tick(f"order {order} wrt {group.name}")
+        for group in groups:
+            failed = any(outcome.failed for outcome in group.results.values())
+            status, detail = ("fail" if failed else "pass"), {}
+            if failed and self.settings.mode != "fast":
+                kinks = self.at_kink(f, group, cotangents)
+                if kinks is not None:
+                    status, detail = "nondifferentiable_point", {"kink_elements": kinks}
+                elif len(group.members) == 1 and group.results["reverse"].failed:
+                    detail = self.worst_element(f, group.members[0], cotangents, grads, group.results)
+            for method, outcome in group.results.items():
+                self.checks.append(self.to_check(order, group.name, method, outcome,
+                                                 status if outcome.failed else "pass", detail))
+        self.summarize(order)
+
+    def probe(self, f, x, members, cotangents, grads) -> dict[str, Outcome]:
+        """Signed random probe tests of one group at point x: reverse, and forward where supported."""
+        reverse, forward = Outcome(), Outcome()
+        for _ in range(self.settings.probes):
+            u = self.direction(members, x)
+            numerical = directional_derivative(lambda z: evaluate(f, z), x, u, self.h, self.eps)
+            for k, (v, g) in enumerate(zip(cotangents, grads)):
+                reverse.absorb(inner(g, u), inner(v, numerical.value),
+                               probe_tolerance(numerical, v, g, u, self.eps), cotangent=k)
+            if self.forward_ad:
+                self.compare_forward(f, x, u, numerical, forward)
+        results = {"reverse": reverse}
+        if self.forward_ad and forward.tests:
+            results["forward"] = forward
+        return results
+
+    def compare_forward(self, f, x, u, numerical: NumericalDerivative, outcome: Outcome) -> None:
+        try:
+            tangents = jvp(f, x, u)
+        except Unsupported as exc:
+            self.forward_ad = False
+            self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(exc)})
+            return
+        tolerances = elementwise_tolerance(numerical, self.eps)
+        for name, t, n, tol in zip(f.output_names, tangents, numerical.value, tolerances):
+            if n.numel() == 0:
+                continue
+            errors = (real(t).double() - n).abs() / tol
+            worst = int(torch.argmax(errors.flatten()))
+            index = list(torch.unravel_index(torch.tensor(worst), n.shape))
+            where = f"{name}[{', '.join(str(int(i)) for i in index)}]"
+            outcome.absorb(float(real(t).double().flatten()[worst]), float(n.flatten()[worst]),
+                           float(tol.flatten()[worst]), output=where)
+
+    # -- follow-ups --------------------------------------------------------------------------------------
+    def at_kink(self, f, group: Group, cotangents) -> list | None:
+        """None if the group also fails at nearby points (a real fault); else the elements on the kink."""
+        for _ in range(2):
+            nearby = [xi + 30 * self.h * s * torch.randn(xi.shape, generator=self.generator,
+                                                         dtype=real(xi).dtype).to(xi.device).to(xi.dtype)
+                      for xi, s in zip(self.x, self.scales)]
+            grads = vjps(f, nearby, cotangents)
+            if any(o.failed for o in self.probe(f, nearby, group.members, cotangents, grads).values()):
+                return None
+        return [self.kink_elements(f, i, cotangents[0]) for i in group.members]
+
+    def kink_elements(self, f, leaf: int, cotangent) -> dict:
+        """Elements of a leaf where one-sided derivatives jump (do not shrink with the step): on a kink."""
+        name, x = self.names[leaf], self.x[leaf]
+        flat = real(x).reshape(-1)
+        if flat.numel() > self.settings.per_element_limit:
+            return {"wrt": name, "elements": None, "note": f"{flat.numel()} elements, too many to scan"}
+        scalar = self.scalar(f, cotangent)
+        found = []
+        for j in range(flat.numel()):
+            u = self.basis(leaf, j)
+            plus, minus = one_sided_derivatives(scalar, self.x, u, self.h)
+            plus2, minus2 = one_sided_derivatives(scalar, self.x, u, self.h / 2)
+            jump, jump2 = abs(plus - minus), abs(plus2 - minus2)
+            noise = ROUNDING_FACTOR * self.eps * (abs(plus) + abs(minus) + 1.0) / self.h
+            if jump2 > noise and jump2 > 0.75 * jump:  # a smooth function's jump halves with the step
+                found.append(self.element_index(leaf, j))
+        return {"wrt": name, "elements": found}
+
+    def worst_element(self, f, leaf: int, cotangents, grads, results) -> dict:
+        """The element of a failing leaf with the largest analytical-vs-numerical error (all elements when
+        the leaf is small, bisection with signed probes when it is large)."""
+        k = results["reverse"].cotangent if results["reverse"].failed else 0
+        scalar = self.scalar(f, cotangents[k])
+        gradient = real(grads[k][leaf]).double().reshape(-1)
+        count = gradient.numel()
+
+        def excess(indices: torch.Tensor) -> float:
+            u = torch.zeros(count, dtype=torch.float64)
+            u[indices] = rademacher_like(u[indices], self.generator)
+            a, n, tol = self.element_test(scalar, leaf, u, gradient)
+            return abs(a - n) / tol
+
+        if count <= self.settings.per_element_limit:
+            tests = [self.element_test(scalar, leaf, self.unit(count, j), gradient) for j in range(count)]
+            j = max(range(count), key=lambda i: abs(tests[i][0] - tests[i][1]) / tests[i][2])
+        else:
+            candidates = torch.arange(count)
+            while candidates.numel() > 1:
+                half = candidates.numel() // 2
+                left, right = candidates[:half], candidates[half:]
+                candidates = left if excess(left) >= excess(right) else right
+            j = int(candidates[0])
+        a, n, tol = self.element_test(scalar, leaf, self.unit(count, j), gradient)
+        return {"worst_index": self.element_index(leaf, j), "analytical": a, "numerical": n,
+                "element_tolerance": tol}
+
+    def element_test(self, scalar, leaf: int, u_flat: torch.Tensor, gradient: torch.Tensor):
+        """(analytical, numerical, tolerance) of the derivative of a scalar along a direction in one leaf."""
+        x = self.x[leaf]
+        u = u_flat.to(real(x).dtype).reshape(real(x).shape).to(x.device)
+        u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
+        direction = [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
+        numerical = directional_derivative(scalar, self.x, direction, self.h, self.eps)
+        n = float(numerical.value[0].sum()) / self.scales[leaf]
+        err = float(numerical.error[0].sum()) / self.scales[leaf]
+        a = float((gradient * u_flat).sum())
+        return a, n, ERROR_BAR_SAFETY * err + ROUNDING_FACTOR * self.eps * (abs(a) + abs(n)) + 1e-300
+
+    @staticmethod
+    def unit(count: int, j: int) -> torch.Tensor:
+        u = torch.zeros(count, dtype=torch.float64)
+        u[j] = 1.0
+        return u
+
+    def basis(self, leaf: int, j: int) -> list:
+        x = self.x[leaf]
+        u = self.unit(real(x).numel(), j).to(real(x).dtype).reshape(real(x).shape).to(x.device)
+        u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
+        return [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
+
+    def element_index(self, leaf: int, j: int) -> list[int]:
+        shape = real(self.x[leaf]).shape
+        if len(shape) == 0:
+            return []
+        return [int(i) for i in torch.unravel_index(torch.tensor(j), shape)]
+
+    @staticmethod
+    def scalar(f, cotangent):
+        """``z -> [<cotangent, f(z)>]``: the scalar whose partial derivatives are one row of the VJP."""
+        def function(z):
+            value = sum((real(v).double() * real(y).double()).sum() for v, y in zip(cotangent, evaluate(f, z)))
+            return [torch.as_tensor(value).reshape(1)]
+        return function
+
+    def check_nondeterminism(self, f, cotangent, reference) -> None:
+        spread = 0.0
+        for again in vjps(f, self.x, [cotangent] * self.settings.repeats):
+            for a, b in zip(again, reference):
+                if a.numel():
+                    spread = max(spread, float((real(a).double() - real(b).double()).abs().max()))
+        if spread > 0:
+            scale = max(float(real(g).double().abs().max()) for g in reference if g.numel())
+            self.findings.append(Finding(
+                "nondeterministic_backward", order=f.order, max_abs_err=spread, severity="warning",
+                message=f"order-{f.order} gradients differ between identical backward runs by up to "
+                        f"{spread:.3g} ({spread / max(scale, 1e-300):.2g} of their largest value)",
+                details={"spread": spread, "repeats": self.settings.repeats}))
+
+    # -- full Jacobians (small cases) ----------------------------------------------------------------------
+    def full_jacobians(self, f, outputs) -> None:
+        rows = sum(real(y).numel() for y in outputs)
+        columns = sum(real(x).numel() for x in self.x)
+        if rows * columns > self.settings.full_jacobian_limit:
+            raise AuditError(f"--mode full needs a {rows}x{columns} Jacobian, more than "
+                             f"{self.settings.full_jacobian_limit} entries; use --mode auto")
+        basis = []  # one-hot cotangents, one per real output element
+        for i, y in enumerate(outputs):
+            for j in range(real(y).numel()):
+                flat = torch.zeros(real(y).numel(), dtype=real(y).dtype, device=y.device)
+                flat[j] = 1
+                t = flat.reshape(real(y).shape)
+                basis.append((f"{f.output_names[i]}[{j}]",
+                              [torch.view_as_complex(t) if y.is_complex() else t if m == i else
+                               torch.zeros_like(outputs[m]) for m in range(len(outputs))]))
+        rows_analytical = vjps(f, self.x, [c for _, c in basis])
+        for leaf, name in enumerate(self.names):
+            outcome, worst = Outcome(), None
+            for j in range(real(self.x[leaf]).numel()):
+                u = self.basis(leaf, j)
+                numerical = directional_derivative(lambda z: evaluate(f, z), self.x, u, self.h, self.eps)
+                column = torch.cat([real(n).reshape(-1) for n in numerical.value]) / self.scales[leaf]
+                errors = torch.cat([e.reshape(-1) for e in numerical.error]) / self.scales[leaf]
+                for r, (label, _) in enumerate(basis):
+                    a = float(real(rows_analytical[r][leaf]).double().reshape(-1)[j])
+                    n = float(column[r])
+                    tol = ERROR_BAR_SAFETY * float(errors[r]) + ROUNDING_FACTOR * self.eps * (abs(a) + abs(n))
+                    before = outcome.excess
+                    outcome.absorb(a, n, tol + 1e-300, output=label)
+                    if outcome.excess > before or worst is None:
+                        worst = self.element_index(leaf, j)
+            self._tick(f"order {f.order} wrt {name}")
+            status = "fail" if outcome.failed else "pass"
+            self.checks.append(self.to_check(f.order, name, "full_jacobian", outcome, status,
+                                             {"worst_index": worst}))
+        self.summarize(f.order)
+
+    # -- results -----------------------------------------------------------------------------------------
+    def to_check(self, order, wrt, method, outcome: Outcome, status, detail) -> Check:
+        check = Check(order=order, wrt=wrt, method=method, ok=status != "fail", status=status,
+                      max_abs_err=outcome.abs_err, max_rel_err=outcome.rel_err, tolerance=outcome.tolerance,
+                      analytical=outcome.analytical, numerical=outcome.numerical, probes=outcome.tests,
+                      dtype=str(self.dtype).replace("torch.", ""), output=outcome.output)
+        if status == "fail" and detail.get("worst_index") is not None:
+            check.worst_index = detail["worst_index"]
+            if method == "reverse":  # the per-element values say more than the probe's scalars
+                check.analytical, check.numerical = detail["analytical"], detail["numerical"]
+                check.max_abs_err = abs(detail["analytical"] - detail["numerical"])
+                check.max_rel_err = check.max_abs_err / max(abs(detail["numerical"]), 1e-300)
+                check.tolerance = detail["element_tolerance"]
+        if status == "nondifferentiable_point":
+            check.kink_elements = detail["kink_elements"]
+        return check
+
+    def summarize(self, order: int) -> None:
+        """One finding per (order, method) that failed, naming the most specific failing leaves."""
+        mine = [c for c in self.checks if c.order == order]
+        for method in dict.fromkeys(c.method for c in mine):
+            failing = [c for c in mine if c.method == method and c.status == "fail"]
+            if failing:
+                self.findings.append(fault_finding(order, method, failing))
+        kinks = [c for c in mine if c.status == "nondifferentiable_point" and c.method == "reverse"]
+        if kinks:
+            self.findings.append(kink_finding(order, kinks))
+
+
+def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
+    partial = [c for c in failing if c.wrt != "total"] or failing
+    worst = max(partial, key=lambda c: c.max_abs_err / max(c.tolerance, 1e-300))
+    kind = ("faulty_forward_ad" if method == "forward" else
+            "faulty_backward" if order == 1 else "faulty_double_backward")
+    what = {"reverse": "reverse-mode gradient", "forward": "forward-mode derivative (JVP)",
+            "full_jacobian": "Jacobian"}.get(method, method)
+    where = f" at element {worst.worst_index}" if worst.worst_index is not None else ""
+    if worst.output:
+        where += f" (output {worst.output})"
+    others = [c.wrt for c in partial if c is not worst]
+    message = (f"order-{order} {what} wrt {worst.wrt} is wrong{where}: analytical {worst.analytical:.6g} vs "
+               f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}, error bar {worst.tolerance:.3g})")
+    if others:
+        message += f"; also wrong wrt {', '.join(others)}"
+    return Finding(kind, message, order=order, wrt=worst.wrt, max_abs_err=worst.max_abs_err,
+                   details={"method": method, "wrt_all": [c.wrt for c in partial],
+                            "worst_index": worst.worst_index, "analytical": worst.analytical,
+                            "numerical": worst.numerical, "error_bar": worst.tolerance})
+
+
+def kink_finding(order: int, checks: list[Check]) -> Finding:
+    parts, elements = [], {}
+    for check in checks:
+        for entry in check.kink_elements or []:
+            if entry["wrt"] in elements:
+                continue
+            elements[entry["wrt"]] = entry["elements"]
+            if entry["elements"]:
+                shown = ", ".join(str(e) for e in entry["elements"][:8])
+                more = f" and {len(entry['elements']) - 8} more" if len(entry["elements"]) > 8 else ""
+                parts.append(f"{entry['wrt']} elements {shown}{more}")
+    located = "; ".join(parts) if parts else "the kink could not be pinned to input elements"
+    wrts = [c.wrt for c in checks if c.wrt != "total"] or [c.wrt for c in checks]
+    return Finding("nondifferentiable_point", order=order, wrt=wrts[0], severity="warning",
+                   message=f"order-{order} check wrt {', '.join(wrts)} fails only at this point, which sits on a "
+                           f"non-differentiable kink or tie ({located}); gradients agree at nearby points",
+                   details={"kink_elements": elements})

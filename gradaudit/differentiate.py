@@ -1,0 +1,117 @@
+"""The functions an audit differentiates, and the three ways to differentiate them with torch.
+
+``ForwardFunction`` is the case itself; ``GradientFunction`` wraps a function into ``x -> d<v, f(x)>/dx``, so
+second order is first order applied to a gradient function (reverse over reverse; forward over reverse for JVPs).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from .backends.base import Program, Stats
+from .errors import Unsupported
+
+Tensors = list[torch.Tensor]
+
+
+class ForwardFunction:
+    order = 1
+    needs_grad = False
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.stats: Stats = program.stats
+        self.output_names = list(program.output_names)
+
+    def outputs(self, xs: Tensors) -> Tensors:
+        return self.program(xs)
+
+
+class GradientFunction:
+    """``x -> d<cotangent, inner(x)>/dx``, one output per leaf."""
+
+    needs_grad = True
+
+    def __init__(self, inner, cotangent: Tensors, leaf_names: list[str]) -> None:
+        self.inner, self.cotangent = inner, cotangent
+        self.order = inner.order + 1
+        self.stats = inner.stats
+        self.output_names = [f"grad[{name}]" for name in leaf_names]
+
+    def outputs(self, xs: Tensors) -> Tensors:
+        xs = [x if x.requires_grad else x.detach().requires_grad_() for x in xs]
+        return gradients(self.inner.outputs(xs), xs, self.cotangent, self.stats, create_graph=True)
+
+
+def _dense(gradient: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if gradient is None:
+        return torch.zeros_like(like)
+    return gradient.to_dense() if gradient.is_sparse else gradient  # nn.Embedding(sparse=True)
+
+
+def gradients(ys: Tensors, xs: Tensors, cotangent: Tensors, stats: Stats, create_graph: bool = False) -> Tensors:
+    """One backward pass: ``d<cotangent, ys>/dxs``, zeros where an input does not reach the outputs."""
+    pairs = [(y, v) for y, v in zip(ys, cotangent) if y.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(x) for x in xs]
+    grads = torch.autograd.grad([y for y, _ in pairs], xs, [v for _, v in pairs], retain_graph=True,
+                                create_graph=create_graph, allow_unused=True)
+    stats.backward_evals += 1
+    return [_dense(g, x) for g, x in zip(grads, xs)]
+
+
+def evaluate(f, x: Tensors) -> Tensors:
+    with torch.set_grad_enabled(f.needs_grad):
+        return [y.detach() for y in f.outputs(x)]
+
+
+def vjps(f, x: Tensors, cotangents: list[Tensors]) -> list[Tensors]:
+    """Reverse mode: one forward, one backward per cotangent."""
+    with torch.enable_grad():
+        xs = [xi.detach().requires_grad_() for xi in x]
+        ys = f.outputs(xs)
+        return [[g.detach() for g in gradients(ys, xs, v, f.stats)] for v in cotangents]
+
+
+def jvp(f, x: Tensors, direction: list) -> Tensors:
+    """Forward mode (forward over reverse for gradient functions); Unsupported when an op has no formula."""
+    tangents = [torch.zeros_like(xi) if ui is None else ui for xi, ui in zip(x, direction)]
+    try:
+        # Inputs require grad so that an output which depends on them but lost its tangent (an op without
+        # a forward-mode formula drops it silently) is told apart from one that is constant.
+        with fwAD.dual_level(), torch.enable_grad():
+            xs = [fwAD.make_dual(xi.detach().requires_grad_(), ti) for xi, ti in zip(x, tangents)]
+            out = []
+            for y in f.outputs(xs):
+                tangent = fwAD.unpack_dual(y).tangent
+                if tangent is None and y.requires_grad:
+                    raise Unsupported(f"{_creator(y)} drops the forward-mode tangent (no forward-AD formula)")
+                out.append(torch.zeros_like(y) if tangent is None else tangent)
+            return [o.detach() for o in out]
+    except Unsupported:
+        raise
+    except Exception as exc:  # a custom Function without jvp, an op without a formula
+        message = str(exc).strip().splitlines()
+        raise Unsupported(f"{type(exc).__name__}: {message[0] if message else ''}") from exc
+
+
+def _creator(tensor: torch.Tensor) -> str:
+    node = tensor.grad_fn
+    return node.name() if node is not None else "an op"
+
+
+@contextmanager
+def twice_differentiable_attention(skipped: list[dict]) -> Iterator[None]:
+    """Fused CPU/CUDA attention kernels have no double backward; second order needs the math kernel, the
+    only one torch can differentiate twice, so order 2 runs with it (and the report says so)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    note = {"what": "fused attention kernels at order 2",
+            "reason": "scaled_dot_product_attention runs its math kernel for second order"}
+    if note not in skipped:
+        skipped.append(note)
+    with sdpa_kernel(SDPBackend.MATH):
+        yield

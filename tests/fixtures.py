@@ -1,0 +1,227 @@
+"""Cases for the tests and benchmarks: correct modules and functions, and planted faults.
+
+Each factory returns ``(fn_or_module, args[, kwargs])``, so each is also a gradaudit TARGET
+(``tests/fixtures.py:lstm``).
+"""
+import torch
+from torch import nn
+
+D = torch.float64
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(*shape, dtype=D, seed=0):
+    return torch.randn(*shape, generator=_generator(seed), dtype=dtype)
+
+
+def _module(build, dtype=D, seed=0):
+    torch.manual_seed(seed)
+    return build().to(dtype)
+
+
+# ---------------------------------------------------------------- correct cases
+def conv_batchnorm(dtype=D):
+    model = _module(lambda: nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Tanh()), dtype).train()
+    return model, (randn(2, 2, 5, 5, dtype=dtype),)
+
+
+def lstm(dtype=D):
+    return _module(lambda: nn.LSTM(3, 4, batch_first=True), dtype), (randn(2, 3, 3, dtype=dtype),)
+
+
+def multihead_attention(dtype=D):
+    attention = _module(lambda: nn.MultiheadAttention(8, 2, batch_first=True), dtype)
+    q, k = randn(2, 3, 8, dtype=dtype, seed=1), randn(2, 4, 8, dtype=dtype, seed=2)
+    return attention, (q, k, k), {"need_weights": True, "average_attn_weights": False}
+
+
+def dropout_mlp(dtype=D):
+    model = _module(lambda: nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.3), nn.Tanh(), nn.Linear(6, 2)),
+                    dtype).train()
+    return model, (randn(3, 4, dtype=dtype),)
+
+
+class SparseEmbeddingBag(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embedding = nn.Embedding(10, 4, sparse=True)
+        self.project = nn.Linear(4, 3)
+
+    def forward(self, ids, scale):
+        return torch.tanh(self.project(self.embedding(ids) * scale))
+
+
+def sparse_embedding(dtype=D):
+    return _module(SparseEmbeddingBag, dtype), (torch.tensor([[1, 2, 4], [4, 3, 9]]), randn(2, 3, 1, dtype=dtype))
+
+
+def transformer_layer(dtype=D, d_model=16):
+    layer = _module(lambda: nn.TransformerEncoderLayer(d_model, 2, dim_feedforward=32, dropout=0.0,
+                                                       batch_first=True), dtype)
+    return layer, (randn(2, 3, d_model, dtype=dtype),)
+
+
+def groupnorm_gelu(dtype=D):
+    model = _module(lambda: nn.Sequential(nn.Conv1d(4, 4, 1), nn.GroupNorm(2, 4), nn.GELU()), dtype)
+    return model, (randn(2, 4, 5, dtype=dtype),)
+
+
+def plain_function(dtype=D):
+    def f(x, y, *, power=2):
+        return (x * y.exp()).sum(dim=1) ** power, {"ratio": x / (1 + y ** 2)}
+    return f, (randn(3, 4, dtype=dtype), randn(3, 4, dtype=dtype, seed=1)), {"power": 3}
+
+
+def complex_function(dtype=torch.complex128):
+    def f(z, w):
+        return (z * z.conj() * w).sin() + z.exp() * w.abs()
+    return f, (randn(3, 2, dtype=dtype), randn(3, 2, dtype=dtype, seed=1))
+
+
+def relu_at_zeros():
+    x = randn(3, 4)
+    x[0, 1] = x[2, 3] = 0.0
+    return torch.relu, (x,)
+
+
+# ---------------------------------------------------------------- planted faults
+class ScaledSinBackward(torch.autograd.Function):
+    """sin with its gradient scaled by 1.5."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.sin()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 1.5 * grad * x.cos()
+
+
+class WrongForNegatives(torch.autograd.Function):
+    """x * |x| whose backward forgets the sign for negative inputs."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x.abs()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 2 * x  # right only for x > 0: the derivative is 2|x|
+
+
+class OneWrongElement(torch.autograd.Function):
+    """A linear map whose gradient is wrong in exactly one input element (index 137)."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(weight)
+        return weight @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        grad_x = weight.t() @ grad
+        grad_x[137] = grad_x[137] * 2.0  # a 100 % error in one element out of 400
+        return grad_x, None
+
+
+def single_element_fault(n_in=400, n_out=120):
+    weight = randn(n_out, n_in, seed=3) / n_in ** 0.5
+    return (lambda x: OneWrongElement.apply(x, weight)), (randn(n_in),)
+
+
+class BadBiasLinear(nn.Module):
+    """A Linear whose custom Function gets the weight gradient right and the bias gradient wrong."""
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias):
+            ctx.save_for_backward(x, weight)
+            return x @ weight.t() + bias
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight = ctx.saved_tensors
+            return grad @ weight, grad.t() @ x, grad.mean(0)  # bias gradient should be grad.sum(0)
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 5)
+        self.fc2 = nn.Linear(5, 3)
+
+    def forward(self, x):
+        hidden = torch.tanh(self.fc1(x))
+        return self.Fn.apply(hidden, self.fc2.weight, self.fc2.bias)
+
+
+def wrong_parameter_gradient():
+    return _module(BadBiasLinear), (randn(6, 4),)
+
+
+class DetachedBackward(torch.autograd.Function):
+    """Correct first derivative of x**3, computed from detached values: its second derivative is zero."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 3 * x.detach() ** 2
+
+
+class CtxIntermediate(torch.autograd.Function):
+    """exp(x) whose backward reuses the forward output kept on ctx as a plain attribute (no graph)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.result = x.exp()
+        return ctx.result.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.result
+
+
+def detached_second_order():
+    return (lambda x: DetachedBackward.apply(x).sin()), (randn(3, 2),)
+
+
+def ctx_intermediate_second_order():
+    return (lambda x: CtxIntermediate.apply(x) * x), (randn(4),)
+
+
+@torch.library.custom_op("gradaudit_tests::softsign", mutates_args=())
+def softsign(x: torch.Tensor) -> torch.Tensor:
+    return x / (1 + x.abs())
+
+
+@softsign.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+def _softsign_setup(ctx, inputs, output):
+    (x,) = inputs
+    ctx.save_for_backward(x)
+
+
+def _softsign_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return grad / (1 + x.abs())  # wrong: the derivative is 1 / (1 + |x|)**2
+
+
+softsign.register_autograd(_softsign_backward, setup_context=_softsign_setup)
+
+
+def custom_op_fault():
+    return (lambda x: softsign(x) * 2), (randn(3, 3),)

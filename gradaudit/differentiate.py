@@ -105,12 +105,12 @@ def _creator(tensor: torch.Tensor) -> str:
 
 @contextmanager
 def twice_differentiable_attention(skipped: list[dict]) -> Iterator[None]:
-    """Fused CPU/CUDA attention kernels have no double backward; second order needs the math kernel, the
-    only one torch can differentiate twice, so order 2 runs with it (and the report says so)."""
+    """Fused CPU/CUDA attention kernels have no double backward; where second order meets one, it runs with
+    the math kernel, the only one torch can differentiate twice (and the report says so)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     note = {"what": "fused attention kernels at order 2",
-            "reason": "scaled_dot_product_attention runs its math kernel for second order"}
+            "reason": "the fused kernel has no double backward; second order ran with the math kernel"}
     if note not in skipped:
         skipped.append(note)
     with sdpa_kernel(SDPBackend.MATH):

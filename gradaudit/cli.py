@@ -1,0 +1,150 @@
+"""The ``gradaudit`` command line: ``run`` and ``backends`` (exit codes: 0 pass, 1 problem found, 2 could not run)."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from .errors import AuditError
+
+EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
+
+
+def fail(message: str) -> None:
+    click.echo(f"gradaudit: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gradaudit")
+def main() -> None:
+    """Check that the gradients of PyTorch code are right, on every backend."""
+
+
+@contextmanager
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr for interactive runs; nothing when piped."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("auditing", total=None)
+
+        def update(what: str, done: int, total: int) -> None:
+            bar.update(task, description=what, completed=done, total=total)
+        yield update
+
+
+@main.command()
+@click.argument("target")
+@click.option("--backend", default="eager", show_default=True, help="Backend to audit on (see `gradaudit backends`).")
+@click.option("--device", default=None, help="Device, e.g. cpu or cuda (default: the backend's).")
+@click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2 checks first and second order.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]), default=None,
+              help="Cast floating inputs and parameters (default: keep).")
+@click.option("--mode", type=click.Choice(["auto", "fast", "full"]), default="auto", show_default=True,
+              help="auto: probes and follow-ups; fast: probes only; full: full Jacobians (small cases).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probes.")
+@click.option("--probes", type=click.IntRange(1, 64), default=3, show_default=True,
+              help="Random directions per tensor (and cotangents per order).")
+@click.option("--json", "json_path", default=None, help="Write the JSON report to PATH ('-' for stdout).")
+@click.option("--no-localize", is_flag=True, help="Skip localizing failures to an op.")
+@click.option("--no-shadow", is_flag=True, help="Check low-precision cases in their own dtype, without float64.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show Python tracebacks of unexpected errors.")
+@click.option("-v", "--verbose", is_flag=True, help="List every check, not only those that did not pass.")
+def run(target, backend, device, order, dtype, mode, seed, probes, json_path, no_localize, no_shadow,
+        show_traceback, verbose) -> None:
+    """Audit the gradients of TARGET (path/to/file.py:NAME or dotted.module:NAME)."""
+    from . import api
+    from .case import load_target
+
+    try:
+        case = load_target(target)
+        with progress_bar(sys.stderr.isatty()) as progress:
+            report = api.check(case, backend=backend, device=device, order=order, dtype=dtype, mode=mode,
+                               seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize,
+                               progress=progress)
+    except AuditError as exc:
+        fail(str(exc))
+    except Exception as exc:  # the user's code or a backend broke mid-audit: one line unless asked
+        if show_traceback:
+            raise
+        lines = str(exc).strip().splitlines()
+        fail(f"the audit could not run: {type(exc).__name__}: {lines[0] if lines else ''} "
+             "(rerun with --traceback for details)")
+    report.target = target
+    if json_path == "-":
+        click.echo(report.to_json())
+        render(report, stderr=True, verbose=verbose)
+    else:
+        if json_path:
+            try:
+                Path(json_path).write_text(report.to_json() + "\n")
+            except OSError as exc:
+                fail(f"cannot write {json_path}: {exc.strerror}")
+        render(report, stderr=False, verbose=verbose)
+    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
+
+
+def render(report, stderr: bool, verbose: bool = False) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import fmt
+
+    console = Console(stderr=stderr, highlight=False)
+    verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
+    shown = report.checks if verbose else [c for c in report.checks if c.status != "pass"]
+    passed = sum(c.status == "pass" for c in report.checks)
+    console.print(f"{verdict} {report.target}  {report.backend}/{report.device} {report.dtype}  seed {report.seed}: "
+                  f"{passed}/{len(report.checks)} checks passed")
+    if shown:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("ord", "wrt", "method", "status", "|err|", "error bar", "worst", "analytical", "numerical"):
+            table.add_column(column, justify="right" if column in ("|err|", "error bar") else "left")
+        for c in shown:
+            style = {"pass": "green", "fail": "red"}.get(c.status, "yellow")
+            table.add_row(str(c.order), c.wrt, c.method, f"[{style}]{c.status}[/{style}]", fmt(c.max_abs_err),
+                          fmt(c.tolerance), "" if c.worst_index is None else str(c.worst_index),
+                          fmt(c.analytical), fmt(c.numerical))
+        console.print(table)
+    for f in report.findings:
+        colour = "red" if f.severity == "error" else "yellow"
+        console.print(f"[{colour}]{f.kind}[/{colour}]: {f.message}")
+        where = ", ".join(f"{k} {getattr(f, k)}" for k in ("node", "op", "module", "source") if getattr(f, k))
+        if where:
+            console.print(f"    at {where}")
+    for s in report.skipped:
+        console.print(f"[dim]skipped {s['what']}: {s['reason']}[/dim]")
+    st = report.stats
+    console.print(f"[dim]{st.get('seconds', 0):.2f}s, {st.get('forward_evals', 0)} forward / "
+                  f"{st.get('backward_evals', 0)} backward evaluations, {st.get('compilations', 0)} compilations[/dim]")
+
+
+@main.command()
+def backends() -> None:
+    """List registered backends and whether they are usable here."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .registry import describe_backends
+
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("backend", "usable", "devices", "details"):
+        table.add_column(column)
+    for name, availability, description in describe_backends():
+        usable = "[green]yes[/green]" if availability.usable else "[red]no[/red]"
+        details = availability.reason if not availability.usable else f"{description}; {availability.reason}"
+        table.add_row(name, usable, ", ".join(availability.devices), details)
+    Console(highlight=False).print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -225,3 +225,81 @@ softsign.register_autograd(_softsign_backward, setup_context=_softsign_setup)
 
 def custom_op_fault():
     return (lambda x: softsign(x) * 2), (randn(3, 3),)
+
+
+class SquareForgetsConj(torch.autograd.Function):
+    """z**2 for complex z whose backward forgets torch's conjugate (Wirtinger) convention."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return z * z
+
+    @staticmethod
+    def backward(ctx, grad):
+        (z,) = ctx.saved_tensors
+        return grad * 2 * z  # should be grad * (2 * z).conj()
+
+
+def complex_fault():
+    return SquareForgetsConj.apply, (randn(3, 2, dtype=torch.complex128),)
+
+
+class NoisyBackward(torch.autograd.Function):
+    """A correct backward plus run-to-run noise, like an atomic-add kernel."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 2 + 1e-7 * torch.randn_like(grad)
+
+
+def nondeterministic():
+    return NoisyBackward.apply, (randn(5),)
+
+
+class WrongInFloat32(torch.autograd.Function):
+    """tanh whose backward takes a shortcut that is wrong only in float32."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.tanh()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        if y.dtype == torch.float32:
+            return grad * (1 - y)  # wrong: should be 1 - y**2
+        return grad * (1 - y * y)
+
+
+def float32_only_fault():
+    return nn.Sequential(nn.Linear(3, 4).double(), _Apply(WrongInFloat32)), (randn(2, 3),)
+
+
+class _Apply(nn.Module):
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, x):
+        return self.function.apply(x)
+
+
+def wrong_for_negatives(positive_only=False):
+    x = randn(4, 3)
+    return WrongForNegatives.apply, (x.abs() + 0.1 if positive_only else x,)
+
+
+def scaled_backward():
+    return ScaledSinBackward.apply, (randn(6),)
+
+
+def lazy_linear():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.LazyLinear(3), nn.Tanh()).double(), (randn(2, 5),)

@@ -161,9 +161,12 @@ def test_abs_at_zero_needs_no_excuse():
 
 
 def test_max_ties_are_classified():
-    x = torch.tensor([1.0, 3.0, 3.0, -2.0], dtype=torch.float64)
-    report = gradaudit.check(lambda t: t.max(), (x,), probes=8)
-    assert report.ok and any(f.kind == "nondifferentiable_point" for f in report.findings)
+    """max over a dim sends the whole gradient to one of the tied elements: a tie is a kink."""
+    x = torch.tensor([[1.0, 3.0], [1.0, -2.0], [0.5, 4.0]], dtype=torch.float64)
+    report = gradaudit.check(lambda t: t.max(dim=0).values, (x,), probes=8)
+    assert report.ok and not kinds(report)
+    finding = next(f for f in report.findings if f.kind == "nondifferentiable_point")
+    assert finding.details["kink_elements"]["args[0]"] == [[0, 0], [1, 0]]
 
 
 # ------------------------------------------------------------------ nothing the user gave is modified

@@ -1,0 +1,307 @@
+"""Compare gradaudit with torch's own gradient checkers on the same cases.
+
+Run from the repository root:
+
+    .venv/bin/python benchmarks/bench_core.py            # every row
+    .venv/bin/python benchmarks/bench_core.py --quick    # skip the slowest rows (TransformerEncoderLayer)
+
+Cases come from ``tests/fixtures.py``: planted faults (a checker should catch them) and correct cases
+(a checker should pass them). Each case is checked by
+
+* gradaudit: ``gradaudit.check(..., order=1 or 2, mode="auto")`` (its defaults otherwise);
+* ``torch.autograd.gradcheck`` in fast mode and in slow (default) mode;
+* for order-2 rows also ``torch.autograd.gradgradcheck`` in slow and in fast mode.
+
+Torch's checkers take a function of tensors only, so modules are wrapped: their parameters and floating
+arguments become explicit inputs (``torch.func.functional_call``) and pytree outputs are flattened to a tuple
+of floating tensors. Torch's checkers run at their defaults (eps, atol, rtol), also in float32, which they
+are not meant for: that is what "at defaults" measures.
+
+Verdicts: faults are ``caught`` / ``missed``; correct cases ``pass`` / ``FALSE ALARM``; a checker that
+raises shows ``error: <reason>``. Times are wall seconds, the median of 3 runs, or of 1 run when the first
+takes over 5 s. The table is also written to ``benchmarks/results/core.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils import _pytree as pytree
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import fixtures  # noqa: E402
+
+import gradaudit  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "core.json"
+SLOW_RUN_S = 5.0  # a first run longer than this is not repeated
+RUNS = 3
+DROPOUT_SEED = 1234
+
+
+# ---------------------------------------------------------------- the rows
+@dataclass
+class Row:
+    case: str
+    dtype: torch.dtype | None  # None: the factory's own dtype (float64, complex128)
+    order: int
+    fault: bool
+    slow: bool = False  # skipped by --quick
+    note: str = ""
+
+
+def rows() -> list[Row]:
+    f32, c64 = torch.float32, torch.complex64
+    dropout_note = "torch: RNG re-seeded at each call of the wrapper (dropout mask frozen)"
+    out = [
+        Row("single_element_fault", None, 1, True, note="1 of 400 inputs has a 2x gradient; f32 n/a (fixed f64 "
+            "weight)"),
+        Row("wrong_parameter_gradient", None, 1, True), Row("wrong_parameter_gradient", f32, 1, True),
+        Row("custom_op_fault", None, 1, True), Row("custom_op_fault", f32, 1, True),
+        Row("detached_second_order", None, 2, True), Row("detached_second_order", f32, 2, True),
+        Row("ctx_intermediate_second_order", None, 2, True), Row("ctx_intermediate_second_order", f32, 2, True),
+    ]
+    for name in ("conv_batchnorm", "lstm", "multihead_attention", "dropout_mlp", "groupnorm_gelu",
+                 "plain_function"):
+        note = dropout_note if name == "dropout_mlp" else ""
+        out += [Row(name, None, 1, False, note=note), Row(name, f32, 1, False, note=note)]
+    out += [Row("complex_function", None, 1, False), Row("complex_function", c64, 1, False)]
+    out += [Row("transformer_layer", None, 1, False, slow=True, note="d_model 16"),
+            Row("transformer_layer", f32, 1, False, slow=True, note="d_model 16")]
+    return out
+
+
+def build(row: Row) -> tuple[Callable, tuple, dict]:
+    """The case at the row's dtype: through the factory's ``dtype`` where it has one, else by casting."""
+    factory = getattr(fixtures, row.case)
+    takes_dtype = "dtype" in factory.__code__.co_varnames[:factory.__code__.co_argcount]
+    made = factory(dtype=row.dtype) if (row.dtype is not None and takes_dtype) else factory()
+    fn, args, kwargs = (*made, {}) if len(made) == 2 else made
+    if row.dtype is not None and not takes_dtype:  # the faults without a dtype argument
+        cast = lambda t: t.to(row.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa
+        args = tuple(cast(a) for a in args)
+        if isinstance(fn, torch.nn.Module):
+            fn = fn.to(row.dtype)
+    return fn, args, kwargs
+
+
+def dtype_name(row: Row, args: tuple, fn: Any) -> str:
+    if row.dtype is not None:
+        return str(row.dtype).replace("torch.", "")
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and (a.is_floating_point() or a.is_complex())]
+    return str(tensors[0].dtype).replace("torch.", "") if tensors else "?"
+
+
+# ---------------------------------------------------------------- torch's checkers need tensor functions
+def tensor_function(fn: Callable, args: tuple, kwargs: dict, freeze_rng: bool):
+    """``(func, inputs)`` for torch's checkers: module parameters and floating/complex args become inputs."""
+    is_float = lambda t: isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())  # noqa
+    arg_slots = [i for i, a in enumerate(args) if is_float(a)]
+    if isinstance(fn, torch.nn.Module):
+        named = [(n, p) for n, p in fn.named_parameters() if p.requires_grad]
+    else:
+        named = []
+    names = [n for n, _ in named]
+    inputs = tuple(t.detach().clone().requires_grad_(True) for t in [p for _, p in named] + [args[i] for i in
+                                                                                          arg_slots])
+
+    def func(*tensors):
+        if freeze_rng:
+            torch.manual_seed(DROPOUT_SEED)
+        params, free = tensors[:len(names)], tensors[len(names):]
+        call_args = list(args)
+        for slot, tensor in zip(arg_slots, free):
+            call_args[slot] = tensor
+        if isinstance(fn, torch.nn.Module):
+            out = torch.func.functional_call(fn, dict(zip(names, params)), tuple(call_args), kwargs)
+        else:
+            out = fn(*call_args, **kwargs)
+        return tuple(t for t in pytree.tree_leaves(out) if is_float(t))
+
+    return func, inputs
+
+
+# ---------------------------------------------------------------- running and timing
+@dataclass
+class Result:
+    verdict: str
+    seconds: float | None
+    runs: int = 0
+    detail: str = ""
+
+
+def verdict(passed: bool, fault: bool) -> str:
+    if fault:
+        return "missed" if passed else "caught"
+    return "pass" if passed else "FALSE ALARM"
+
+
+def short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:70]
+
+
+def timed(run: Callable[[], bool], fault: bool) -> Result:
+    """Median wall time of up to RUNS runs (1 when the first is slow); the verdict of the first run."""
+    times, first = [], None
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns about float32 inputs on every call
+                passed = run()
+        except Exception as exc:  # noqa: BLE001 - a checker's crash is a result
+            return Result(f"error: {short(exc)}", time.perf_counter() - started, len(times) + 1)
+        times.append(time.perf_counter() - started)
+        first = passed if first is None else first
+        if times[0] > SLOW_RUN_S:
+            break
+    return Result(verdict(first, fault), statistics.median(times), len(times))
+
+
+def gradaudit_run(fn, args, kwargs, order: int) -> tuple[Callable[[], bool], list]:
+    reports: list = []
+
+    def run() -> bool:
+        report = gradaudit.check(fn, args, kwargs, order=order, mode="auto")
+        reports.append(report)
+        return report.ok
+    return run, reports
+
+
+def torch_runs(fn, args, kwargs, order: int, freeze_rng: bool) -> dict[str, Callable[[], bool]]:
+    func, inputs = tensor_function(fn, args, kwargs, freeze_rng)
+    runs = {
+        "gradcheck fast": lambda: torch.autograd.gradcheck(func, inputs, fast_mode=True, raise_exception=False),
+        "gradcheck slow": lambda: torch.autograd.gradcheck(func, inputs, fast_mode=False, raise_exception=False),
+    }
+    if order == 2:
+        runs["gradgradcheck slow"] = lambda: torch.autograd.gradgradcheck(func, inputs, fast_mode=False,
+                                                                          raise_exception=False)
+        runs["gradgradcheck fast"] = lambda: torch.autograd.gradgradcheck(func, inputs, fast_mode=True,
+                                                                          raise_exception=False)
+    return runs
+
+
+TOOLS = ("gradaudit auto", "gradcheck fast", "gradcheck slow", "gradgradcheck slow", "gradgradcheck fast")
+
+
+def measure(row: Row) -> dict:
+    fn, args, kwargs = build(row)
+    results: dict[str, Result] = {}
+    run, reports = gradaudit_run(fn, args, kwargs, row.order)
+    results["gradaudit auto"] = timed(run, row.fault)
+    if reports:
+        results["gradaudit auto"].detail = "; ".join(f"{f.severity} {f.kind}: {f.message[:90]}"
+                                                     for f in reports[0].findings)
+    try:
+        checks = torch_runs(fn, args, kwargs, row.order, freeze_rng="dropout" in row.case)
+    except Exception as exc:  # noqa: BLE001
+        checks = {}
+        for tool in TOOLS[1:3 if row.order == 1 else 5]:
+            results[tool] = Result(f"error: wrapper: {short(exc)}", None)
+    for tool, check in checks.items():
+        results[tool] = timed(check, row.fault)
+    return {"case": row.case, "dtype": dtype_name(row, args, fn), "order": row.order,
+            "expected": "fault" if row.fault else "correct", "note": row.note,
+            "results": {tool: asdict(r) for tool, r in results.items()}}
+
+
+# ---------------------------------------------------------------- printing
+def cell(entry: dict | None) -> str:
+    if entry is None:
+        return "-"
+    seconds = "" if entry["seconds"] is None else f" {entry['seconds']:.3f}s"
+    return f"{entry['verdict']}{seconds}"
+
+
+def table(records: list[dict]) -> str:
+    header = ["case", "dtype", "ord", "expected", *TOOLS]
+    lines = [[r["case"], r["dtype"], str(r["order"]), r["expected"],
+              *(cell(r["results"].get(tool)) for tool in TOOLS)] for r in records]
+    widths = [max(len(x) for x in col) for col in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa
+    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
+    notes = sorted({f"{r['case']}: {r['note']}" for r in records if r["note"]})
+    return "\n".join(out + [""] + [f"note  {n}" for n in notes])
+
+
+def summary(records: list[dict]) -> list[str]:
+    def find(case, dtype="float64"):
+        return next((r for r in records if r["case"] == case and r["dtype"] == dtype), None)
+
+    def ratio(a, b):
+        return a / b if a and b else float("nan")
+
+    lines = []
+    single = find("single_element_fault")
+    if single:
+        ga, fast = single["results"]["gradaudit auto"], single["results"]["gradcheck fast"]
+        r = ratio(ga["seconds"], fast["seconds"])
+        lines.append(f"(1) single_element_fault: gradaudit default mode {ga['verdict']}; torch fast mode "
+                     f"{fast['verdict']}; time ratio gradaudit/torch fast = {r:.1f}x "
+                     f"({ga['seconds']:.3f}s / {fast['seconds']:.4f}s; target <= 3x: {'met' if r <= 3 else 'NOT met'})")
+    layer = find("transformer_layer")
+    if layer:
+        ga, slow = layer["results"]["gradaudit auto"], layer["results"]["gradcheck slow"]
+        r = ratio(slow["seconds"], ga["seconds"])
+        lines.append(f"(2) TransformerEncoderLayer d_model 16 (float64): torch slow/gradaudit = {r:.1f}x "
+                     f"({slow['seconds']:.3f}s / {ga['seconds']:.3f}s; target >= 10x: "
+                     f"{'met' if r >= 10 else 'NOT met'})")
+    else:
+        lines.append("(2) TransformerEncoderLayer: skipped (--quick)")
+    correct = [r for r in records if r["expected"] == "correct"]
+    for label, dtypes in (("float64/complex128", ("float64", "complex128")),
+                          ("float32/complex64", ("float32", "complex64"))):
+        subset = [r for r in correct if r["dtype"] in dtypes]
+        counts = {tool: sum(not r["results"][tool]["verdict"].startswith("pass") for r in subset)
+                  for tool in ("gradaudit auto", "gradcheck fast", "gradcheck slow")}
+        lines.append(f"(3) false alarms (incl. errors) on {len(subset)} correct cases in {label}: "
+                     + ", ".join(f"{tool} {n}" for tool, n in counts.items()) + " (target for gradaudit: 0)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip the slowest rows")
+    options = parser.parse_args()
+    warm_up()
+    records = []
+    for row in rows():
+        if options.quick and row.slow:
+            continue
+        print(f"... {row.case} {row.dtype or ''} order {row.order}", file=sys.stderr, flush=True)
+        records.append(measure(row))
+    print(table(records))
+    print()
+    lines = summary(records)
+    print("\n".join(lines))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"torch": torch.__version__, "gradaudit": getattr(gradaudit, "__version__", "?"),
+            "threads": torch.get_num_threads(), "quick": options.quick}
+    RESULTS.write_text(json.dumps({"meta": meta, "rows": records, "summary": lines}, indent=1))
+    print(f"\nwritten {RESULTS.relative_to(ROOT)}")
+
+
+def warm_up() -> None:
+    """One untimed pass of each tool on a small case, so first-call costs (imports, dispatch) are not timed."""
+    fn, args = fixtures.custom_op_fault()
+    gradaudit.check(fn, args, order=2)
+    func, inputs = tensor_function(fn, args, {}, freeze_rng=False)
+    for fast in (True, False):
+        torch.autograd.gradcheck(func, inputs, fast_mode=fast, raise_exception=False)
+        torch.autograd.gradgradcheck(func, inputs, fast_mode=fast, raise_exception=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -228,3 +228,22 @@ def test_seed_changes_probes_but_not_verdicts():
 def test_bad_input_raises_audit_error(call, message):
     with pytest.raises(AuditError, match=message):
         call()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_float32_audit_passes_and_restores_tf32_flags():
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model, (x,) = fx.conv_batchnorm(dtype=torch.float32)
+    report = gradaudit.check(model, (x,), device="cuda", order=2)
+    assert report.ok, report
+    assert report.device.startswith("cuda")
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert next(model.parameters()).device.type == "cpu"
+    assert not gradaudit.check(*fx.scaled_backward(), device="cuda").ok
+
+
+def test_cuda_unavailable_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(AuditError, match="CUDA is not available"):
+        gradaudit.check(torch.sin, (fx.randn(3),), device="cuda")

@@ -18,9 +18,9 @@ import torch
 from .backends.base import Program
 from .differentiate import ForwardFunction, GradientFunction, evaluate, jvp, twice_differentiable_attention, vjps
 from .errors import AuditError, Unsupported
-from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, directional_derivative,
-                       elementwise_tolerance, eps_of, inner, one_sided_derivatives, probe_tolerance,
-                       rademacher_like, real, step_size)
+from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, central_difference,
+                       directional_derivative, elementwise_tolerance, eps_of, inner, one_sided_derivatives,
+                       probe_tolerance, rademacher_like, real, step_size)
 from .report import Check, Finding
 
 Progress = Callable[[str, int, int], None]
@@ -35,7 +35,8 @@ class Settings:
     probes: int = 3  # directions per group, and cotangents per order
     seed: int = 0
     repeats: int = 2  # extra backward passes that measure non-determinism
-    per_element_limit: int = 64  # follow-ups look at every element up to this size, bisect above it
+    per_element_limit: int = 16  # the worst element: every element up to this size, bisection above it
+    kink_scan_limit: int = 256  # elements scanned for kinks (one-sided derivatives) per leaf
     full_jacobian_limit: int = 200_000  # full mode refuses Jacobians with more entries than this
 
     def to_dict(self) -> dict:
@@ -170,14 +171,14 @@ class Auditor:
                                                  status if outcome.failed else "pass", detail))
         self.summarize(order)
 
-    def probe(self, f, x, members, cotangents, grads) -> dict[str, Outcome]:
+    def probe(self, f, x, members, cotangents, grads, directions: int | None = None) -> dict[str, Outcome]:
         """Signed random probe tests of one group at point x: reverse, and forward where supported.
 
         A direction that fails is retried with a 64x smaller step: a kink a hair away from x (closer than the
         step) fools the error bar of the first stencil but not the second, while a real fault or a kink at x
         itself fails at both steps."""
         reverse, forward = Outcome(), Outcome()
-        for _ in range(self.settings.probes):
+        for _ in range(directions or self.settings.probes):
             u = self.direction(members, x)
             tangents = self.forward_tangents(f, x, u)
             attempts = []
@@ -190,8 +191,8 @@ class Auditor:
                 if tangents is not None:
                     self.compare_forward(f, tangents, numerical, fwd)
                 attempts.append((rev, fwd))
-                if not (rev.failed or fwd.failed):
-                    break
+                if not (rev.failed or fwd.failed) or reverse.failed or forward.failed:
+                    break  # passed, or the group already failed at both steps: no retry can change that
             rev, fwd = min(attempts, key=lambda pair: max(pair[0].excess, pair[1].excess))
             reverse.merge(rev)
             forward.merge(fwd)
@@ -224,13 +225,14 @@ class Auditor:
 
     # -- follow-ups --------------------------------------------------------------------------------------
     def at_kink(self, f, group: Group, cotangents) -> list | None:
-        """None if the group also fails at nearby points (a real fault); else the elements on the kink."""
+        """None if the group also fails at a nearby point (a real fault); else the elements on the kink."""
         for _ in range(2):
             nearby = [xi + 30 * self.h * s * torch.randn(xi.shape, generator=self.generator,
                                                          dtype=real(xi).dtype).to(xi.device).to(xi.dtype)
                       for xi, s in zip(self.x, self.scales)]
             grads = vjps(f, nearby, cotangents)
-            if any(o.failed for o in self.probe(f, nearby, group.members, cotangents, grads).values()):
+            # One direction suffices: a faulty backward fails in almost every signed direction.
+            if any(o.failed for o in self.probe(f, nearby, group.members, cotangents, grads, 1).values()):
                 return None
         return [self.kink_elements(f, i, cotangents[0]) for i in group.members]
 
@@ -238,7 +240,7 @@ class Auditor:
         """Elements of a leaf where one-sided derivatives jump (do not shrink with the step): on a kink."""
         name, x = self.names[leaf], self.x[leaf]
         flat = real(x).reshape(-1)
-        if flat.numel() > self.settings.per_element_limit:
+        if flat.numel() > self.settings.kink_scan_limit:
             return {"wrt": name, "elements": None, "note": f"{flat.numel()} elements, too many to scan"}
         scalar = self.scalar(f, cotangent)
         found = []
@@ -260,33 +262,49 @@ class Auditor:
         gradient = real(grads[k][leaf]).double().reshape(-1)
         count = gradient.numel()
 
-        def excess(indices: torch.Tensor) -> float:
-            u = torch.zeros(count, dtype=torch.float64)
-            u[indices] = rademacher_like(u[indices], self.generator)
-            a, n, tol = self.element_test(scalar, leaf, u, gradient)
-            return abs(a - n) / tol
-
         if count <= self.settings.per_element_limit:
             tests = [self.element_test(scalar, leaf, self.unit(count, j), gradient) for j in range(count)]
             j = max(range(count), key=lambda i: abs(tests[i][0] - tests[i][1]) / tests[i][2])
         else:
-            candidates = torch.arange(count)
-            while candidates.numel() > 1:
-                half = candidates.numel() // 2
-                left, right = candidates[:half], candidates[half:]
-                candidates = left if excess(left) >= excess(right) else right
-            j = int(candidates[0])
+            j = self.bisect(scalar, leaf, gradient)
         a, n, tol = self.element_test(scalar, leaf, self.unit(count, j), gradient)
         return {"worst_index": self.element_index(leaf, j), "analytical": a, "numerical": n,
                 "element_tolerance": tol}
 
-    def element_test(self, scalar, leaf: int, u_flat: torch.Tensor, gradient: torch.Tensor):
-        """(analytical, numerical, tolerance) of the derivative of a scalar along a direction in one leaf."""
+    def bisect(self, scalar, leaf: int, gradient: torch.Tensor) -> int:
+        """Halve the candidate elements, following the half with the larger error under fixed random signs.
+        Errors add up over disjoint halves, so one difference quotient per level is enough."""
+        signs = rademacher_like(gradient, self.generator)
+
+        def error(indices: torch.Tensor) -> float:
+            u = torch.zeros_like(gradient)
+            u[indices] = signs[indices]
+            direction = self.leaf_direction(leaf, u)
+            numerical = central_difference(scalar, self.x, direction, self.h)
+            return float((gradient * u).sum()) - float(numerical[0].sum()) / self.scales[leaf]
+
+        candidates = torch.arange(gradient.numel())
+        candidate_error = error(candidates)
+        while candidates.numel() > 1:
+            left, right = candidates[:candidates.numel() // 2], candidates[candidates.numel() // 2:]
+            left_error = error(left)
+            right_error = candidate_error - left_error
+            if abs(left_error) >= abs(right_error):
+                candidates, candidate_error = left, left_error
+            else:
+                candidates, candidate_error = right, right_error
+        return int(candidates[0])
+
+    def leaf_direction(self, leaf: int, u_flat: torch.Tensor) -> list:
+        """A direction that moves one leaf along ``u_flat`` (its real view, flattened) by its scale."""
         x = self.x[leaf]
         u = u_flat.to(real(x).dtype).reshape(real(x).shape).to(x.device)
         u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
-        direction = [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
-        numerical = directional_derivative(scalar, self.x, direction, self.h, self.eps)
+        return [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
+
+    def element_test(self, scalar, leaf: int, u_flat: torch.Tensor, gradient: torch.Tensor):
+        """(analytical, numerical, tolerance) of the derivative of a scalar along a direction in one leaf."""
+        numerical = directional_derivative(scalar, self.x, self.leaf_direction(leaf, u_flat), self.h, self.eps)
         n = float(numerical.value[0].sum()) / self.scales[leaf]
         err = float(numerical.error[0].sum()) / self.scales[leaf]
         a = float((gradient * u_flat).sum())
@@ -299,10 +317,7 @@ class Auditor:
         return u
 
     def basis(self, leaf: int, j: int) -> list:
-        x = self.x[leaf]
-        u = self.unit(real(x).numel(), j).to(real(x).dtype).reshape(real(x).shape).to(x.device)
-        u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
-        return [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
+        return self.leaf_direction(leaf, self.unit(real(self.x[leaf]).numel(), j))
 
     def element_index(self, leaf: int, j: int) -> list[int]:
         shape = real(self.x[leaf]).shape

@@ -1,7 +1,8 @@
 """Backend plugins, discovered through ``importlib.metadata`` entry points (group ``gradaudit.backends``)."""
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
 
 from .backends.base import Availability, Backend
 from .errors import AuditError
@@ -9,13 +10,19 @@ from .errors import AuditError
 GROUP = "gradaudit.backends"
 
 
+@lru_cache(maxsize=1)
+def _registered() -> tuple[EntryPoint, ...]:
+    """Scanning installed distributions costs milliseconds: once per process is enough."""
+    return tuple(entry_points(group=GROUP))
+
+
 def backend_names() -> list[str]:
-    return sorted({ep.name for ep in entry_points(group=GROUP)})
+    return sorted({ep.name for ep in _registered()})
 
 
 def get_backend(name: str) -> Backend:
     """Instantiate the backend registered as ``name``; AuditError if unknown or broken."""
-    matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
+    matches = [ep for ep in _registered() if ep.name == name]
     if not matches:
         known = ", ".join(backend_names()) or "none (is gradaudit installed? try: pip install -e .)"
         raise AuditError(f"unknown backend {name!r}; installed backends: {known}")

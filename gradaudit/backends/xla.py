@@ -1,0 +1,290 @@
+"""The XLA backend: the case runs on a torch-xla device (PJRT; CPU unless ``PJRT_DEVICE`` says otherwise).
+
+torch_xla is imported lazily, inside :meth:`XlaBackend.availability` / :meth:`XlaBackend.load`, so gradaudit
+imports (and lists this backend as unusable, with the reason) where torch-xla is missing or broken.
+
+What differs from the eager program it extends:
+
+* tensors live on the XLA device, and every evaluation materializes its outputs, so no pending lazy graph
+  grows from one evaluation to the next;
+* the XLA generator (what dropout on an XLA device draws from) is frozen per evaluation like the CPU one, and
+  given back at close;
+* float32 matmuls and convolutions run at full precision (``set_mat_mul_precision('highest')``) while the
+  program is open;
+* ``stats.compilations`` counts XLA graph compilations (the ``UncachedCompile`` counter) caused while this
+  program was the one being evaluated, and ``fallback_ops`` names the aten ops that fell back to the CPU.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import torch
+
+from ..case import Case
+from ..errors import AuditError
+from .base import Availability, Backend, Stats
+from .eager import EagerProgram
+
+# Ops that torch-xla runs through its CPU fallback only to read a value back to Python (``float(t)``,
+# ``t.item()``): the checker itself does that on every scalar it compares, so they say nothing about the case.
+VALUE_READS = frozenset({"aten::_local_scalar_dense"})
+
+_xla: SimpleNamespace | None = None  # the torch_xla modules, once imported
+_import_error: str | None = None
+
+
+def _version_mismatch() -> str | None:
+    """torch-xla X.Y only works with torch X.Y; importing a mismatched pair can fail in odd ways (or crash)."""
+    try:
+        xla_version = importlib.metadata.version("torch-xla")
+    except importlib.metadata.PackageNotFoundError:
+        return None  # not installed as a distribution (a source build?): let the import decide
+    torch_version = torch.__version__.split("+")[0]
+    if xla_version.split(".")[:2] != torch_version.split(".")[:2]:
+        wanted = ".".join(xla_version.split(".")[:2])
+        return f"torch-xla {xla_version} needs torch {wanted}.x, but torch {torch.__version__} is installed"
+    return None
+
+
+def import_xla() -> SimpleNamespace:
+    """Import torch_xla (with ``PJRT_DEVICE=CPU`` unless a PJRT device is configured); AuditError if it fails."""
+    global _xla, _import_error
+    if _xla is not None:
+        return _xla
+    if _import_error is not None:
+        raise AuditError(_import_error)
+    try:
+        mismatch = _version_mismatch()
+        if mismatch:
+            raise AuditError(mismatch)
+        if not os.environ.get("PJRT_DEVICE") and not os.environ.get("XRT_TPU_CONFIG"):
+            os.environ["PJRT_DEVICE"] = "CPU"
+        try:
+            torch_xla = importlib.import_module("torch_xla")
+            xm = importlib.import_module("torch_xla.core.xla_model")
+            metrics = importlib.import_module("torch_xla.debug.metrics")
+            runtime = importlib.import_module("torch_xla.runtime")
+            try:
+                backends = importlib.import_module("torch_xla.backends")
+            except ImportError:  # older torch-xla: no precision switch
+                backends = None
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] == "torch_xla":
+                raise AuditError("torch-xla is not installed (pip install 'gradaudit[xla]')") from exc
+            raise AuditError(f"torch-xla failed to import: {_one_line(exc)}") from exc
+        except Exception as exc:  # undefined symbols from a torch mismatch, a broken PJRT plugin...
+            raise AuditError(f"torch-xla failed to import: {type(exc).__name__}: {_one_line(exc)}") from exc
+        try:
+            device = torch_xla.device()
+            device_type = runtime.device_type()
+        except Exception as exc:
+            raise AuditError(f"torch-xla has no usable device (PJRT_DEVICE={os.environ.get('PJRT_DEVICE')}): "
+                             f"{type(exc).__name__}: {_one_line(exc)}") from exc
+    except AuditError as exc:
+        _import_error = str(exc)
+        raise
+    _xla = SimpleNamespace(torch_xla=torch_xla, xm=xm, metrics=metrics, backends=backends,
+                           device=device, device_type=device_type,
+                           version=getattr(torch_xla, "__version__", "?"))
+    return _xla
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------------------------------------ accounting
+class _Ledger:
+    """Gives each XLA compilation and CPU fallback to one program: the one evaluated most recently.
+
+    torch-xla's counters are process-wide, and two programs can be open at once (an audited float32 program
+    and its float64 shadow), so "counter after minus counter before" would count shared work twice. The work
+    done between two evaluations (the checker's backward passes and numerics on XLA tensors) is work on the
+    outputs of the program evaluated last, so it is charged to that one.
+    """
+
+    def __init__(self, metrics) -> None:
+        self.metrics = metrics
+        self.owner: XlaProgram | None = None
+        self.compiles, self.fallbacks = self._read()
+
+    def _read(self) -> tuple[int, dict[str, int]]:
+        names = self.metrics.counter_names()
+        fallbacks = {n: self.metrics.counter_value(n) or 0 for n in names if n.startswith("aten::")}
+        return self.metrics.counter_value("UncachedCompile") or 0, fallbacks
+
+    def settle(self) -> None:
+        compiles, fallbacks = self._read()
+        if self.owner is not None:
+            self.owner._compilations += compiles - self.compiles
+            for name, count in fallbacks.items():
+                if count > self.fallbacks.get(name, 0) and name not in VALUE_READS:
+                    self.owner._fallbacks[name] = self.owner._fallbacks.get(name, 0) + count - \
+                        self.fallbacks.get(name, 0)
+        self.compiles, self.fallbacks = compiles, fallbacks
+
+    def switch(self, program: "XlaProgram | None") -> None:
+        if program is not self.owner:
+            self.settle()
+            self.owner = program
+
+
+_ledger: _Ledger | None = None
+
+
+def _the_ledger(xla: SimpleNamespace) -> _Ledger:
+    global _ledger
+    if _ledger is None:
+        _ledger = _Ledger(xla.metrics)
+    return _ledger
+
+
+class XlaStats(Stats):
+    """Stats whose ``compilations`` is read from torch-xla's counters when asked."""
+
+    def __init__(self, program: "XlaProgram") -> None:
+        self._program = program
+        super().__init__()
+
+    @property
+    def compilations(self) -> int:  # type: ignore[override]
+        self._program._settle()
+        return self._program._compilations
+
+    @compilations.setter
+    def compilations(self, value: int) -> None:
+        pass  # counted by the ledger; Stats.__init__ assigns the default
+
+
+@contextmanager
+def _quiet(logger_name: str):
+    """torch-xla warns on every precision change; the audit changes it on purpose and restores it."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------------ program
+class XlaProgram(EagerProgram):
+    """An :class:`EagerProgram` whose tensors live on an XLA device (see the module docstring)."""
+
+    def __init__(self, case: Case, device: torch.device, dtype: torch.dtype | None, xla: SimpleNamespace) -> None:
+        # Everything close() needs exists before EagerProgram.__init__ runs _setup (which may fail).
+        self._xla = xla
+        self._compilations = 0
+        self._fallbacks: dict[str, int] = {}
+        self._ledger = _the_ledger(xla)
+        self._closed = False
+        self._ledger.switch(self)
+        self._rng_device = str(xla.device if device.index is None else device)
+        self._user_seed = xla.xm.get_rng_state(self._rng_device)
+        self._seed = self._user_seed  # frozen per evaluation
+        self._saved_precision = None
+        if xla.backends is not None and hasattr(xla.backends, "set_mat_mul_precision"):
+            current = xla.backends.get_mat_mul_precision()
+            if current != "highest":
+                with _quiet(xla.backends.__name__):
+                    xla.backends.set_mat_mul_precision("highest")
+                self._saved_precision = current
+        super().__init__(case, device, dtype)
+        counts = self.stats
+        self.stats = XlaStats(self)  # replaces the plain Stats EagerProgram made, keeping its counts
+        self.stats.forward_evals, self.stats.backward_evals = counts.forward_evals, counts.backward_evals
+        # Leaves, inputs and saved buffers become device data (casts and clones were still lazy).
+        self._sync([leaf.value for leaf in self.leaves] + list(self.inputs.values)
+                   + [saved for _, saved in self._buffers])
+
+    # -- hooks into EagerProgram ---------------------------------------------------------------------------
+    def _private_module(self, fn, device, dtype, args, kwargs):
+        module = super()._private_module(fn, device, dtype, args, kwargs)
+        self._set_seed(self._user_seed)  # lazy modules initialize their parameters from the XLA generator
+        self._sync(list(module.parameters()) + list(module.buffers()) if module is not None else [])
+        return module
+
+    def _evaluate(self, values, names=False):
+        self._ledger.switch(self)
+        self._set_seed(self._seed)
+        try:
+            outputs = super()._evaluate(values, names)
+        finally:
+            self._set_seed(self._user_seed)  # whoever loads next (a float64 shadow) sees the user's state
+        self._sync(outputs)
+        return outputs
+
+    # -- XLA specifics --------------------------------------------------------------------------------------
+    def _set_seed(self, seed: int) -> None:
+        self._xla.xm.set_rng_state(seed, self._rng_device)
+
+    def _sync(self, tensors: list[torch.Tensor]) -> None:
+        """Execute the pending graph of ``tensors`` now and keep its results as device data: the next
+        evaluation starts from data, not from an ever longer lazy graph."""
+        tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.device.type == "xla"]
+        if tensors:
+            self._xla.torch_xla._XLAC._xla_sync_multi(tensors, devices=[], wait=True)
+
+    def _settle(self) -> None:
+        if not self._closed:
+            self._ledger.settle()
+
+    @property
+    def fallback_ops(self) -> list[str]:
+        """aten ops that torch-xla ran on the CPU (no XLA lowering) during this audit, most frequent first;
+        reads of scalar values back to Python are left out."""
+        self._settle()
+        return sorted(self._fallbacks, key=lambda name: (-self._fallbacks[name], name))
+
+    @property
+    def fallback_counts(self) -> dict[str, int]:
+        self._settle()
+        return dict(self._fallbacks)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            super().close()  # buffers back, CPU RNG back
+        finally:
+            self._ledger.settle()
+            if self._ledger.owner is self:
+                self._ledger.owner = None
+            self._closed = True
+            self._set_seed(self._user_seed)
+            if self._saved_precision is not None:
+                with _quiet(self._xla.backends.__name__):
+                    self._xla.backends.set_mat_mul_precision(self._saved_precision)
+                self._saved_precision = None
+
+
+class XlaBackend(Backend):
+    name = "xla"
+    description = "torch-xla lazy tensors (PJRT; CPU unless PJRT_DEVICE says otherwise)"
+
+    def availability(self) -> Availability:
+        try:
+            xla = import_xla()
+        except AuditError as exc:
+            return Availability(False, str(exc))
+        return Availability(True, f"torch-xla {xla.version}, PJRT {xla.device_type}", ["xla"])
+
+    def default_device(self) -> str:
+        return "xla"
+
+    def load(self, case: Case, device: str | None = None, dtype: torch.dtype | None = None) -> XlaProgram:
+        xla = import_xla()
+        try:
+            torch_device = torch.device(device or self.default_device())
+        except RuntimeError as exc:
+            raise AuditError(f"invalid device {device!r} for the xla backend") from exc
+        if torch_device.type != "xla":
+            raise AuditError(f"the xla backend runs on xla devices (e.g. 'xla', 'xla:0'), not {device!r}")
+        return XlaProgram(case, torch_device, dtype, xla)

@@ -70,7 +70,10 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     with same_rng_for_each_program() as rewind:
         with chosen.load(case, device, parse_dtype(dtype)) as program:
             reference = None
-            if shadow and program.dtype != torch.float64:
+            if not program.supports_autograd:
+                rewind()
+                reference = usable_backend("eager").load(case, "cpu", torch.float64)
+            elif shadow and program.dtype != torch.float64:
                 rewind()
                 try:
                     reference = chosen.load(case, device, torch.float64)
@@ -78,9 +81,12 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                     skipped.append({"what": "float64 shadow", "reason": f"{type(exc).__name__}: {exc}; "
                                     f"checked in {program.dtype} with its own error bars"})
             try:
-                checks, findings, more = Auditor(reference or program, settings, progress).run()
+                if program.supports_autograd:
+                    checks, findings, more = Auditor(reference or program, settings, progress).run()
+                else:
+                    checks, findings, more = Auditor(reference, settings, progress, numeric=program).run()
                 skipped += more
-                if reference is not None:
+                if reference is not None and program.supports_autograd:
                     extra_checks, extra_findings = parity_checks(program, reference, settings)
                     checks += extra_checks
                     findings += extra_findings

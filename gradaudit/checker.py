@@ -86,12 +86,16 @@ class Group:
 
 
 class Auditor:
-    def __init__(self, program: Program, settings: Settings, progress: Progress | None = None) -> None:
+    def __init__(self, program: Program, settings: Settings, progress: Progress | None = None,
+                 numeric: Program | None = None) -> None:
+        """``program`` gives the analytical side (torch autograd); ``numeric``, when given, is a backend without
+        autograd (an exported graph in a runtime) whose finite differences are judged against it."""
         self.program, self.settings, self.progress = program, settings, progress
+        self.numeric = numeric if numeric is not None else program
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.x = [leaf.value for leaf in program.leaves]
         self.names = [leaf.name for leaf in program.leaves]
-        self.dtype = program.dtype
+        self.dtype = self.numeric.dtype  # the precision finite differences run in sets steps and error bars
         self.eps, self.h = eps_of(self.dtype), step_size(self.dtype)
         # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
         self.scales = [max(1.0, float(real(x).double().pow(2).mean().sqrt())) for x in self.x]
@@ -103,11 +107,12 @@ class Auditor:
     # -- driving ---------------------------------------------------------------------------------------
     def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
         first = ForwardFunction(self.program)
+        self._numeric_first = first if self.numeric is self.program else ForwardFunction(self.numeric)
         steps = self._group_count() * self.settings.order
         self._done, self._steps = 0, steps
         self.check_function(first)
         if self.settings.order >= 2:
-            if not self.program.supports_double_backward:
+            if not self.program.supports_double_backward or self.numeric is not self.program:
                 self.skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
             else:
                 second = GradientFunction(first, self.random_like(evaluate(first, self.x)), self.names)
@@ -183,7 +188,7 @@ class Auditor:
             tangents = self.forward_tangents(f, x, u)
             attempts = []
             for h in (self.h, self.h / 64):
-                numerical = directional_derivative(lambda z: evaluate(f, z), x, u, h, self.eps)
+                numerical = directional_derivative(self.numeric_function(f), x, u, h, self.eps)
                 rev, fwd = Outcome(), Outcome()
                 for k, (v, g) in enumerate(zip(cotangents, grads)):
                     rev.absorb(inner(g, u), inner(v, numerical.value),
@@ -325,11 +330,22 @@ class Auditor:
             return []
         return [int(i) for i in torch.unravel_index(torch.tensor(j), shape)]
 
-    @staticmethod
-    def scalar(f, cotangent):
+    def numeric_function(self, f):
+        """``z -> f(z)`` evaluated where finite differences run: the audited program itself, or the numeric
+        backend with the point moved to its dtype and device."""
+        if self.numeric is self.program:
+            return lambda z: evaluate(f, z)
+        leaves = self.numeric.leaves
+        return lambda z: evaluate(self._numeric_first, [zi.to(dtype=leaf.value.dtype, device=leaf.value.device)
+                                                        for zi, leaf in zip(z, leaves)])
+
+    def scalar(self, f, cotangent):
         """``z -> [<cotangent, f(z)>]``: the scalar whose partial derivatives are one row of the VJP."""
+        function_values = self.numeric_function(f)
+
         def function(z):
-            value = sum((real(v).double() * real(y).double()).sum() for v, y in zip(cotangent, evaluate(f, z)))
+            value = sum((real(v).double().cpu() * real(y).double().cpu()).sum()
+                        for v, y in zip(cotangent, function_values(z)))
             return [torch.as_tensor(value).reshape(1)]
         return function
 
@@ -368,7 +384,7 @@ class Auditor:
             outcome, worst = Outcome(), None
             for j in range(real(self.x[leaf]).numel()):
                 u = self.basis(leaf, j)
-                numerical = directional_derivative(lambda z: evaluate(f, z), self.x, u, self.h, self.eps)
+                numerical = directional_derivative(self.numeric_function(f), self.x, u, self.h, self.eps)
                 column = torch.cat([real(n).reshape(-1) for n in numerical.value]) / self.scales[leaf]
                 errors = torch.cat([e.reshape(-1) for e in numerical.error]) / self.scales[leaf]
                 for r, (label, _) in enumerate(basis):

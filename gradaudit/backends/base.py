@@ -50,6 +50,9 @@ class Program(ABC):
     stats: Stats
     supports_forward_ad: bool = True
     supports_double_backward: bool = True
+    # False for backends that only evaluate (an exported graph in a runtime): their outputs carry no torch
+    # autograd graph, so the audit judges their finite differences against eager float64 gradients.
+    supports_autograd: bool = True
 
     @abstractmethod
     def __call__(self, values: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -5,5 +5,6 @@ from .case import Case, load_target  # noqa: E402
 from .errors import AuditError  # noqa: E402
 from .report import Check, Finding, Report  # noqa: E402
 from .api import check  # noqa: E402
+from .compare import compare  # noqa: E402
 
-__all__ = ["AuditError", "Case", "Check", "Finding", "Report", "check", "load_target", "__version__"]
+__all__ = ["AuditError", "Case", "Check", "Finding", "Report", "check", "compare", "load_target", "__version__"]

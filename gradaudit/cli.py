@@ -65,32 +65,13 @@ def run(target, backend, device, order, dtype, mode, seed, probes, json_path, no
     from . import api
     from .case import load_target
 
-    try:
+    with audit_errors(show_traceback):
         case = load_target(target)
         with progress_bar(sys.stderr.isatty()) as progress:
             report = api.check(case, backend=backend, device=device, order=order, dtype=dtype, mode=mode,
                                seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize,
                                progress=progress)
-    except AuditError as exc:
-        fail(str(exc))
-    except Exception as exc:  # the user's code or a backend broke mid-audit: one line unless asked
-        if show_traceback:
-            raise
-        lines = str(exc).strip().splitlines()
-        fail(f"the audit could not run: {type(exc).__name__}: {lines[0] if lines else ''} "
-             "(rerun with --traceback for details)")
-    report.target = target
-    if json_path == "-":
-        click.echo(report.to_json())
-        render(report, stderr=True, verbose=verbose)
-    else:
-        if json_path:
-            try:
-                Path(json_path).write_text(report.to_json() + "\n")
-            except OSError as exc:
-                fail(f"cannot write {json_path}: {exc.strerror}")
-        render(report, stderr=False, verbose=verbose)
-    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
+    finish(report, target, json_path, verbose)
 
 
 def render(report, stderr: bool, verbose: bool = False) -> None:
@@ -107,11 +88,13 @@ def render(report, stderr: bool, verbose: bool = False) -> None:
                   f"{passed}/{len(report.checks)} checks passed")
     if shown:
         table = Table(show_edge=False, pad_edge=False)
-        for column in ("ord", "wrt", "method", "status", "|err|", "error bar", "worst", "analytical", "numerical"):
+        by_backend = any(c.backend for c in shown)
+        for column in ("backend",) * by_backend + ("ord", "wrt", "method", "status", "|err|", "error bar", "worst",
+                                                   "analytical", "numerical"):
             table.add_column(column, justify="right" if column in ("|err|", "error bar") else "left")
         for c in shown:
             style = {"pass": "green", "fail": "red"}.get(c.status, "yellow")
-            table.add_row(str(c.order), c.wrt, c.method, f"[{style}]{c.status}[/{style}]", fmt(c.max_abs_err),
+            table.add_row(*(c.backend or "",) * by_backend, str(c.order), c.wrt, c.method, f"[{style}]{c.status}[/{style}]", fmt(c.max_abs_err),
                           fmt(c.tolerance), "" if c.worst_index is None else str(c.worst_index),
                           fmt(c.analytical), fmt(c.numerical))
         console.print(table)
@@ -126,6 +109,60 @@ def render(report, stderr: bool, verbose: bool = False) -> None:
     st = report.stats
     console.print(f"[dim]{st.get('seconds', 0):.2f}s, {st.get('forward_evals', 0)} forward / "
                   f"{st.get('backward_evals', 0)} backward evaluations, {st.get('compilations', 0)} compilations[/dim]")
+
+
+@main.command()
+@click.argument("target")
+@click.option("--backends", "backend_list", default="eager,xla", show_default=True,
+              help="Comma-separated backends to compare with eager float64 on CPU.")
+@click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]), default=None,
+              help="Cast floating inputs and parameters on the compared backends (default: keep).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", default=None, help="Write the JSON report to PATH ('-' for stdout).")
+@click.option("--no-localize", is_flag=True, help="Skip localizing divergences to an op.")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show Python tracebacks of unexpected errors.")
+@click.option("-v", "--verbose", is_flag=True, help="List every check, not only those that did not pass.")
+def compare(target, backend_list, order, dtype, seed, json_path, no_localize, show_traceback, verbose) -> None:
+    """Run TARGET on several backends and compare outputs and gradients with eager float64 on CPU."""
+    from .compare import compare as compare_backends
+    from .case import load_target
+
+    names = [b.strip() for b in backend_list.split(",") if b.strip()]
+    with audit_errors(show_traceback):
+        case = load_target(target)
+        with progress_bar(sys.stderr.isatty()) as progress:
+            report = compare_backends(case, backends=names, order=order, dtype=dtype, seed=seed,
+                                            localize=not no_localize, progress=progress)
+    finish(report, target, json_path, verbose)
+
+
+@contextmanager
+def audit_errors(show_traceback: bool):
+    """AuditError and unexpected failures of the user's code become one line and exit code 2."""
+    try:
+        yield
+    except AuditError as exc:
+        fail(str(exc))
+    except Exception as exc:
+        if show_traceback:
+            raise
+        lines = str(exc).strip().splitlines()
+        fail(f"the audit could not run: {type(exc).__name__}: {lines[0] if lines else ''} "
+             "(rerun with --traceback for details)")
+
+
+def finish(report, target: str, json_path: str | None, verbose: bool) -> None:
+    report.target = target
+    if json_path and json_path != "-":
+        try:
+            Path(json_path).write_text(report.to_json() + "\n")
+        except OSError as exc:
+            fail(f"cannot write {json_path}: {exc.strerror}")
+    if json_path == "-":
+        click.echo(report.to_json())
+    render(report, stderr=json_path == "-", verbose=verbose)
+    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
 
 
 @main.command()

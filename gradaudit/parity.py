@@ -1,8 +1,8 @@
-"""Low-precision audits: gradients computed in the audited dtype against a float64 shadow computation.
+"""Gradients of one program against a float64 reference program, within the noise of the program's precision.
 
-The numerical checks run on the float64 shadow (finite differences in float32 are too coarse to see small
-bugs); this module then asks whether the float32 (or half) gradients agree with the float64 ones within the
-noise that precision implies, scaled by how far the float32 forward already drifts from float64.
+Used twice: low-precision audits (float32 gradients against the float64 shadow the numerical checks ran on)
+and cross-backend audits (XLA or CUDA gradients against eager float64 on CPU). The noise is the precision's
+eps, raised to how far the program's forward already drifts from the reference's.
 """
 from __future__ import annotations
 
@@ -17,63 +17,97 @@ from .numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
 from .report import Check, Finding
 
 
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return real(tensor).detach().to("cpu", torch.float64)
+
+
 def forward_drift(native: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
     """Largest forward-output difference relative to the output's scale: how ill-conditioned the case is."""
     drift = 0.0
     for a, b in zip(native, reference):
         if b.numel():
-            scale = float(real(b).double().abs().max()) or 1.0
-            drift = max(drift, float((real(a).double() - real(b).double()).abs().max()) / scale)
+            scale = float(_cpu(b).abs().max()) or 1.0
+            drift = max(drift, float((_cpu(a) - _cpu(b)).abs().max()) / scale)
     return drift
 
 
-def parity_checks(native: Program, reference: Program, settings: Settings) -> tuple[list[Check], list[Finding]]:
+def forward_checks(native: Program, reference: Program) -> tuple[list[Check], float]:
+    """Forward outputs against the reference within the program's precision (order 0 checks)."""
+    y_native = evaluate(ForwardFunction(native), [leaf.value for leaf in native.leaves])
+    y_reference = evaluate(ForwardFunction(reference), [leaf.value for leaf in reference.leaves])
+    eps = eps_of(native.dtype)
+    scale = max((float(_cpu(b).abs().max()) for b in y_reference if b.numel()), default=0.0)
+    checks = []
+    for name, a, b in zip(reference.output_names, y_native, y_reference):
+        a, b = _cpu(a).reshape(-1), _cpu(b).reshape(-1)
+        outcome, worst = Outcome(), None
+        if b.numel():
+            tolerance = ROUNDING_FACTOR * eps * (b.abs() + scale) + 1e-300
+            worst = int(torch.argmax((a - b).abs() / tolerance))
+            outcome.absorb(float(a[worst]), float(b[worst]), float(tolerance[worst]))
+        checks.append(_check(0, name, "forward_parity", outcome, native.dtype, worst))
+    return checks, forward_drift(y_native, y_reference)
+
+
+def _check(order: int, wrt: str, method: str, outcome: Outcome, dtype: torch.dtype, worst: int | None) -> Check:
+    check = Check(order=order, wrt=wrt, method=method, ok=not outcome.failed,
+                  status="fail" if outcome.failed else "pass", max_abs_err=outcome.abs_err,
+                  max_rel_err=outcome.rel_err, tolerance=outcome.tolerance, analytical=outcome.analytical,
+                  numerical=outcome.numerical, probes=1, dtype=str(dtype).replace("torch.", ""))
+    if outcome.failed:
+        check.worst_index = [worst]
+    return check
+
+
+def parity_checks(native: Program, reference: Program, settings: Settings,
+                  method: str = "dtype_parity") -> tuple[list[Check], list[Finding]]:
+    """Order-1 (and order-2) gradients of ``native`` against ``reference`` for the same seeded cotangents."""
     generator = torch.Generator().manual_seed(settings.seed + 7919)
     x_native = [leaf.value for leaf in native.leaves]
     x_reference = [leaf.value for leaf in reference.leaves]
     names = [leaf.name for leaf in native.leaves]
     f_native, f_reference = ForwardFunction(native), ForwardFunction(reference)
     y_reference = evaluate(f_reference, x_reference)
-    drift = forward_drift(evaluate(f_native, x_native), y_reference)
-    noise = max(eps_of(native.dtype), drift)
+    y_native = evaluate(f_native, x_native)
+    noise = max(eps_of(native.dtype), forward_drift(y_native, y_reference))
     dtype = str(native.dtype).replace("torch.", "")
 
+    def like(cotangent, tensors):
+        return [c.to(device=t.device, dtype=t.dtype) for c, t in zip(cotangent, tensors)]
+
     checks, findings = [], []
-    pairs = [(f_native, f_reference, y_reference)]
+    pairs = [(f_native, f_reference, y_reference, y_native)]
     if settings.order >= 2:
         v = [rademacher_like(y, generator) for y in y_reference]
-        v_native = [c.to(y.dtype) for c, y in zip(v, evaluate(f_native, x_native))]
-        pairs.append((GradientFunction(f_native, v_native, names), GradientFunction(f_reference, v, names),
-                      x_reference))
-    for f_n, f_r, like in pairs:
-        cotangent = [rademacher_like(y, generator) for y in like]
+        pairs.append((GradientFunction(f_native, like(v, y_native), names), GradientFunction(f_reference, v, names),
+                      x_reference, x_native))
+    for f_n, f_r, reference_like, native_like in pairs:
+        cotangent = [rademacher_like(y, generator) for y in reference_like]
         with twice_differentiable_attention([]) if f_n.order > 1 else nullcontext():
             g_reference = vjps(f_r, x_reference, [cotangent])[0]
-            g_native = vjps(f_n, x_native, [[c.to(x.dtype) for c, x in
-                                             zip(cotangent, evaluate(f_n, x_native))]])[0]
+            g_native = vjps(f_n, x_native, [like(cotangent, native_like)])[0]
         # Like rounding, the tolerance floor is relative to the largest gradient: an entry that cancels to
         # zero in float64 (a bias before batch norm) keeps float32 noise of the whole computation's scale.
-        scale = max((float(real(b).double().abs().max()) for b in g_reference if b.numel()), default=0.0)
+        scale = max((float(_cpu(b).abs().max()) for b in g_reference if b.numel()), default=0.0)
         order_checks = []
         for name, a, b in zip(names, g_native, g_reference):
-            outcome = Outcome()
-            a, b = real(a).double().reshape(-1), real(b).double().reshape(-1)
+            outcome, worst = Outcome(), None
+            a, b = _cpu(a).reshape(-1), _cpu(b).reshape(-1)
             if b.numel():
                 tolerance = ROUNDING_FACTOR * noise * (b.abs() + scale) + 1e-300
                 worst = int(torch.argmax((a - b).abs() / tolerance))
                 outcome.absorb(float(a[worst]), float(b[worst]), float(tolerance[worst]))
-            check = Check(order=f_n.order, wrt=name, method="dtype_parity", ok=not outcome.failed,
-                          status="fail" if outcome.failed else "pass", max_abs_err=outcome.abs_err,
-                          max_rel_err=outcome.rel_err, tolerance=outcome.tolerance, analytical=outcome.analytical,
-                          numerical=outcome.numerical, probes=1, dtype=dtype)
-            if outcome.failed:
-                check.worst_index = [worst]
-            order_checks.append(check)
+            order_checks.append(_check(f_n.order, name, method, outcome, native.dtype, worst))
         checks += order_checks
         failing = [c for c in order_checks if not c.ok]
         if failing:
-            finding = fault_finding(f_n.order, "dtype_parity", failing)
-            finding.message = (f"{dtype} gradients disagree with the float64 computation beyond {dtype} noise: "
-                               + finding.message)
+            finding = fault_finding(f_n.order, method, failing)
+            if method == "dtype_parity":
+                finding.message = (f"{dtype} gradients disagree with the float64 computation beyond {dtype} "
+                                   "noise: " + finding.message)
+            else:
+                finding.kind = "backward_divergence"
+                finding.message = (f"{native.device} gradients disagree with eager float64 on CPU beyond {dtype} "
+                                   "noise: " + finding.message)
             findings.append(finding)
     return checks, findings

@@ -1,0 +1,113 @@
+"""Cross-backend audits: the same case, parameters, inputs and probes on several backends, each judged against
+eager float64 on the CPU (``gradaudit.compare``, ``gradaudit compare``)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .api import parse_dtype, same_rng_for_each_program
+from .case import as_case
+from .checker import Auditor, Settings
+from .errors import AuditError
+from .parity import forward_checks, parity_checks
+from .registry import usable_backend
+from .report import Finding, Report
+
+
+def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends: tuple[str, ...] | list[str] =
+            ("eager", "xla"), order: int = 1, dtype: str | torch.dtype | None = None, seed: int = 0,
+            probes: int = 3, localize: bool = True, progress: Callable[[str, int, int], None] | None = None,
+            name: str | None = None) -> Report:
+    """Run the case on each backend (in ``dtype``, default: as given) and compare forward outputs and
+    gradients (orders 1..order) with eager float64 on CPU, within each backend's precision.
+
+    Backends without autograd (ONNX) are checked by finite differences against the reference's gradients.
+    A kink where backends follow different conventions (relu6 exactly at 6) is a ``nondifferentiable_point``,
+    not a divergence."""
+    if order not in (1, 2):
+        raise AuditError(f"order must be 1 or 2, got {order}")
+    if not backends:
+        raise AuditError("compare needs at least one backend")
+    case = as_case(target, args, kwargs, name)
+    chosen = [usable_backend(b) for b in backends]
+    settings = Settings(order=order, seed=seed, probes=probes)
+    started = time.perf_counter()
+    checks, findings, skipped = [], [], []
+    stats = {"forward_evals": 0, "backward_evals": 0, "compilations": 0}
+    with same_rng_for_each_program() as rewind:
+        with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
+            for step, backend in enumerate(chosen):
+                if progress:
+                    progress(f"comparing {backend.name}", step, len(chosen))
+                rewind()
+                with backend.load(case, None, parse_dtype(dtype)) as program:
+                    backend_checks, backend_findings, notes = compare_program(program, reference, settings)
+                    for item in backend_checks:
+                        item.backend = backend.name
+                    for finding in backend_findings:
+                        finding.details["backend"] = backend.name
+                        finding.message = f"[{backend.name}] {finding.message}"
+                    checks += backend_checks
+                    findings += backend_findings
+                    skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
+                    for key, value in program.stats.to_dict().items():
+                        stats[key] += value
+    stats["seconds"] = round(time.perf_counter() - started, 4)
+    return Report(target=case.label, backend=",".join(b.name for b in chosen), device="cpu (reference)",
+                  dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,
+                  findings=findings, skipped=skipped, stats=stats,
+                  settings=settings.to_dict() | {"reference": "eager/cpu/float64", "localize": localize},
+                  version=__version__)
+
+
+def compare_program(program, reference, settings: Settings) -> tuple[list, list[Finding], list[dict]]:
+    """Forward parity, then gradient parity (autograd backends) or a finite-difference audit (others)."""
+    checks, drift = forward_checks(program, reference)
+    findings = []
+    failing = [c for c in checks if not c.ok]
+    if failing:
+        worst = max(failing, key=lambda c: c.max_abs_err / max(c.tolerance, 1e-300))
+        findings.append(Finding(
+            "forward_divergence", order=0, wrt=worst.wrt, max_abs_err=worst.max_abs_err,
+            message=f"forward output {worst.wrt} differs from eager float64 at element {worst.worst_index}: "
+                    f"{worst.analytical:.6g} vs {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g} > "
+                    f"{worst.tolerance:.3g} allowed in {worst.dtype})",
+            details={"drift": drift}))
+    notes: list[dict] = []
+    if program.supports_autograd:
+        gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
+        gradient_findings = [explain_kinks(f, reference, settings) for f in gradient_findings]
+    else:
+        gradient_checks, gradient_findings, notes = Auditor(reference, settings, numeric=program).run()
+    return checks + gradient_checks, findings + gradient_findings, notes
+
+
+def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
+    """Backends may pick different one-sided derivatives at a kink (relu6 exactly at 6): that is a
+    convention, not a bug, when the worst element sits on a kink of the float64 reference."""
+    if finding.order != 1 or finding.details.get("worst_index") is None:
+        return finding
+    names = [leaf.name for leaf in reference.leaves]
+    if finding.wrt not in names:
+        return finding
+    from .differentiate import ForwardFunction, evaluate
+    from .numerics import rademacher_like
+
+    auditor = Auditor(reference, settings)
+    f = ForwardFunction(reference)
+    generator = torch.Generator().manual_seed(settings.seed)
+    cotangent = [rademacher_like(y, generator) for y in evaluate(f, auditor.x)]
+    leaf = names.index(finding.wrt)
+    kinks = auditor.kink_elements(f, leaf, cotangent)["elements"] or []
+    flat = finding.details["worst_index"][0]
+    index = auditor.element_index(leaf, flat)
+    if index not in kinks:
+        return finding
+    return Finding("nondifferentiable_point", order=1, wrt=finding.wrt, severity="warning",
+                   message=f"{finding.wrt} element {index} sits on a kink where backends follow different "
+                           f"one-sided conventions ({finding.details.get('analytical'):.6g} vs "
+                           f"{finding.details.get('numerical'):.6g}); not a backend bug",
+                   details={"kink_elements": {finding.wrt: kinks}, "convention": True})

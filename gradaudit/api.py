@@ -11,9 +11,11 @@ from . import __version__
 from .case import as_case
 from .checker import Auditor, Settings
 from .errors import AuditError
-from .parity import parity_checks
+from .numerics import eps_of, model_error_of
+from .parity import forward_checks, forward_divergences, parity_checks
 from .registry import usable_backend
-from .report import Report
+from .backends.base import Program
+from .report import Check, Finding, Report
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}
@@ -47,14 +49,18 @@ def same_rng_for_each_program():
 
 def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: str = "eager",
           device: str | None = None, order: int = 1, dtype: str | torch.dtype | None = None, mode: str = "auto",
-          seed: int = 0, probes: int = 3, shadow: bool = True, localize: bool = True,
-          progress: Callable[[str, int, int], None] | None = None, name: str | None = None) -> Report:
+          seed: int = 0, probes: int = 3, shadow: bool = True, localize: bool = True, static_only: bool = False,
+          fail_on_hazard: bool = False, progress: Callable[[str, int, int], None] | None = None,
+          name: str | None = None) -> Report:
     """Audit the gradients of a function or module at ``args``/``kwargs``.
 
     ``target`` is a callable (function or ``nn.Module``), a ``gradaudit.Case``, or a factory's
     ``(fn, args[, kwargs])`` tuple. ``order=2`` checks first and second order. Low-precision cases are checked
     numerically on a float64 shadow copy, and their own gradients are compared with it (``shadow=False``
-    checks them directly in their dtype). Raises :class:`gradaudit.AuditError` when the audit cannot run.
+    checks them directly in their dtype). Failures are localized to the autograd node, op, module and source
+    line (``localize``). Static hazards (dead parameters, non-differentiable ops on a gradient path, ...) are
+    reported as warnings, as errors with ``fail_on_hazard``, and alone with ``static_only``. Raises
+    :class:`gradaudit.AuditError` when the audit cannot run.
     """
     if order not in (1, 2):
         raise AuditError(f"order must be 1 or 2, got {order}")
@@ -70,10 +76,10 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     with same_rng_for_each_program() as rewind:
         with chosen.load(case, device, parse_dtype(dtype)) as program:
             reference = None
-            if not program.supports_autograd:
+            if not program.supports_autograd and not static_only:
                 rewind()
                 reference = usable_backend("eager").load(case, "cpu", torch.float64)
-            elif shadow and program.dtype != torch.float64:
+            elif shadow and program.dtype != torch.float64 and not static_only:
                 rewind()
                 try:
                     reference = chosen.load(case, device, torch.float64)
@@ -81,24 +87,103 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                     skipped.append({"what": "float64 shadow", "reason": f"{type(exc).__name__}: {exc}; "
                                     f"checked in {program.dtype} with its own error bars"})
             try:
-                if program.supports_autograd:
-                    checks, findings, more = Auditor(reference or program, settings, progress).run()
+                skipped += getattr(program, "notes", [])
+                if static_only:
+                    checks, findings = [], static_hazards(program)
+                elif program.supports_autograd:
+                    checks, findings, model_error = [], [], 0.0
+                    random = random_op(program) if chosen.name != "eager" else None
+                    if random:
+                        skipped.append({"what": "forward parity with eager float64",
+                                        "reason": f"the case draws random numbers ({random}), and each "
+                                                  "backend draws its own"})
+                    elif chosen.name != "eager":  # how faithful is this backend's forward? (judged by eager)
+                        rewind()
+                        with usable_backend("eager").load(case, "cpu", torch.float64) as eager:
+                            checks, drift = forward_checks(program, eager)
+                        findings = forward_divergences(checks, drift)
+                        model_error = model_error_of(drift, eps_of(program.dtype))
+                    more_checks, more_findings, more = Auditor(reference or program, settings, progress,
+                                                               model_error=model_error).run()
+                    checks += more_checks
+                    findings += more_findings
+                    skipped += more
+                    if reference is not None:
+                        extra_checks, extra_findings = parity_checks(program, reference, settings)
+                        checks += extra_checks
+                        findings += extra_findings
+                    if localize:
+                        localize_findings(reference or program, findings, seed)
+                    findings += static_hazards(program) + fallback_hazards(program)
                 else:
-                    checks, findings, more = Auditor(reference, settings, progress, numeric=program).run()
-                skipped += more
-                if reference is not None and program.supports_autograd:
-                    extra_checks, extra_findings = parity_checks(program, reference, settings)
-                    checks += extra_checks
-                    findings += extra_findings
+                    checks, findings = numeric_backend_audit(program, reference, settings, progress, skipped,
+                                                             localize)
             finally:
                 if reference is not None:
                     reference.close()
             stats = program.stats.to_dict()
             if reference is not None:
                 stats = {k: v + reference.stats.to_dict()[k] for k, v in stats.items()}
+    if fail_on_hazard:
+        for finding in findings:
+            if finding.kind == "hazard":
+                finding.severity = "error"
     stats["seconds"] = round(time.perf_counter() - started, 4)
     settings_dict = settings.to_dict() | {"shadow": "float64" if reference is not None else None,
-                                          "localize": localize}
+                                          "localize": localize, "static_only": static_only}
     return Report(target=case.label, backend=chosen.name, device=program.device,
                   dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=checks, findings=findings,
                   skipped=skipped, stats=stats, settings=settings_dict, version=__version__)
+
+
+def random_op(program: Program) -> str | None:
+    from .analyzers.divergence import random_op as first_random_op
+
+    return first_random_op(program)
+
+
+def localize_findings(program: Program, findings: list[Finding], seed: int) -> None:
+    """Name the node, op, module and source line of each fault (the program must still be open)."""
+    from .analyzers.localize import localize
+
+    for finding in findings:
+        if finding.details.get("method") != "dtype_parity":  # the float64 program has no such fault
+            localize(program, finding, seed)
+
+
+def static_hazards(program: Program) -> list[Finding]:
+    if not program.supports_autograd:
+        return []
+    from .analyzers.hazards import static_findings
+
+    return static_findings(program)
+
+
+def numeric_backend_audit(program: Program, reference: Program, settings: Settings, progress,
+                          skipped: list[dict], localize: bool) -> tuple[list[Check], list[Finding]]:
+    """A backend without autograd (an exported graph): its forward against eager float64, then its finite
+    differences against eager float64 gradients. A mismatch is the backend differentiating differently from
+    PyTorch: a divergence, not a faulty backward of the user's code."""
+    checks, drift = forward_checks(program, reference)
+    findings = forward_divergences(checks, drift)
+    gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program).run()
+    skipped += more
+    for finding in gradient_findings:
+        if finding.kind in ("faulty_backward", "faulty_double_backward", "faulty_forward_ad"):
+            finding.kind = "backward_divergence"
+            finding.message = (f"derivatives of the {program.device} program differ from PyTorch's gradients: "
+                               + finding.message)
+    findings += gradient_findings
+    if localize:
+        from .analyzers.divergence import locate_divergence
+
+        locate_divergence(program, reference, findings)
+    return checks + gradient_checks, findings
+
+
+def fallback_hazards(program: Program) -> list[Finding]:
+    """Ops a compiling backend (XLA) could not lower and ran on the CPU instead: slow, and a place where
+    device and CPU semantics may differ."""
+    return [Finding("hazard", f"{op} fell back to the CPU on {program.device}", op=op, severity="warning",
+                    details={"hazard": "cpu_fallback", "count": count})
+            for op, count in getattr(program, "fallback_counts", {}).items()]

@@ -59,8 +59,10 @@ def progress_bar(enabled: bool):
 @click.option("--no-shadow", is_flag=True, help="Check low-precision cases in their own dtype, without float64.")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show Python tracebacks of unexpected errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every check, not only those that did not pass.")
+@click.option("--static-only", is_flag=True, help="Only walk the autograd graph for hazards; no numerics.")
+@click.option("--fail-on-hazard", is_flag=True, help="Static hazards fail the audit (exit 1).")
 def run(target, backend, device, order, dtype, mode, seed, probes, json_path, no_localize, no_shadow,
-        show_traceback, verbose) -> None:
+        show_traceback, verbose, static_only, fail_on_hazard) -> None:
     """Audit the gradients of TARGET (path/to/file.py:NAME or dotted.module:NAME)."""
     from . import api
     from .case import load_target
@@ -70,7 +72,7 @@ def run(target, backend, device, order, dtype, mode, seed, probes, json_path, no
         with progress_bar(sys.stderr.isatty()) as progress:
             report = api.check(case, backend=backend, device=device, order=order, dtype=dtype, mode=mode,
                                seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize,
-                               progress=progress)
+                               static_only=static_only, fail_on_hazard=fail_on_hazard, progress=progress)
     finish(report, target, json_path, verbose)
 
 
@@ -182,6 +184,14 @@ def backends() -> None:
         table.add_row(name, usable, ", ".join(availability.devices), details)
     Console(highlight=False).print(table)
 
+
+def _register_analyzer_commands() -> None:
+    from .analyzers.cli import graph_command
+
+    main.add_command(graph_command)
+
+
+_register_analyzer_commands()
 
 if __name__ == "__main__":
     main()

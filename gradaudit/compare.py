@@ -12,7 +12,7 @@ from .api import parse_dtype, same_rng_for_each_program
 from .case import as_case
 from .checker import Auditor, Settings
 from .errors import AuditError
-from .parity import forward_checks, parity_checks
+from .parity import forward_checks, forward_divergences, parity_checks
 from .registry import usable_backend
 from .report import Finding, Report
 
@@ -39,12 +39,14 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     stats = {"forward_evals": 0, "backward_evals": 0, "compilations": 0}
     with same_rng_for_each_program() as rewind:
         with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
+            refuse_random_ops(reference)
             for step, backend in enumerate(chosen):
                 if progress:
                     progress(f"comparing {backend.name}", step, len(chosen))
                 rewind()
                 with backend.load(case, None, parse_dtype(dtype)) as program:
-                    backend_checks, backend_findings, notes = compare_program(program, reference, settings)
+                    backend_checks, backend_findings, notes = compare_program(program, reference, settings,
+                                                                              localize)
                     for item in backend_checks:
                         item.backend = backend.name
                     for finding in backend_findings:
@@ -63,26 +65,52 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
                   version=__version__)
 
 
-def compare_program(program, reference, settings: Settings) -> tuple[list, list[Finding], list[dict]]:
+def compare_program(program, reference, settings: Settings,
+                    localize: bool = True) -> tuple[list, list[Finding], list[dict]]:
     """Forward parity, then gradient parity (autograd backends) or a finite-difference audit (others)."""
     checks, drift = forward_checks(program, reference)
-    findings = []
-    failing = [c for c in checks if not c.ok]
-    if failing:
-        worst = max(failing, key=lambda c: c.max_abs_err / max(c.tolerance, 1e-300))
-        findings.append(Finding(
-            "forward_divergence", order=0, wrt=worst.wrt, max_abs_err=worst.max_abs_err,
-            message=f"forward output {worst.wrt} differs from eager float64 at element {worst.worst_index}: "
-                    f"{worst.analytical:.6g} vs {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g} > "
-                    f"{worst.tolerance:.3g} allowed in {worst.dtype})",
-            details={"drift": drift}))
+    findings = forward_divergences(checks, drift)
     notes: list[dict] = []
     if program.supports_autograd:
         gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
         gradient_findings = [explain_kinks(f, reference, settings) for f in gradient_findings]
     else:
         gradient_checks, gradient_findings, notes = Auditor(reference, settings, numeric=program).run()
-    return checks + gradient_checks, findings + gradient_findings, notes
+        for finding in gradient_findings:
+            if finding.kind.startswith("faulty_"):
+                finding.kind = "backward_divergence"
+    findings += gradient_findings
+    if localize:
+        localize_divergences(program, reference, findings, settings.seed)
+    return checks + gradient_checks, findings, notes
+
+
+def localize_divergences(program, reference, findings: list[Finding], seed: int) -> None:
+    """Forward: the first op (autograd backends) or module (exported graphs) whose output diverges while its
+    inputs agree. Backward (order 1): the node whose incoming gradient agrees across backends but whose
+    outgoing gradient does not."""
+    from .analyzers.divergence import first_backward_divergence, first_diverging_op, locate_divergence
+
+    if not program.supports_autograd:
+        locate_divergence(program, reference, findings)
+        return
+    for finding in findings:
+        if finding.kind == "forward_divergence":
+            try:
+                op = first_diverging_op(program, reference)
+            except Exception as exc:  # best effort, like every localization
+                finding.details["localization"] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            if op is not None:
+                finding.node, finding.op, finding.module, finding.source = op.node, op.op, op.module, op.source
+        elif finding.kind == "backward_divergence" and finding.order == 1:
+            try:
+                node = first_backward_divergence(program, reference, seed)
+            except Exception as exc:
+                finding.details["localization"] = {"error": f"{type(exc).__name__}: {exc}"}
+                continue
+            if node is not None:
+                finding.node, finding.op, finding.module, finding.source = node.node, node.op, node.module, node.source
 
 
 def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
@@ -111,3 +139,13 @@ def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
                            f"one-sided conventions ({finding.details.get('analytical'):.6g} vs "
                            f"{finding.details.get('numerical'):.6g}); not a backend bug",
                    details={"kink_elements": {finding.wrt: kinks}, "convention": True})
+
+
+def refuse_random_ops(reference) -> None:
+    """Each backend has its own random generator: dropout masks differ, so outputs cannot be compared."""
+    from .analyzers.divergence import random_op
+
+    op = random_op(reference)
+    if op is not None:
+        raise AuditError(f"the case draws random numbers ({op}) and every backend draws its own; "
+                         "compare it in eval mode")

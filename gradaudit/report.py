@@ -124,11 +124,14 @@ def render_text(report: Report) -> str:
                           if getattr(finding, k))
         if where:
             lines.append(f"      at {where}")
-    for check in report.failed_checks:
+    shown = report.failed_checks[:12]
+    for check in shown:
         index = "" if check.worst_index is None else f" at {check.worst_index}"
         lines.append(f"  failed: order {check.order} {check.method} wrt {check.wrt}{index}: analytical "
                      f"{fmt(check.analytical)} vs numerical {fmt(check.numerical)} "
                      f"(|err| {fmt(check.max_abs_err)} > tol {fmt(check.tolerance)})")
+    if len(report.failed_checks) > len(shown):
+        lines.append(f"  ... and {len(report.failed_checks) - len(shown)} more failed checks")
     for skip in report.skipped:
         lines.append(f"  skipped: {skip['what']}: {skip['reason']}")
     stats = report.stats

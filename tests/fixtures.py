@@ -303,3 +303,145 @@ def scaled_backward():
 def lazy_linear():
     torch.manual_seed(0)
     return nn.Sequential(nn.LazyLinear(3), nn.Tanh()).double(), (randn(2, 5),)
+
+
+# ---------------------------------------------------------------- for the analyzers (localization, hazards)
+class SlopedTanh(torch.autograd.Function):
+    """tanh whose backward uses 1 - t instead of 1 - t**2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        t = torch.tanh(x)
+        ctx.save_for_backward(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        (t,) = ctx.saved_tensors
+        return grad * (1 - t)
+
+
+class SlopedTanhModule(nn.Module):
+    def forward(self, x):
+        return SlopedTanh.apply(x)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width, act):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.act = act
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + 0.5 * self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+class ResidualNet(nn.Module):
+    def __init__(self, blocks=24, width=8, faulty=None):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ResidualBlock(width, SlopedTanhModule() if i == faulty else nn.Tanh()) for i in range(blocks))
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def residual_net(blocks=24, faulty=17, width=8):
+    """A residual network (LayerNorm, Linear, activation, Linear per block; ~10 autograd nodes a block) whose
+    block ``faulty`` (17 of 24 by default; None: no fault) has a tanh with a wrong backward."""
+    return _module(lambda: ResidualNet(blocks, width, faulty)), (randn(4, width, seed=5),)
+
+
+class WrongJvpSquareCtx(torch.autograd.Function):
+    """x**2 with a right backward and a forward-mode formula (jvp) that forgets the factor 2."""
+
+    @staticmethod
+    def forward(x):
+        return x ** 2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x,) = inputs
+        ctx.save_for_backward(x)
+        ctx.x = x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * 2 * x
+
+    @staticmethod
+    def jvp(ctx, tangent):
+        return tangent * ctx.x  # wrong: the JVP of x**2 is 2 x tangent
+
+
+def wrong_forward_ad():
+    return (lambda x: torch.sin(WrongJvpSquareCtx.apply(x.exp()))), (randn(3, 2),)
+
+
+# ---------------------------------------------------------------- for the onnx backend
+class ExportOnlySwish(nn.Module):
+    """x * sigmoid(x) in eager, but x * sigmoid(1.5 x) when traced by torch.onnx.export."""
+
+    def forward(self, x):
+        if torch.onnx.is_in_onnx_export():
+            return x * torch.sigmoid(1.5 * x)
+        return x * torch.sigmoid(x)
+
+
+def export_divergent_activation(dtype=D):
+    """An MLP whose activation takes a different code path under ``torch.onnx.is_in_onnx_export()``."""
+    model = _module(lambda: nn.Sequential(nn.Linear(4, 5), ExportOnlySwish(), nn.Linear(5, 2)), dtype)
+    return model, (randn(3, 4, dtype=dtype),)
+
+
+def mlp(dtype=D):
+    return _module(lambda: nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)), dtype), (randn(5, 4, dtype=dtype),)
+
+
+def small_conv(dtype=D):
+    model = _module(lambda: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Softplus(), nn.Conv2d(3, 1, 2)), dtype)
+    return model, (randn(2, 2, 5, 5, dtype=dtype),)
+
+
+# ---------------------------------------------------------------- backend-dependent behaviour
+class WrongOnXlaSquare(torch.autograd.Function):
+    """x**2 whose backward takes an XLA-only shortcut that forgets the factor 2."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * x if x.device.type == "xla" else grad * 2 * x
+
+
+class XlaBackwardAct(nn.Module):
+    def forward(self, x):
+        return WrongOnXlaSquare.apply(x)
+
+
+class XlaForwardAct(nn.Module):
+    """tanh that computes something else on XLA (a forward divergence)."""
+
+    def forward(self, x):
+        y = torch.tanh(x)
+        return y * 1.01 if x.device.type == "xla" else y
+
+
+def xla_backward_divergence(dtype=D):
+    model = _module(lambda: nn.Sequential(nn.Linear(4, 5), XlaBackwardAct(), nn.Linear(5, 2)), dtype)
+    return model, (randn(3, 4, dtype=dtype),)
+
+
+def xla_forward_divergence(dtype=D):
+    model = _module(lambda: nn.Sequential(nn.Linear(4, 5), XlaForwardAct(), nn.Linear(5, 2)), dtype)
+    return model, (randn(3, 4, dtype=dtype),)

@@ -18,6 +18,7 @@ Graph: nodes are autograd nodes (attrs ``kind='node'``, ``name``, ``op``, ``modu
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 import networkx as nx
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
@@ -236,6 +238,23 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+class _DetachWatcher(TorchFunctionMode):
+    """User-level ``detach`` calls on tensors that carry a gradient (the dispatch mode also sees torch's own)."""
+
+    def __init__(self, tracker: ModuleTracker) -> None:
+        super().__init__()
+        self.tracker, self.calls = tracker, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.detach, torch.detach, torch.Tensor.detach_) and args and \
+                isinstance(args[0], torch.Tensor) and args[0].requires_grad and torch.is_grad_enabled():
+            user = _user_frame(sys._getframe(1))
+            if user is not None and _function_call(sys._getframe(1)) is None:
+                source, file, line = _where(user)
+                self.calls.append({"module": self.tracker.current, "source": source, "file": file, "line": line})
+        return func(*args, **(kwargs or {}))
+
+
 @dataclass
 class Trace:
     """One traced forward: the leaf tensors used, the outputs, the ops, the nodes and the graph."""
@@ -249,6 +268,7 @@ class Trace:
     id_of: dict[Any, str]  # autograd node -> graph id
     graph: nx.DiGraph
     tangents: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    detaches: list[dict] = field(default_factory=list)  # user detach() calls (when traced with watch_detach)
 
     def info(self, node_id: str) -> NodeInfo:
         return self.infos[node_id]
@@ -264,7 +284,7 @@ def _leaf_values(program, values=None) -> list[torch.Tensor]:
 
 
 def trace_program(program, values: list[torch.Tensor] | None = None, *, tangents: list | None = None,
-                  module_hooks: bool = True) -> Trace:
+                  module_hooks: bool = True, watch_detach: bool = False) -> Trace:
     """Run one forward of ``program`` under the recorder and build the graph. ``values`` are the leaf tensors
     to use (fresh ``requires_grad`` clones of the program's leaves by default; given ones are used as they are,
     so the caller can differentiate with respect to them). With ``tangents`` the forward runs in forward-mode
@@ -281,15 +301,16 @@ def trace_program(program, values: list[torch.Tensor] | None = None, *, tangents
                     outputs = program(duals)
                 recorder.resolve()
                 recorder.resolve(final=True)
-                outputs = [fwAD.unpack_dual(o).primal for o in outputs]
         else:
-            with recorder:
+            watcher = _DetachWatcher(tracker) if watch_detach else contextlib.nullcontext()
+            with watcher, recorder:
                 outputs = program(values)
             recorder.resolve(final=True)
     names = [leaf.name for leaf in program.leaves]
     output_names = list(getattr(program, "output_names", [f"out[{i}]" for i in range(len(outputs))]))
     infos, id_of, graph = _build(recorder, values, names, outputs, output_names)
-    return Trace(values, names, outputs, output_names, recorder.ops, infos, id_of, graph, recorder.tangent_of)
+    return Trace(values, names, outputs, output_names, recorder.ops, infos, id_of, graph, recorder.tangent_of,
+                 watcher.calls if watch_detach and tangents is None else [])
 
 
 def _node_info(node_id: str, node, record: OpRecord | None) -> NodeInfo:

@@ -91,6 +91,11 @@ class _Diverged(RuntimeError):
     """A re-run did not follow the traced op sequence (data-dependent control flow)."""
 
 
+def at_points(f: Callable) -> Callable:
+    """A one-point function as the many-point evaluator the numerics take."""
+    return lambda points: [f(z) for z in points]
+
+
 def _name(func) -> str:
     from .graph import _op_name
     return _op_name(func)
@@ -201,7 +206,7 @@ def local_probe(fn: Callable, xs: list[torch.Tensor], test: str, generator: torc
             grads = [torch.zeros_like(x) if g is None else g.detach() for g, x in zip(grads, leaves)]
         for _ in range(probes):
             u = [rademacher_like(x, generator) * s for x, s in zip(point, scales)]
-            numerical = directional_derivative(evaluate, point, u, h, eps)
+            numerical = directional_derivative(at_points(evaluate), point, u, h, eps)
             if test == "reverse":
                 a, n = inner(grads, u), inner(w, numerical.value)
                 tol = probe_tolerance(numerical, w, grads, u, eps)
@@ -360,7 +365,8 @@ class Localizer:
                 outputs, _ = self.run(trace, plan=plan)
                 return [self.objective(outputs, v)]
         one = torch.ones(1, dtype=torch.float64)
-        numerical = directional_derivative(scalar, [torch.zeros(1, dtype=torch.float64)], [one], self.h, self.eps)
+        numerical = directional_derivative(at_points(scalar), [torch.zeros(1, dtype=torch.float64)], [one],
+                                           self.h, self.eps)
         analytical = inner(analytical_parts, direction_parts)
         tolerance = probe_tolerance(numerical, [one], analytical_parts, direction_parts, self.eps)
         value = float(numerical.value[0].sum())
@@ -517,7 +523,7 @@ class Localizer:
                 _, got = self.run(trace, capture=set(keys), values=z, tangent=(index, direction))
                 return [got[key] for key in keys]
             u = [direction if k == index else None for k in range(len(self.names))]
-            numerical = directional_derivative(captured, self.leaf_values, u, self.h, self.eps)
+            numerical = directional_derivative(at_points(captured), self.leaf_values, u, self.h, self.eps)
         except _Diverged as exc:
             result = self.by_local_probes(trace, "forward", trace.leaf_id(self.names[index]))
             result.details["note"] = f"forward re-runs diverged ({exc}); probed nodes one by one"

@@ -24,15 +24,18 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
+from torch import nn
+from torch.utils._pytree import tree_map
 
 from ..case import Case
 from ..errors import AuditError
 from .base import Availability, Backend, Stats
 from .eager import EagerProgram
 
-# Ops that torch-xla runs through its CPU fallback only to read a value back to Python (``float(t)``,
-# ``t.item()``): the checker itself does that on every scalar it compares, so they say nothing about the case.
-VALUE_READS = frozenset({"aten::_local_scalar_dense"})
+# Fallbacks that the audit's own machinery causes, not the case: reading a value back to Python (``float(t)``,
+# which the checker does for every scalar it compares) and the zero tensors autograd makes for missing
+# tangents. They say nothing about the audited code.
+MACHINERY_FALLBACKS = frozenset({"aten::_local_scalar_dense", "aten::_efficientzerotensor"})
 
 _xla: SimpleNamespace | None = None  # the torch_xla modules, once imported
 _import_error: str | None = None
@@ -99,6 +102,13 @@ def _one_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _tangent(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The forward-mode tangent of a dual tensor (None outside forward AD)."""
+    if not isinstance(tensor, torch.Tensor):
+        return None
+    return torch.autograd.forward_ad.unpack_dual(tensor).tangent
+
+
 # ------------------------------------------------------------------------------------------------ accounting
 class _Ledger:
     """Gives each XLA compilation and CPU fallback to one program: the one evaluated most recently.
@@ -124,7 +134,7 @@ class _Ledger:
         if self.owner is not None:
             self.owner._compilations += compiles - self.compiles
             for name, count in fallbacks.items():
-                if count > self.fallbacks.get(name, 0) and name not in VALUE_READS:
+                if count > self.fallbacks.get(name, 0) and name not in MACHINERY_FALLBACKS:
                     self.owner._fallbacks[name] = self.owner._fallbacks.get(name, 0) + count - \
                         self.fallbacks.get(name, 0)
         self.compiles, self.fallbacks = compiles, fallbacks
@@ -185,6 +195,7 @@ class XlaProgram(EagerProgram):
         self._fallbacks: dict[str, int] = {}
         self._ledger = _the_ledger(xla)
         self._closed = False
+        self._pending_gradients: list[torch.Tensor] = []
         self._ledger.switch(self)
         self._rng_device = str(xla.device if device.index is None else device)
         self._user_seed = xla.xm.get_rng_state(self._rng_device)
@@ -206,6 +217,19 @@ class XlaProgram(EagerProgram):
 
     # -- hooks into EagerProgram ---------------------------------------------------------------------------
     def _private_module(self, fn, device, dtype, args, kwargs):
+        if isinstance(fn, nn.Module):
+            sparse = [name for name, m in fn.named_modules()
+                      if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+            if sparse:
+                raise AuditError(f"torch-xla has no sparse gradients; {sparse[0] or type(fn).__name__} uses "
+                                 "sparse=True (audit it on the eager backend)")
+            if any(isinstance(t, nn.parameter.UninitializedTensorMixin)
+                   for t in list(fn.parameters()) + list(fn.buffers())):
+                # Moved to XLA, an uninitialized parameter becomes an empty tensor that lazy modules then
+                # reject: infer the shapes on the CPU (from the CPU generator, as eager does), then move.
+                to_cpu = lambda t: t.cpu() if isinstance(t, torch.Tensor) else t  # noqa: E731
+                fn = super()._private_module(fn, torch.device("cpu"), None, tree_map(to_cpu, args),
+                                             tree_map(to_cpu, kwargs))
         module = super()._private_module(fn, device, dtype, args, kwargs)
         self._set_seed(self._user_seed)  # lazy modules initialize their parameters from the XLA generator
         self._sync(list(module.parameters()) + list(module.buffers()) if module is not None else [])
@@ -213,12 +237,25 @@ class XlaProgram(EagerProgram):
 
     def _evaluate(self, values, names=False):
         self._ledger.switch(self)
+        # The checker hands over x + t*u with u on some leaves only: made data here, every evaluation traces
+        # the same forward graph whichever leaves were perturbed (else one graph per perturbation pattern).
+        self._sync(list(values) + [t for t in map(_tangent, values) if t is not None])
+        for value in values:
+            if value.requires_grad and not getattr(value, "_gradaudit_materialize", False):
+                value.register_hook(self._materialize_gradient)
+                value._gradaudit_materialize = True
+        self._pending_gradients = []  # left over only if a backward pass failed half-way
         self._set_seed(self._seed)
         try:
             outputs = super()._evaluate(values, names)
+        except AuditError as exc:
+            if names and "Expected XLA tensor" in str(exc):  # the first call: say what usually causes it
+                raise AuditError(f"{exc} (a CPU tensor captured by the function, or kept on the module outside its "
+                                 "parameters and buffers? create it on the input's device)") from exc
+            raise
         finally:
             self._set_seed(self._user_seed)  # whoever loads next (a float64 shadow) sees the user's state
-        self._sync(outputs)
+        self._sync(outputs + [t for t in map(_tangent, outputs) if t is not None])
         return outputs
 
     # -- XLA specifics --------------------------------------------------------------------------------------
@@ -231,6 +268,22 @@ class XlaProgram(EagerProgram):
         tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.device.type == "xla"]
         if tensors:
             self._xla.torch_xla._XLAC._xla_sync_multi(tensors, devices=[], wait=True)
+
+    def _materialize_gradient(self, gradient: torch.Tensor) -> None:
+        """Tensor hook on the leaves the checker differentiates: their gradients (and, in forward-over-reverse,
+        the gradients' tangents) are computed together at the end of the backward pass that makes them. The
+        checker then does its arithmetic on device data, so graphs like ``(g * u).sum()`` are one graph
+        wherever they occur, instead of one backward-plus-arithmetic graph per call site."""
+        if not self._pending_gradients:
+            torch.autograd.Variable._execution_engine.queue_callback(self._sync_gradients)
+        self._pending_gradients.append(gradient)
+        tangent = _tangent(gradient)
+        if tangent is not None:
+            self._pending_gradients.append(tangent)
+
+    def _sync_gradients(self) -> None:
+        pending, self._pending_gradients = self._pending_gradients, []
+        self._sync(pending)
 
     def _settle(self) -> None:
         if not self._closed:

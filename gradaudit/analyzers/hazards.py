@@ -1,0 +1,143 @@
+"""Static hazards: what one traced forward and its autograd graph show without any numerics.
+
+Each hazard is a ``Finding(kind="hazard", severity="warning")`` with ``details["hazard"]`` one of
+``no_gradient`` (a parameter or input the outputs do not depend on: dead, or cut off by ``detach``/no-grad),
+``nondifferentiable_op`` (argmax, round, sign, floor, an integer cast... applied to a tensor that carries a
+gradient: the gradient stops there or is zero), ``once_differentiable`` (a custom Function whose backward
+raises on double backward), ``inplace_on_saved`` (a tensor saved for backward was modified in place: backward
+will raise) and ``nondeterministic_backward_op`` (an op whose CUDA backward uses atomic adds; only for CUDA).
+"""
+from __future__ import annotations
+
+import networkx as nx
+import torch
+
+from ..report import Finding
+from .graph import NodeInfo, Trace, trace_program
+
+# ops whose result is integer, or whose derivative is zero almost everywhere: a gradient does not get through
+NONDIFFERENTIABLE_OPS = {
+    "aten.argmax", "aten.argmin", "aten.argsort", "aten.round", "aten.round.decimals", "aten.sign", "aten.sgn",
+    "aten.floor", "aten.ceil", "aten.trunc", "aten.fix", "aten.floor_divide", "aten.bucketize",
+    "aten.searchsorted", "aten.heaviside", "aten.signbit",
+}
+_CASTS = {"aten._to_copy", "aten.to.dtype", "aten.to.dtype_layout", "aten.to.device", "aten.to", "aten.type_as"}
+# autograd nodes whose CUDA backward accumulates with atomics (results vary from run to run)
+NONDETERMINISTIC_CUDA_BACKWARD = {
+    "IndexAddBackward0", "IndexSelectBackward0", "GatherBackward0", "EmbeddingBackward0",
+    "EmbeddingBagBackward0", "IndexBackward0", "IndexPutBackward0", "ScatterAddBackward0",
+    "ScatterReduceBackward0", "UpsampleBilinear2DBackward0", "UpsampleBilinear2DAaBackward0",
+    "UpsampleBicubic2DBackward0", "UpsampleTrilinear3DBackward0", "UpsampleLinear1DBackward0",
+    "AdaptiveAvgPool2DBackward0", "AdaptiveAvgPool3DBackward0", "AdaptiveMaxPool2DBackward0",
+    "AvgPool3DBackward0", "MaxPool3DWithIndicesBackward0", "FractionalMaxPool2DBackward0",
+    "GridSampler2DBackward0", "GridSampler3DBackward0", "ReflectionPad1DBackward0", "ReflectionPad2DBackward0",
+    "ReflectionPad3DBackward0", "ReplicationPad1DBackward0", "ReplicationPad2DBackward0",
+    "ReplicationPad3DBackward0", "NllLoss2DBackward0", "CtcLossBackward0", "CumsumBackward0",
+    "PutBackward0", "TakeBackward0", "HistcBackward0", "EmbeddingDenseBackward0",
+}
+
+
+def _hazard(hazard: str, message: str, info: NodeInfo | None = None, **details) -> Finding:
+    finding = Finding("hazard", message, severity="warning", details={"hazard": hazard, **details})
+    if info is not None:
+        finding.node = info.name if info.kind == "node" else None
+        finding.op, finding.module, finding.source = info.op, info.module or None, info.source
+    return finding
+
+
+def _where(module: str | None, source: str | None) -> str:
+    parts = [f"module {module}" if module else "", f"at {source}" if source else ""]
+    return " ".join(p for p in parts if p) or "in the top-level code"
+
+
+def find_hazards(trace: Trace, device: str = "cpu", leaf_kinds: dict[str, str] | None = None) -> list[Finding]:
+    """All static hazards of one traced forward."""
+    graph, findings = trace.graph, []
+    leaf_kinds = leaf_kinds or {}
+    # 1. leaves that no output depends on
+    reached = set()
+    for node, data in graph.nodes(data=True):
+        if data.get("kind") == "output":
+            reached.add(node)
+            reached.update(nx.descendants(graph, node))
+    for name in trace.leaf_names:
+        leaf = f"leaf:{name}"
+        if leaf not in reached:
+            kind = leaf_kinds.get(name, "leaf")
+            findings.append(_hazard(
+                "no_gradient", f"{kind} {name} receives no gradient: no output depends on it through autograd "
+                               "(unused, detached, or computed under no_grad)", leaf_kind=kind))
+            findings[-1].wrt = name
+    # 2. non-differentiable ops applied to tensors that carry a gradient, outside custom Functions
+    for record in trace.ops:
+        if record.function is not None or not record.grad_enabled or not any(record.arg_requires_grad):
+            continue
+        name = record.name
+        cast_to_int = False
+        if name in _CASTS:
+            dtype = record.kwargs.get("dtype") or next((a for a in record.args if isinstance(a, torch.dtype)), None)
+            cast_to_int = isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex)
+        if name in NONDIFFERENTIABLE_OPS or cast_to_int:
+            what = "an integer cast" if cast_to_int else name
+            effect = ("the gradient is cut here" if cast_to_int or name.startswith(("aten.arg", "aten.bucket",
+                      "aten.search", "aten.signbit")) else "its derivative is zero almost everywhere")
+            findings.append(_hazard("nondifferentiable_op",
+                                    f"{what} on a tensor that carries a gradient ({_where(record.module, record.source)}):"
+                                    f" {effect}", op=name, index=record.index))
+            findings[-1].op, findings[-1].module, findings[-1].source = name, record.module or None, record.source
+    for call in trace.detaches:
+        finding = _hazard("nondifferentiable_op", f"detach() on a tensor that carries a gradient "
+                                                  f"({_where(call['module'], call['source'])}): the gradient is cut here",
+                          op="detach")
+        finding.op, finding.module, finding.source = "detach", call["module"] or None, call["source"]
+        findings.append(finding)
+    # 3. nodes: once_differentiable Functions, tensors saved for backward modified in place, CUDA atomics
+    for node_id, info in trace.infos.items():
+        if info.kind != "node" or info.node is None:
+            continue
+        forward_cls = getattr(info.node, "_forward_cls", None)
+        if isinstance(forward_cls, type) and _once_differentiable(forward_cls):
+            findings.append(_hazard("once_differentiable",
+                                    f"custom Function {forward_cls.__name__} is @once_differentiable: its backward "
+                                    f"cannot be differentiated (order-2 checks and double backward raise)", info))
+        if _saved_modified(info.node):
+            findings.append(_hazard("inplace_on_saved",
+                                    f"{info.name} saved a tensor for backward that was later modified in place "
+                                    f"({_where(info.module, info.source)}): backward will raise", info))
+        if device.startswith("cuda") and info.name in NONDETERMINISTIC_CUDA_BACKWARD:
+            findings.append(_hazard("nondeterministic_backward_op",
+                                    f"{info.name} accumulates with atomic adds on CUDA: its gradients may differ "
+                                    f"between runs ({_where(info.module, info.source)})", info))
+    return findings
+
+
+def _once_differentiable(cls: type) -> bool:
+    backward = getattr(cls, "backward", None)
+    wrapped = getattr(backward, "__wrapped__", None)
+    code = getattr(backward, "__code__", None)
+    return wrapped is not None and code is not None and code.co_filename.endswith(
+        ("autograd/function.py", "autograd\\function.py"))
+
+
+def _saved_modified(node) -> bool:
+    """Unpacking a saved tensor checks its version counter; a mismatch raises."""
+    names = [n for n in dir(node) if n.startswith("_saved_")]
+    if hasattr(node, "saved_tensors"):
+        names.append("saved_tensors")
+    for name in names:
+        try:
+            getattr(node, name)
+        except RuntimeError as exc:
+            if "modified by an inplace operation" in str(exc):
+                return True
+        except Exception:
+            continue
+    return False
+
+
+def static_findings(program) -> list[Finding]:
+    """Static hazards of a loaded eager Program (for ``gradaudit run --static-only``): one traced forward,
+    no numerics."""
+    trace = trace_program(program, watch_detach=True)
+    kinds = {leaf.name: leaf.kind for leaf in program.leaves}
+    return find_hazards(trace, str(getattr(program, "device", "cpu")), kinds)

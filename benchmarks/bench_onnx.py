@@ -4,10 +4,9 @@
 
 For each size, a small MLP (Linear(10, 8), Tanh, Linear(8, 3)) is audited at an input of ``size`` elements
 (``size / 10`` rows of 10) on the onnx backend, twice:
-  * ``sequential``: the checker as it is, one onnxruntime session run per perturbation;
-  * ``batched``: the same audit where each probe group's perturbations are evaluated with
-    ``OnnxProgram.evaluate_batch`` (one Scan session run for all directions and steps of a group) -- what the
-    checker would do if it prefetched a group's points (see ``BatchedAuditor``).
+  * ``sequential``: one onnxruntime session run per perturbation (``SequentialAuditor``);
+  * ``batched``: the checker as it is: the 4 points of each directional derivative (x +- h u, x +- h/2 u)
+    go to ``OnnxProgram.evaluate_batch``, one Scan session run.
 Both must reach the same verdict with the same numbers (the batched graph runs the same kernels).
 Export time is reported separately: it is paid once per check, whatever the batching.
 """
@@ -25,46 +24,17 @@ from torch import nn
 from gradaudit.backends.onnx import OnnxBackend
 from gradaudit.case import Case
 from gradaudit.checker import Auditor, Settings
-from gradaudit.numerics import shifted
 from gradaudit.registry import usable_backend
 
 
-class BatchedAuditor(Auditor):
-    """The audit with each probe group's finite-difference points evaluated in one ``evaluate_batch`` call.
-
-    ``probe`` draws the group's directions ahead (then rewinds the generator, so the audit draws exactly the
-    same ones), evaluates the 4 points per direction (x +- h u, x +- h/2 u) in one batch, and
-    ``numeric_function`` serves them from that cache; any other point (the h/64 retry, follow-ups) is
-    evaluated one by one as before."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._cache: dict[bytes, list[torch.Tensor]] = {}
-
-    @staticmethod
-    def _key(z) -> bytes:
-        return b"|".join(zi.detach().cpu().contiguous().numpy().tobytes() for zi in z)
-
-    def probe(self, f, x, members, cotangents, grads, directions=None):
-        count = directions or self.settings.probes
-        state = self.generator.get_state()
-        ahead = [self.direction(members, x) for _ in range(count)]
-        self.generator.set_state(state)
-        points = [shifted(x, u, t) for u in ahead for t in (self.h, -self.h, self.h / 2, -self.h / 2)]
-        leaves = self.numeric.leaves
-        outputs = self.numeric.evaluate_batch(
-            [[zi.to(dtype=leaf.value.dtype, device=leaf.value.device) for zi, leaf in zip(z, leaves)]
-             for z in points])
-        self._cache = {self._key(z): out for z, out in zip(points, outputs)}
-        return super().probe(f, x, members, cotangents, grads, directions)
+class SequentialAuditor(Auditor):
+    """The audit with every finite-difference point in a session run of its own: what the checker would do
+    for a backend without ``evaluate_batch`` (the baseline the batched default is measured against)."""
 
     def numeric_function(self, f):
-        direct = super().numeric_function(f)
-
-        def function(z):
-            hit = self._cache.get(self._key(z))
-            return [y.detach() for y in hit] if hit is not None else direct(z)
-        return function
+        leaves = self.numeric.leaves
+        return lambda points: [self.numeric([zi.to(dtype=leaf.value.dtype, device=leaf.value.device)
+                                             for zi, leaf in zip(z, leaves)]) for z in points]
 
 
 def mlp_case(size: int) -> Case:
@@ -80,7 +50,7 @@ def audit(case: Case, batched: bool) -> dict:
     loaded = time.perf_counter()
     reference = usable_backend("eager").load(case, "cpu", torch.float64)
     try:
-        auditor_class = BatchedAuditor if batched else Auditor
+        auditor_class = Auditor if batched else SequentialAuditor
         checks, findings, _ = auditor_class(reference, Settings(), numeric=program).run()
     finally:
         reference.close()

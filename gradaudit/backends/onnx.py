@@ -456,41 +456,7 @@ def _value_info(name: str, like, batch: bool):
     return helper.make_tensor_value_info(name, tensor.elem_type, (["batch"] if batch else []) + dims)
 
 
-# -- forward parity, localization ------------------------------------------------------------------------
-def forward_parity(program: OnnxProgram, reference: Program, seed: int = 0) -> tuple[float, float, bool]:
-    """Compare the exported graph's outputs with eager float64 outputs: (max_abs, max_rel, ok).
-
-    Tolerance per element: ``64 eps (|ref| + max|ref|)`` plus 16 times how far the float64 outputs move when
-    the leaves are perturbed by one rounding unit of the program's precision (how ill-conditioned the case is,
-    which a lower-precision run inherits)."""
-    from ..differentiate import ForwardFunction, evaluate
-    from ..numerics import eps_of, rademacher_like
-
-    eps = eps_of(program.precision)
-    native = program([leaf.value for leaf in program.leaves])
-    f_reference = ForwardFunction(reference)
-    x = [leaf.value for leaf in reference.leaves]
-    expected = evaluate(f_reference, x)
-    generator = torch.Generator().manual_seed(seed)
-    nudged = [xi * (1 + eps * rademacher_like(xi, generator)) for xi in x]
-    moved = evaluate(f_reference, nudged)
-    max_abs = max_rel = 0.0
-    ok = len(native) == len(expected)
-    for a, b, c in zip(native, expected, moved):
-        if a.shape != b.shape:
-            return math.inf, math.inf, False
-        if not b.numel():
-            continue
-        a, b, c = a.double(), b.double().cpu(), c.double().cpu()
-        error = (a - b).abs()
-        scale = float(b.abs().max())
-        tolerance = 64 * eps * (b.abs() + scale) + 16 * (c - b).abs().max() + 1e-300
-        max_abs = max(max_abs, float(error.max()))
-        max_rel = max(max_rel, float((error / b.abs().clamp_min(scale * eps + 1e-300)).max()))
-        ok = ok and bool((error <= tolerance).all())
-    return max_abs, max_rel, ok
-
-
+# -- localization ------------------------------------------------------------------------
 def node_modules(program: OnnxProgram) -> list[tuple[str, str, str, str | None]]:
     """(onnx node name, op type, module path, source ``file:line``) for each node of the exported graph; the
     module path is the user's (``""`` for the top level), as ``named_modules()`` names it."""

@@ -91,30 +91,8 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                 if static_only:
                     checks, findings = [], static_hazards(program)
                 elif program.supports_autograd:
-                    checks, findings, model_error = [], [], 0.0
-                    random = random_op(program) if chosen.name != "eager" else None
-                    if random:
-                        skipped.append({"what": "forward parity with eager float64",
-                                        "reason": f"the case draws random numbers ({random}), and each "
-                                                  "backend draws its own"})
-                    elif chosen.name != "eager":  # how faithful is this backend's forward? (judged by eager)
-                        rewind()
-                        with usable_backend("eager").load(case, "cpu", torch.float64) as eager:
-                            checks, drift = forward_checks(program, eager)
-                        findings = forward_divergences(checks, drift)
-                        model_error = model_error_of(drift, eps_of(program.dtype))
-                    more_checks, more_findings, more = Auditor(reference or program, settings, progress,
-                                                               model_error=model_error).run()
-                    checks += more_checks
-                    findings += more_findings
-                    skipped += more
-                    if reference is not None:
-                        extra_checks, extra_findings = parity_checks(program, reference, settings)
-                        checks += extra_checks
-                        findings += extra_findings
-                    if localize:
-                        localize_findings(reference or program, findings, seed)
-                    findings += static_hazards(program) + fallback_hazards(program)
+                    checks, findings = autograd_backend_audit(chosen.name, case, program, reference, settings,
+                                                              progress, skipped, localize, rewind)
                 else:
                     checks, findings = numeric_backend_audit(program, reference, settings, progress, skipped,
                                                              localize)
@@ -142,13 +120,66 @@ def random_op(program: Program) -> str | None:
     return first_random_op(program)
 
 
-def localize_findings(program: Program, findings: list[Finding], seed: int) -> None:
-    """Name the node, op, module and source line of each fault (the program must still be open)."""
+def autograd_backend_audit(backend: str, case, program: Program, reference: Program | None, settings: Settings,
+                           progress, skipped: list[dict], localize: bool,
+                           rewind: Callable[[], None]) -> tuple[list[Check], list[Finding]]:
+    """Checks of a backend with torch autograd (eager, XLA). A backend other than eager is also held against
+    eager float64 on CPU: its forward (order-0 checks; how accurate its elementary functions are sets the
+    checker's model error) and, for localization, its gradients node by node."""
+    checks, findings, model_error, eager = [], [], 0.0, None
+    if backend != "eager":
+        rewind()
+        eager = usable_backend("eager").load(case, "cpu", torch.float64)
+    try:
+        if eager is not None:
+            random = random_op(program)
+            if random:
+                skipped.append({"what": "forward parity with eager float64",
+                                "reason": f"the case draws random numbers ({random}), and each backend draws "
+                                          "its own"})
+            else:
+                checks, drift = forward_checks(program, eager)
+                findings = forward_divergences(checks, drift)
+                model_error = model_error_of(drift, eps_of(program.dtype))
+        audited = reference or program
+        more_checks, more_findings, more = Auditor(audited, settings, progress, model_error=model_error).run()
+        checks, findings, skipped[:] = checks + more_checks, findings + more_findings, skipped + more
+        if reference is not None:
+            parity, parity_findings = parity_checks(program, reference, settings)
+            checks, findings = checks + parity, findings + parity_findings
+        if localize:
+            localize_findings(audited, findings, settings.seed, eager)
+        findings += static_hazards(program) + fallback_hazards(program)
+    finally:
+        if eager is not None:
+            eager.close()
+    return checks, findings
+
+
+FAULT_KINDS = ("faulty_backward", "faulty_double_backward", "faulty_forward_ad")
+
+
+def localize_findings(program: Program, findings: list[Finding], seed: int, eager: Program | None = None) -> None:
+    """Name the node, op, module and source line of each fault (the programs must still be open). On a
+    backend other than eager, whose ops cannot be mapped to autograd nodes directly (XLA functionalizes), a
+    fault only that backend has is the node where its gradients part from eager's; one it shares with eager
+    is localized on eager."""
+    from .analyzers.divergence import first_backward_divergence
     from .analyzers.localize import localize
 
     for finding in findings:
-        if finding.details.get("method") != "dtype_parity":  # the float64 program has no such fault
+        if finding.kind not in FAULT_KINDS or finding.details.get("method") == "dtype_parity":
+            continue  # (the float64 program has no dtype-only fault to find)
+        if eager is None:
             localize(program, finding, seed)
+            continue
+        node = first_backward_divergence(program, eager, seed) if finding.kind == "faulty_backward" else None
+        if node is None:
+            localize(eager, finding, seed)
+        else:
+            finding.node, finding.op, finding.module, finding.source = node.node, node.op, node.module, node.source
+            finding.details["localization"] = {"method": "gradients node by node against eager float64",
+                                               "relative_gap": node.max_abs_err}
 
 
 def static_hazards(program: Program) -> list[Finding]:

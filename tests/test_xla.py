@@ -187,3 +187,16 @@ def test_gradaudit_imports_without_torch_xla_and_says_why_xla_is_unusable():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "not installed" in done.stdout
+
+
+def test_an_xla_only_fault_is_localized_to_its_node_and_module():
+    report = gradaudit.check(*fixtures.xla_backward_divergence(), backend="xla")
+    fault = next(f for f in report.findings if f.kind == "faulty_backward")
+    assert fault.node == "WrongOnXlaSquareBackward" and fault.module == "1", fault
+    assert gradaudit.check(*fixtures.xla_backward_divergence(), backend="eager").ok
+
+
+def test_a_fault_of_the_code_itself_is_localized_on_xla_too():
+    report = gradaudit.check(*fixtures.wrong_parameter_gradient(), backend="xla")
+    fault = next(f for f in report.findings if f.kind == "faulty_backward")
+    assert fault.node == "FnBackward", fault

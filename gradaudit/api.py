@@ -143,7 +143,8 @@ def autograd_backend_audit(backend: str, case, program: Program, reference: Prog
                 model_error = model_error_of(drift, eps_of(program.dtype))
         audited = reference or program
         more_checks, more_findings, more = Auditor(audited, settings, progress, model_error=model_error).run()
-        checks, findings, skipped[:] = checks + more_checks, findings + more_findings, skipped + more
+        checks, findings = checks + more_checks, findings + more_findings
+        skipped += more
         if reference is not None:
             parity, parity_findings = parity_checks(program, reference, settings)
             checks, findings = checks + parity, findings + parity_findings

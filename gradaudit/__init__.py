@@ -6,5 +6,6 @@ from .errors import AuditError  # noqa: E402
 from .report import Check, Finding, Report  # noqa: E402
 from .api import check  # noqa: E402
 from .compare import compare  # noqa: E402
+from .pytest_plugin import assert_gradients  # noqa: E402
 
-__all__ = ["AuditError", "Case", "Check", "Finding", "Report", "check", "compare", "load_target", "__version__"]
+__all__ = ["AuditError", "Case", "assert_gradients", "Check", "Finding", "Report", "check", "compare", "load_target", "__version__"]

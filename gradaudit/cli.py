@@ -185,13 +185,15 @@ def backends() -> None:
     Console(highlight=False).print(table)
 
 
-def _register_analyzer_commands() -> None:
+def _register_commands() -> None:
     from .analyzers.cli import graph_command
+    from .suite_cli import suite_command
 
     main.add_command(graph_command)
+    main.add_command(suite_command)
 
 
-_register_analyzer_commands()
+_register_commands()
 
 if __name__ == "__main__":
     main()

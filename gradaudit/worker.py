@@ -1,0 +1,159 @@
+"""One isolated suite job: ``python -m gradaudit.worker`` reads a JSON job on stdin, audits one zoo case on one
+backend, and prints one JSON record per order on stdout (one line each, flushed as soon as it is known, so a
+crash at order 2 still leaves the order-1 record).
+
+Job: ``{"zoo": SPEC, "case": NAME, "backend": "eager", "order": 1 | "orders": [1, 2], "seed": 0,
+"dtype": null, "mode": "auto", "probes": 3, "threads": null}``.
+
+Record: ``{"case", "backend", "order", "status": "pass"|"fail"|"skip"|"error", "reason", "report", "seconds"}``
+(plus ``zoo``, ``module``, ``seed``, ``dtype``). ``skip``: the backend is not usable here or does not support the
+case; ``error``: the audit could not run for another reason (one-line ``reason``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+# An AuditError whose message matches one of these means "this backend cannot audit this case", not a bug of
+# the audit: the case is skipped there, with the message as its reason.
+UNSUPPORTED = [
+    r"is not usable here",
+    r"not installed",
+    r"has no sparse gradients",
+    r"exports real tensors only",
+    r"torch\.onnx\.export failed",
+    r"onnxruntime cannot run the exported graph",
+    r"the exported graph of .* is random",
+    r"reads .* as constants",
+    r"derivative for .* is not implemented",
+    r"does not support",
+    r"not supported",
+]
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(status, one-line reason) of an exception raised by an audit."""
+    from .errors import AuditError
+
+    text = one_line(exc)
+    if isinstance(exc, (AuditError, NotImplementedError, RuntimeError)) and any(
+            re.search(pattern, str(exc)) for pattern in UNSUPPORTED):
+        return "skip", text if isinstance(exc, AuditError) else f"{type(exc).__name__}: {text}"
+    if isinstance(exc, AuditError):
+        return "error", text
+    return "error", f"{type(exc).__name__}: {text}"
+
+
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def status_of(report) -> tuple[str, str | None]:
+    """pass/fail and why: the first error finding (or failed check) of a report; warnings are listed on a pass."""
+    if report.ok:
+        warnings = sorted({f.kind for f in report.findings})
+        return "pass", (f"warnings: {', '.join(warnings)}" if warnings else None)
+    errors = [f for f in report.findings if f.severity == "error"]
+    if errors:
+        first = errors[0]
+        where = f" (at {first.node or first.module})" if (first.node or first.module) else ""
+        more = f"; {len(errors) - 1} more" if len(errors) > 1 else ""
+        return "fail", f"{first.kind}: {one_line(Exception(first.message), 300)}{where}{more}"
+    failed = report.failed_checks
+    first = failed[0]
+    return "fail", (f"order {first.order} {first.method} check wrt {first.wrt} failed "
+                    f"(|err| {first.max_abs_err:.3g} > {first.tolerance:.3g}); {len(failed)} failed checks")
+
+
+def run_job(job: dict, emit: Callable[[dict], None]) -> None:
+    """Audit the job's case at each of its orders, emitting one record per order."""
+    orders = job.get("orders") or [job.get("order", 1)]
+    base = {"zoo": job.get("zoo"), "case": job.get("case"), "backend": job.get("backend", "eager"),
+            "seed": int(job.get("seed", 0)), "dtype": job.get("dtype")}
+    started = time.perf_counter()
+    try:
+        if job.get("threads"):
+            import torch
+
+            torch.set_num_threads(int(job["threads"]))
+        from .zoo import find_case
+
+        zoo_case = find_case(job["zoo"], job["case"])
+        base["module"] = zoo_case.module_type
+    except Exception as exc:
+        status, reason = classify(exc)
+        for order in orders:
+            emit(base | {"order": order, "status": status, "reason": reason, "report": None,
+                         "seconds": round(time.perf_counter() - started, 3)})
+        return
+    setup = time.perf_counter() - started
+    for order in orders:
+        began = time.perf_counter()
+        record = base | {"order": order}
+        if order not in zoo_case.orders:
+            emit(record | {"status": "skip", "reason": f"order {order} is not supported by this case "
+                                                       f"(orders {list(zoo_case.orders)})",
+                           "report": None, "seconds": 0.0})
+            continue
+        try:
+            record |= audit(zoo_case, base, order, job)
+        except Exception as exc:
+            status, reason = classify(exc)
+            record |= {"status": status, "reason": reason, "report": None}
+            if os.environ.get("GRADAUDIT_WORKER_TRACEBACK"):
+                traceback.print_exc()
+        record["seconds"] = round(time.perf_counter() - began + setup, 3)
+        setup = 0.0  # the imports and the zoo count once, toward the first order
+        emit(record)
+
+
+def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:
+    import gradaudit
+    from .case import case_from_tuple
+
+    try:
+        built = zoo_case.build()
+    except Exception as exc:
+        from .errors import AuditError
+
+        raise AuditError(f"the factory of {zoo_case.name} raised {type(exc).__name__}: {one_line(exc)}") from exc
+    case = case_from_tuple(built, zoo_case.name)
+    case.name = zoo_case.name
+    report = gradaudit.check(case, backend=base["backend"], order=order, dtype=base["dtype"], seed=base["seed"],
+                             mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
+                             localize=bool(job.get("localize", True)))
+    status, reason = status_of(report)
+    return {"status": status, "reason": reason, "report": report.to_dict()}
+
+
+def main() -> int:
+    # The records own the real stdout; whatever the audited code or a runtime prints goes to stderr.
+    records = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    try:
+        job = json.loads(sys.stdin.read())
+        if not isinstance(job, dict) or "zoo" not in job or "case" not in job:
+            raise ValueError("a job is a JSON object with at least 'zoo' and 'case'")
+    except ValueError as exc:
+        print(f"gradaudit.worker: bad job: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+    def emit(record: dict) -> None:
+        records.write(json.dumps(record, default=str) + "\n")
+        records.flush()
+
+    run_job(job, emit)
+    records.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -130,7 +130,30 @@ def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:
                              mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
                              localize=bool(job.get("localize", True)))
     status, reason = status_of(report)
+    if status == "fail" and job.get("localize", True):
+        attach_pictures(case, report, base["seed"])
     return {"status": status, "reason": reason, "report": report.to_dict()}
+
+
+def attach_pictures(case, report, seed: int) -> None:
+    """The autograd graph with the culprit highlighted, as SVG text on each localized fault (the HTML report
+    shows it). Drawn on eager, where ops map onto autograd nodes; best effort."""
+    from .analyzers.graph import to_svg
+    from .analyzers.localize import locate
+    from .registry import usable_backend
+
+    faults = [f for f in report.findings if f.node and f.kind.startswith("faulty_")]
+    if not faults:
+        return
+    try:
+        with usable_backend("eager").load(case) as program:
+            for finding in faults:
+                found = locate(program, finding, seed)
+                if found.graph is not None:
+                    finding.details["graph_svg_text"] = to_svg(found.graph, found.culprit, title=case.name)
+    except Exception as exc:  # a picture is a bonus; the finding stands without it
+        for finding in faults:
+            finding.details.setdefault("graph_svg_error", f"{type(exc).__name__}: {exc}")
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from . import __version__
-from .api import parse_dtype, same_rng_for_each_program
+from .api import numeric_backend_audit, parse_dtype, same_rng_for_each_program
 from .case import as_case
 from .checker import Auditor, Settings
 from .errors import AuditError
@@ -67,33 +67,26 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
 
 def compare_program(program, reference, settings: Settings,
                     localize: bool = True) -> tuple[list, list[Finding], list[dict]]:
-    """Forward parity, then gradient parity (autograd backends) or a finite-difference audit (others)."""
+    """Forward parity, then gradient parity (autograd backends) or the finite-difference audit that
+    ``gradaudit run`` gives a backend without autograd (exported graphs)."""
+    notes: list[dict] = []
+    if not program.supports_autograd:
+        checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
+        return checks, findings, notes
     checks, drift = forward_checks(program, reference)
     findings = forward_divergences(checks, drift)
-    notes: list[dict] = []
-    if program.supports_autograd:
-        gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
-        gradient_findings = [explain_kinks(f, reference, settings) for f in gradient_findings]
-    else:
-        gradient_checks, gradient_findings, notes = Auditor(reference, settings, numeric=program).run()
-        for finding in gradient_findings:
-            if finding.kind.startswith("faulty_"):
-                finding.kind = "backward_divergence"
-    findings += gradient_findings
+    gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
+    findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
     if localize:
         localize_divergences(program, reference, findings, settings.seed)
     return checks + gradient_checks, findings, notes
 
 
 def localize_divergences(program, reference, findings: list[Finding], seed: int) -> None:
-    """Forward: the first op (autograd backends) or module (exported graphs) whose output diverges while its
-    inputs agree. Backward (order 1): the node whose incoming gradient agrees across backends but whose
-    outgoing gradient does not."""
-    from .analyzers.divergence import first_backward_divergence, first_diverging_op, locate_divergence
+    """Forward: the first op whose output diverges while its inputs agree. Backward (order 1): the node whose
+    incoming gradient agrees across backends but whose outgoing gradient does not."""
+    from .analyzers.divergence import first_backward_divergence, first_diverging_op
 
-    if not program.supports_autograd:
-        locate_divergence(program, reference, findings)
-        return
     for finding in findings:
         if finding.kind == "forward_divergence":
             try:

@@ -47,6 +47,8 @@ import torch.autograd.forward_ad as fwAD
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from ..backends.base import Stats
+from ..differentiate import gradients
 from ..numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, directional_derivative, elementwise_tolerance, eps_of,
                         inner, probe_tolerance, rademacher_like, real, step_size)
 from ..report import Finding
@@ -120,25 +122,28 @@ def _floating(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
 
 
+def _recorded_inputs(args, kwargs, versions: list[int], requires_grad: list[bool]):
+    """(flat inputs, spec, positions of the differentiable ones) of a recorded call; None when an input was
+    changed in place since (its version moved) or nothing is differentiable."""
+    flat, spec = tree_flatten((args, kwargs))
+    tensors = [(k, v) for k, v in enumerate(flat) if isinstance(v, torch.Tensor)]
+    if [v._version for _, v in tensors] != versions:
+        return None
+    positions = [k for (k, v), rg in zip(tensors, requires_grad) if rg and _floating(v)]
+    return (flat, spec, positions) if positions else None
+
+
 def local_function(info: NodeInfo) -> tuple[Callable, list[torch.Tensor]] | None:
     """The node as a function of its differentiable forward inputs, and the recorded inputs; None when the node
     cannot be evaluated in isolation (inputs changed in place since, or not recorded)."""
     if info.function is not None:
         call = info.function
-        flat, spec = tree_flatten((call.args, call.kwargs))
-        tensors = [(k, v) for k, v in enumerate(flat) if isinstance(v, torch.Tensor)]
-        if [v._version for _, v in tensors] != call.versions:
-            return None
-        positions = [k for (k, v), rg in zip(tensors, call.requires_grad) if rg and _floating(v)]
+        recorded = _recorded_inputs(call.args, call.kwargs, call.versions, call.requires_grad)
         cls, all_outputs = call.cls, True
         invoke = lambda a, kw: cls.apply(*a, **kw)
     elif info.record is not None and info.category in ("op", "custom_op"):
         record = info.record
-        flat, spec = tree_flatten((record.args, record.kwargs))
-        tensors = [(k, v) for k, v in enumerate(flat) if isinstance(v, torch.Tensor)]
-        if [v._version for _, v in tensors] != record.arg_versions:
-            return None
-        positions = [k for (k, v), rg in zip(tensors, record.arg_requires_grad) if rg and _floating(v)]
+        recorded = _recorded_inputs(record.args, record.kwargs, record.arg_versions, record.arg_requires_grad)
         mutable, func, all_outputs = record.mutable, record.func, info.category == "custom_op"
         invoke = lambda a, kw: func(*a, **kw)
         if mutable:
@@ -146,8 +151,9 @@ def local_function(info: NodeInfo) -> tuple[Callable, list[torch.Tensor]] | None
             invoke = lambda a, kw: base(*[x.clone() if isinstance(x, torch.Tensor) else x for x in a], **kw)
     else:
         return None
-    if not positions:
+    if recorded is None:
         return None
+    flat, spec, positions = recorded
     constants = [v.detach() if isinstance(v, torch.Tensor) else v for v in flat]
 
     def fn(xs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -165,14 +171,7 @@ def _backward_function(fn: Callable, n_inputs: int) -> Callable:
     """(a, g) -> J(a)^T g with create_graph: the node's backward as a function of inputs and incoming grad."""
     def backward(zs: list[torch.Tensor]) -> list[torch.Tensor]:
         xs = [z if z.requires_grad else z.detach().requires_grad_() for z in zs[:n_inputs]]
-        gs = zs[n_inputs:]
-        outs = fn(xs)
-        pairs = [(o, g) for o, g in zip(outs, gs) if o.requires_grad]
-        if not pairs:
-            return [torch.zeros_like(x) for x in xs]
-        grads = torch.autograd.grad([o for o, _ in pairs], xs, [g for _, g in pairs], create_graph=True,
-                                    allow_unused=True)
-        return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, xs)]
+        return gradients(fn(xs), xs, zs[n_inputs:], Stats(), create_graph=True)
     return backward
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..case import is_differentiable
 from ..differentiate import ForwardFunction, evaluate
 from ..numerics import ROUNDING_FACTOR, eps_of, real
 from ..report import Finding
@@ -87,8 +88,7 @@ def locate_divergence(program, reference, findings: list[Finding]) -> None:
 
 def _floating_tensors(values) -> list[torch.Tensor]:
     flat, _ = torch.utils._pytree.tree_flatten(values)
-    return [real(t).detach().to("cpu", torch.float64).reshape(-1) for t in flat
-            if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    return [real(t).detach().to("cpu", torch.float64).reshape(-1) for t in flat if is_differentiable(t)]
 
 
 def _relative_gap(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import networkx as nx
 import torch
@@ -48,6 +48,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from ..backends.base import Stats
+from ..case import is_differentiable
 from ..differentiate import gradients
 from ..numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, directional_derivative, elementwise_tolerance, eps_of,
                         inner, probe_tolerance, rademacher_like, real, step_size)
@@ -118,10 +119,6 @@ class LocalResult:
                 "numerical": self.numerical, "error_bar": self.tolerance, "kink": self.kink}
 
 
-def _floating(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
-
-
 def _recorded_inputs(args, kwargs, versions: list[int], requires_grad: list[bool]):
     """(flat inputs, spec, positions of the differentiable ones) of a recorded call; None when an input was
     changed in place since (its version moved) or nothing is differentiable."""
@@ -129,7 +126,7 @@ def _recorded_inputs(args, kwargs, versions: list[int], requires_grad: list[bool
     tensors = [(k, v) for k, v in enumerate(flat) if isinstance(v, torch.Tensor)]
     if [v._version for _, v in tensors] != versions:
         return None
-    positions = [k for (k, v), rg in zip(tensors, requires_grad) if rg and _floating(v)]
+    positions = [k for (k, v), rg in zip(tensors, requires_grad) if rg and is_differentiable(v)]
     return (flat, spec, positions) if positions else None
 
 
@@ -161,7 +158,7 @@ def local_function(info: NodeInfo) -> tuple[Callable, list[torch.Tensor]] | None
         for k, x in zip(positions, xs):
             values[k] = x
         args, kwargs = tree_unflatten(values, spec)
-        outs = [o for o in tree_flatten(invoke(args, kwargs))[0] if _floating(o)]
+        outs = [o for o in tree_flatten(invoke(args, kwargs))[0] if is_differentiable(o)]
         return outs if all_outputs else outs[:1]
 
     return fn, [flat[k].detach().clone() for k in positions]

@@ -1,6 +1,7 @@
 """Cases (what gets audited), loading them from TARGET strings, and naming their differentiable leaves."""
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import importlib.util
 import inspect
@@ -19,14 +20,17 @@ from .errors import AuditError
 class Case:
     """A function or module and the arguments to audit it at.
 
-    Floating-point and complex tensors in ``args``/``kwargs`` and the module's parameters are differentiated;
-    everything else is passed through unchanged.
+    What is differentiated follows torch's convention: the module's trainable parameters, plus the tensor
+    inputs that have ``requires_grad=True``; when no input has it, every floating-point and complex tensor in
+    ``args``/``kwargs``. ``wrt`` (names such as ``args[0]``, ``kwargs[target]``, ``fc1.weight``; ``*`` and
+    ``?`` globs; a list or a comma-separated string) overrides both. Everything else is passed through unchanged.
     """
 
     fn: Callable[..., Any]
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     name: str | None = None
+    wrt: str | list[str] | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -38,6 +42,7 @@ class Case:
             self.kwargs = {}
         if not isinstance(self.kwargs, dict):
             raise AuditError(f"case kwargs must be a dict, got {type(self.kwargs).__name__}")
+        self.wrt = parse_wrt(self.wrt)
 
     @property
     def label(self) -> str:
@@ -51,13 +56,33 @@ class Case:
         return getattr(self.fn, "__name__", None) or type(self.fn).__name__
 
 
-def as_case(target: Any, args: Any = (), kwargs: dict | None = None, name: str | None = None) -> Case:
-    """Normalize what a user hands over (a Case, a factory's tuple, or fn + args) into a Case."""
+def as_case(target: Any, args: Any = (), kwargs: dict | None = None, name: str | None = None,
+            wrt: str | list[str] | None = None) -> Case:
+    """Normalize what a user hands over (a Case, a factory's tuple, or fn + args) into a Case; ``wrt``, when
+    given, replaces the case's own."""
     if isinstance(target, Case):
-        return target
-    if isinstance(target, tuple):
-        return case_from_tuple(target, name or "case")
-    return Case(target, args, kwargs or {}, name)
+        case = target
+    elif isinstance(target, tuple):
+        case = case_from_tuple(target, name or "case")
+    else:
+        case = Case(target, args, kwargs or {}, name)
+    if wrt is not None:
+        case = Case(case.fn, case.args, case.kwargs, case.name, wrt)
+    return case
+
+
+def parse_wrt(wrt: Any) -> tuple[str, ...] | None:
+    """``"fc1.*, args[0]"`` or a list of names -> a tuple of patterns (None: torch's default choice)."""
+    if wrt is None:
+        return None
+    if isinstance(wrt, str):
+        wrt = wrt.split(",")
+    if not isinstance(wrt, (list, tuple)) or not all(isinstance(w, str) for w in wrt):
+        raise AuditError(f"wrt must be a name, a comma-separated string or a list of names, got {wrt!r}")
+    patterns = tuple(w.strip() for w in wrt if w.strip())
+    if not patterns:
+        raise AuditError("wrt names nothing to differentiate")
+    return patterns
 
 
 def case_from_tuple(value: Any, where: str) -> Case:
@@ -172,15 +197,14 @@ class InputSlots:
     names: list[str]
 
     @classmethod
-    def of(cls, args: tuple, kwargs: dict) -> "InputSlots":
+    def of(cls, args: tuple, kwargs: dict, chosen: set[str] | None = None) -> "InputSlots":
+        """Every floating/complex tensor is a slot, or only those named in ``chosen``."""
         flat, spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
-        keyed, _ = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
         slots, names = [], []
-        for position, (path, value) in enumerate(keyed):
-            if is_differentiable(value):
-                root = "args" if path[0].idx == 0 else "kwargs"
+        for position, (name, _) in enumerate(_named_inputs(args, kwargs)):
+            if name is not None and (chosen is None or name in chosen):
                 slots.append(position)
-                names.append(leaf_name(root, path[1:]))
+                names.append(name)
         return cls(spec, flat, slots, names)
 
     def rebuild(self, differentiable: list) -> tuple[tuple, dict]:
@@ -191,15 +215,87 @@ class InputSlots:
         return args, kwargs
 
 
+def _named_inputs(args: tuple, kwargs: dict) -> list[tuple[str | None, Any]]:
+    """(name or None, value) for every pytree leaf of (args, kwargs); named when it can be differentiated."""
+    keyed, _ = pytree.tree_flatten_with_path((tuple(args), dict(kwargs)))
+    named = []
+    for path, value in keyed:
+        root = "args" if path[0].idx == 0 else "kwargs"
+        named.append((leaf_name(root, path[1:]) if is_differentiable(value) else None, value))
+    return named
+
+
+@dataclass
+class LeafChoice:
+    """Which parameters and inputs of a case are differentiated (decided once, on the user's own tensors,
+    before a backend copies them and loses their ``requires_grad`` flags)."""
+
+    parameters: list[str]
+    inputs: list[str]
+
+
+def choose_leaves(case: Case) -> LeafChoice:
+    """Torch's convention (trainable parameters; inputs with ``requires_grad``, or all floating ones when none
+    has it), or the case's ``wrt`` patterns. Sparse tensors are refused: finite differences move dense values."""
+    inputs = [(name, value) for name, value in _named_inputs(case.args, case.kwargs) if name is not None]
+    module = case.fn if isinstance(case.fn, torch.nn.Module) else None
+    parameters = [] if module is None else list(module.named_parameters())
+    if case.wrt is None:
+        chosen_parameters = [name for name, p in parameters if p.requires_grad]
+        flagged = [name for name, value in inputs if value.requires_grad]
+        chosen_inputs = flagged or [name for name, _ in inputs]
+    else:
+        candidates = [name for name, _ in parameters] + [name for name, _ in inputs]
+        selected = set(select_names(case.wrt, candidates))
+        chosen_parameters = [name for name, _ in parameters if name in selected]
+        chosen_inputs = [name for name, _ in inputs if name in selected]
+    for name, value in inputs:
+        if name in chosen_inputs and value.layout != torch.strided:
+            raise AuditError(f"{name} is a {str(value.layout).replace('torch.', '')} tensor; gradaudit "
+                             "differentiates dense tensors only (pass it dense, or leave it out with wrt=)")
+    return LeafChoice(chosen_parameters, chosen_inputs)
+
+
+def select_names(patterns: tuple[str, ...], candidates: list[str]) -> list[str]:
+    """Candidates matched by any pattern; ``[`` and ``]`` are literal (``args[0]``), ``*``/``?`` are globs."""
+    chosen = []
+    for pattern in patterns:
+        literal = "".join({"[": "[[]", "]": "[]]"}.get(char, char) for char in pattern)
+        hits = [c for c in candidates if c == pattern or fnmatch.fnmatchcase(c, literal)]
+        if not hits:
+            raise AuditError(f"wrt {pattern!r} matches nothing; differentiable names are: "
+                             f"{', '.join(candidates) or 'none'}")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
 def flatten_outputs(output: Any) -> tuple[list[torch.Tensor], list[str]]:
-    """Differentiable tensors of a pytree output (tuples, dicts, LSTM's ``(out, (h, c))``) and their names."""
+    """Differentiable tensors of a pytree output (tuples, dicts, LSTM's ``(out, (h, c))``) and their names.
+    Conjugate and negative views (``fft.ifft`` of a real input) are resolved: they are values like any other."""
     keyed, _ = pytree.tree_flatten_with_path(output)
     tensors, names = [], []
     for path, value in keyed:
         if is_differentiable(value):
-            tensors.append(value)
+            tensors.append(value.resolve_conj().resolve_neg())
             names.append(leaf_name("out", path))
     return tensors, names
+
+
+def differentiated_outputs(tensors: list[torch.Tensor], names: list[str],
+                           label: str) -> tuple[list[str], list[bool], list[dict]]:
+    """(names kept, keep mask, report notes) for outputs computed with the leaves requiring grad: those that do
+    not require grad are torch's non-differentiable outputs (or detached) and are not differentiated."""
+    keep = [t.requires_grad for t in tensors]
+    if not tensors:
+        raise AuditError(f"{label} returned no floating-point or complex tensor to differentiate")
+    if not any(keep):
+        raise AuditError(f"no output of {label} requires grad ({', '.join(names)}): nothing depends "
+                         "differentiably on the differentiated inputs")
+    left_out = [name for name, k in zip(names, keep) if not k]
+    notes = [{"what": f"output{'s' * (len(left_out) > 1)} {', '.join(left_out)}",
+              "reason": "not differentiated: they do not require grad (non-differentiable outputs, or "
+                        "detached from the inputs)"}] if left_out else []
+    return [name for name, k in zip(names, keep) if k], keep, notes
 
 
 def source_of(fn: Callable) -> str | None:

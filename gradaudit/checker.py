@@ -19,16 +19,15 @@ from .backends.base import Program
 from .differentiate import ForwardFunction, GradientFunction, evaluate, jvp, twice_differentiable_attention, vjps
 from .errors import AuditError, Unsupported
 from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, central_difference,
-                       directional_derivative, elementwise_tolerance, eps_of, inner, one_sided_derivatives,
-                       probe_tolerance, rademacher_like, real, step_size, Evaluate)
+                       directional_derivative, elementwise_tolerance, eps_of, inner, is_finite, nonsmooth_evidence,
+                       one_sided_derivatives, probe_tolerance, rademacher_like, real, rounding_noise, step_size,
+                       Evaluate)
 from .report import Check, Finding
 
 Progress = Callable[[str, int, int], None]
 WORST_ELEMENT_LEAVES = 3  # failing leaves whose worst element a follow-up searches
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
-
-
-
+DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
 
 @dataclass
 class Settings:
@@ -110,6 +109,7 @@ class Auditor:
         # Forward mode checks the program's own JVPs; against another backend's finite differences a
         # mismatch would be that backend's divergence, which the reverse-mode tests already report.
         self.forward_ad = program.supports_forward_ad and self.numeric is program
+        self.noise: list[torch.Tensor] | None = None  # rounding noise of the current order's outputs
 
     # -- driving ---------------------------------------------------------------------------------------
     def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
@@ -157,8 +157,11 @@ class Auditor:
         order = f.order
         outputs = evaluate(f, self.x)
         for name, out in zip(f.output_names, outputs):
-            if not torch.isfinite(out).all():
-                raise AuditError(f"order-{order - 1} gradient {name} is NaN or Inf at this point")
+            if not torch.isfinite(out).all():  # (order 1's outputs were checked when the program loaded)
+                self.skipped.append({"what": f"order {order}", "reason": f"the order-{order - 1} gradient {name} "
+                                     "is NaN or Inf at this point, so it cannot be differentiated"})
+                return
+        self.noise = self.measure_noise(f)
         cotangents = [self.random_like(outputs) for _ in range(self.settings.probes)]
         grads = vjps(f, self.x, cotangents)
         self.check_nondeterminism(f, cotangents[0], grads[0])
@@ -207,8 +210,10 @@ class Auditor:
             u = self.direction(members, x)
             tangents = self.forward_tangents(f, x, u)
             attempts = []
-            for h in (self.h, self.h / self.retry_divisor):
-                numerical = directional_derivative(self.numeric_function(f), x, u, h, self.eps)
+            numerical, h_used = self.derivative_in_domain(f, x, u, self.h)
+            for h in (h_used, h_used / self.retry_divisor):
+                if h != h_used:
+                    numerical = directional_derivative(self.numeric_function(f), x, u, h, self.eps, self.noise)
                 rev, fwd = Outcome(), Outcome()
                 for k, (v, g) in enumerate(zip(cotangents, grads)):
                     rev.absorb(inner(g, u), inner(v, numerical.value),
@@ -229,6 +234,37 @@ class Auditor:
         if forward.tests:
             results["forward"] = forward
         return results
+
+    def derivative_in_domain(self, f, x, u, h: float) -> tuple[NumericalDerivative, float]:
+        """The numerical J·u with the step divided by 8 while it leaves the function's domain (log at 1e-12):
+        (derivative, step used); still NaN or Inf after that, the failure is classified by the follow-ups."""
+        values = self.numeric_function(f)
+        for _ in range(DOMAIN_SHRINKS):
+            numerical = directional_derivative(values, x, u, h, self.eps, self.noise)
+            if is_finite(numerical.value) and is_finite(numerical.error):
+                break
+            h /= 8
+        return numerical, h
+
+    def measure_noise(self, f) -> list[torch.Tensor] | None:
+        """The rounding noise of f's outputs near x, along one direction moving every leaf (see
+        numerics.rounding_noise), from a generator of its own so the probes stay those of the seed."""
+        generator = torch.Generator().manual_seed(self.settings.seed + 7919 * f.order)
+        u = [rademacher_like(xi, generator) * s for xi, s in zip(self.x, self.scales)]
+        delta = self.h / 8
+        for _ in range(DOMAIN_SHRINKS):
+            noise = rounding_noise(self.numeric_function(f), self.x, u, delta)
+            if noise is not None:
+                return noise
+            delta /= 8
+        return None
+
+    def scalar_noise(self, cotangent) -> list[torch.Tensor] | None:
+        """Noise of ``<cotangent, f>`` from the outputs' noise (added in magnitude: a bound, not an estimate)."""
+        if self.noise is None:
+            return None
+        total = sum(float((real(v).double().abs().cpu() * n.cpu()).sum()) for v, n in zip(cotangent, self.noise))
+        return [torch.tensor([total], dtype=torch.float64)]
 
     def forward_tangents(self, f, x, u) -> list[torch.Tensor] | None:
         if not self.forward_ad:
@@ -256,16 +292,43 @@ class Auditor:
 
     # -- follow-ups --------------------------------------------------------------------------------------
     def at_kink(self, f, group: Group, cotangents) -> list | None:
-        """None if the group also fails at a nearby point (a real fault); else the elements on the kink."""
+        """The kink details if the group fails only because x is a non-differentiable point, else None (a real
+        fault). A kink must be shown, not assumed: f must be non-smooth at x along the group's directions
+        (one-sided derivatives that differ, diverge, or leave the domain), and the group must pass nearby.
+        Failing at exactly one point where f is smooth is a wrong derivative there (a removable singularity
+        handled wrongly), not a kink."""
+        evidence = self.nonsmooth_at_x(f, group)
+        if evidence is None:
+            return None
         for _ in range(2):
-            nearby = [xi + 30 * self.h * s * torch.randn(xi.shape, generator=self.generator,
-                                                         dtype=real(xi).dtype).to(xi.device).to(xi.dtype)
-                      for xi, s in zip(self.x, self.scales)]
+            nearby = self.nearby_point(f)
+            if nearby is None:
+                continue  # x sits at the domain's edge on both sides of this shift
             grads = vjps(f, nearby, cotangents)
             # One direction suffices: a faulty backward fails in almost every signed direction.
             if any(o.failed for o in self.probe(f, nearby, group.members, cotangents, grads, 1).values()):
                 return None
-        return [self.kink_elements(f, i, cotangents[0]) for i in group.members]
+        return [self.kink_elements(f, i, cotangents[0]) | {"evidence": evidence} for i in group.members]
+
+    def nearby_point(self, f) -> list[torch.Tensor] | None:
+        """A random point a few steps from x where f is defined (x + shift, else x - shift), or None."""
+        shift = [30 * self.h * s * torch.randn(xi.shape, generator=self.generator,
+                                               dtype=real(xi).dtype).to(xi.device).to(xi.dtype)
+                 for xi, s in zip(self.x, self.scales)]
+        for sign in (1.0, -1.0):
+            point = [xi + sign * d for xi, d in zip(self.x, shift)]
+            if is_finite(evaluate(f, point)):
+                return point
+        return None
+
+    def nonsmooth_at_x(self, f, group: Group) -> str | None:
+        """Evidence (one line) that f is not differentiable at x along some direction in the group."""
+        for _ in range(2):
+            u = self.direction(group.members)
+            evidence = nonsmooth_evidence(self.numeric_function(f), self.x, u, self.h, self.eps, self.noise)
+            if evidence is not None:
+                return evidence
+        return None
 
     def kink_elements(self, f, leaf: int, cotangent) -> dict:
         """Elements of a leaf where one-sided derivatives jump (do not shrink with the step): on a kink."""
@@ -274,14 +337,17 @@ class Auditor:
         if flat.numel() > self.settings.kink_scan_limit:
             return {"wrt": name, "elements": None, "note": f"{flat.numel()} elements, too many to scan"}
         scalar = self.scalar(f, cotangent)
+        measured = self.scalar_noise(cotangent)
+        level = 0.0 if measured is None else float(measured[0])
         found = []
         for j in range(flat.numel()):
             u = self.basis(leaf, j)
             plus, minus = one_sided_derivatives(scalar, self.x, u, self.h)
             plus2, minus2 = one_sided_derivatives(scalar, self.x, u, self.h / 2)
             jump, jump2 = abs(plus - minus), abs(plus2 - minus2)
-            noise = ROUNDING_FACTOR * self.eps * (abs(plus) + abs(minus) + 1.0) / self.h
-            if jump2 > noise and jump2 > 0.75 * jump:  # a smooth function's jump halves with the step
+            noise = (ROUNDING_FACTOR * self.eps * (abs(plus) + abs(minus) + 1.0) + 16 * level) / self.h
+            # A smooth function's jump halves with the step; off the domain on one side, a quotient is NaN.
+            if not math.isfinite(jump + jump2) or (jump2 > noise and jump2 > 0.75 * jump):
                 found.append(self.element_index(leaf, j))
         return {"wrt": name, "elements": found}
 
@@ -289,16 +355,20 @@ class Auditor:
         """The element of a failing leaf with the largest analytical-vs-numerical error (all elements when
         the leaf is small, bisection with signed probes when it is large)."""
         k = results["reverse"].cotangent if results["reverse"].failed else 0
-        scalar = self.scalar(f, cotangents[k])
+        scalar, noise = self.scalar(f, cotangents[k]), self.scalar_noise(cotangents[k])
         gradient = real(grads[k][leaf]).double().reshape(-1)
         count = gradient.numel()
 
+        def excess(test: tuple[float, float, float]) -> float:
+            error = abs(test[0] - test[1]) / test[2]
+            return error if math.isfinite(error) else math.inf  # a NaN gradient is the worst element
+
         if count <= self.settings.per_element_limit:
-            tests = [self.element_test(scalar, leaf, self.unit(count, j), gradient) for j in range(count)]
-            j = max(range(count), key=lambda i: abs(tests[i][0] - tests[i][1]) / tests[i][2])
+            tests = [self.element_test(scalar, leaf, self.unit(count, j), gradient, noise) for j in range(count)]
+            j = max(range(count), key=lambda i: excess(tests[i]))
         else:
             j = self.bisect(scalar, leaf, gradient)
-        a, n, tol = self.element_test(scalar, leaf, self.unit(count, j), gradient)
+        a, n, tol = self.element_test(scalar, leaf, self.unit(count, j), gradient, noise)
         return {"worst_index": self.element_index(leaf, j), "analytical": a, "numerical": n,
                 "element_tolerance": tol}
 
@@ -312,7 +382,8 @@ class Auditor:
             u[indices] = signs[indices]
             direction = self.leaf_direction(leaf, u)
             numerical = central_difference(scalar, self.x, direction, self.h)
-            return float((gradient * u).sum()) - float(numerical[0].sum()) / self.scales[leaf]
+            error = dot(gradient, u) - float(numerical[0].sum()) / self.scales[leaf]
+            return error if math.isfinite(error) else math.inf  # follow a NaN or Inf gradient element
 
         candidates = torch.arange(gradient.numel())
         candidate_error = error(candidates)
@@ -320,7 +391,7 @@ class Auditor:
             left, right = candidates[:candidates.numel() // 2], candidates[candidates.numel() // 2:]
             left_error = error(left)
             right_error = candidate_error - left_error
-            if abs(left_error) >= abs(right_error):
+            if math.isinf(left_error) or abs(left_error) >= abs(right_error):
                 candidates, candidate_error = left, left_error
             else:
                 candidates, candidate_error = right, right_error
@@ -333,12 +404,13 @@ class Auditor:
         u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
         return [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
 
-    def element_test(self, scalar, leaf: int, u_flat: torch.Tensor, gradient: torch.Tensor):
+    def element_test(self, scalar, leaf: int, u_flat: torch.Tensor, gradient: torch.Tensor, noise=None):
         """(analytical, numerical, tolerance) of the derivative of a scalar along a direction in one leaf."""
-        numerical = directional_derivative(scalar, self.x, self.leaf_direction(leaf, u_flat), self.h, self.eps)
+        numerical = directional_derivative(scalar, self.x, self.leaf_direction(leaf, u_flat), self.h, self.eps,
+                                           noise)
         n = float(numerical.value[0].sum()) / self.scales[leaf]
         err = float(numerical.error[0].sum()) / self.scales[leaf]
-        a = float((gradient * u_flat).sum())
+        a = dot(gradient, u_flat)
         return a, n, ERROR_BAR_SAFETY * err + ROUNDING_FACTOR * self.eps * (abs(a) + abs(n)) + 1e-300
 
     @staticmethod
@@ -463,6 +535,12 @@ class Auditor:
             self.findings.append(kink_finding(order, kinks))
 
 
+def dot(gradient: torch.Tensor, u: torch.Tensor) -> float:
+    """``<gradient, u>`` over the elements u moves only: a NaN gradient elsewhere must not leak in (NaN * 0)."""
+    moved = u != 0
+    return float((gradient[moved] * u[moved]).sum())
+
+
 def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
     partial = [c for c in failing if c.wrt != "total"] or failing
     worst = max(partial, key=lambda c: c.max_abs_err / max(c.tolerance, 1e-300))
@@ -487,9 +565,10 @@ def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
 
 
 def kink_finding(order: int, checks: list[Check]) -> Finding:
-    parts, elements = [], {}
+    parts, elements, evidence = [], {}, None
     for check in checks:
         for entry in check.kink_elements or []:
+            evidence = evidence or entry.get("evidence")
             if entry["wrt"] in elements:
                 continue
             elements[entry["wrt"]] = entry["elements"]
@@ -497,9 +576,9 @@ def kink_finding(order: int, checks: list[Check]) -> Finding:
                 shown = ", ".join(str(e) for e in entry["elements"][:8])
                 more = f" and {len(entry['elements']) - 8} more" if len(entry["elements"]) > 8 else ""
                 parts.append(f"{entry['wrt']} elements {shown}{more}")
-    located = "; ".join(parts) if parts else "the kink could not be pinned to input elements"
+    located = "; ".join(parts) if parts else "not pinned to single input elements"
     wrts = [c.wrt for c in checks if c.wrt != "total"] or [c.wrt for c in checks]
     return Finding("nondifferentiable_point", order=order, wrt=wrts[0], severity="warning",
-                   message=f"order-{order} check wrt {', '.join(wrts)} fails only at this point, which sits on a "
-                           f"non-differentiable kink or tie ({located}); gradients agree at nearby points",
-                   details={"kink_elements": elements})
+                   message=f"order-{order} check wrt {', '.join(wrts)} fails only at this point, which is not "
+                           f"differentiable: {evidence} ({located}); gradients agree at nearby points",
+                   details={"kink_elements": elements, "evidence": evidence})

@@ -19,10 +19,14 @@ ERROR_BAR_SAFETY = 4.0
 ROUNDING_FLOOR = 16.0
 # Rounding in analytical gradients: a generous multiple of eps times the magnitude of the summed terms.
 ROUNDING_FACTOR = 64.0
+# Standard deviation of the Richardson value (4 q(h/2) - q(h)) / 3, in units of (output noise) / h.
+RICHARDSON_NOISE = 2.0
+# Points along a line for the noise measurement: their 4th differences give 4 samples of the noise.
+NOISE_POINTS = 8
 
 
 def real(tensor: torch.Tensor) -> torch.Tensor:
-    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+    return torch.view_as_real(tensor.resolve_conj()) if tensor.is_complex() else tensor
 
 
 def inner(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> float:
@@ -89,22 +93,80 @@ def central_difference(f: Evaluate, x: Tensors, u, h: float) -> Tensors:
     return _quotient(plus, minus, h, 0.0)[0]
 
 
-def directional_derivative(f: Evaluate, x: Tensors, u, h: float, eps: float) -> NumericalDerivative:
+def directional_derivative(f: Evaluate, x: Tensors, u, h: float, eps: float,
+                           noise: Tensors | None = None) -> NumericalDerivative:
     """Richardson extrapolation of central differences at h and h/2; their disagreement (which holds both the
-    truncation and the rounding error of this evaluation) plus a rounding floor is the error bar."""
+    truncation and the rounding error of this evaluation), a rounding floor and, where it was measured, the
+    outputs' rounding noise carried through the stencil make the error bar."""
     plus, minus, plus_half, minus_half = f([shifted(x, u, h), shifted(x, u, -h),
                                             shifted(x, u, h / 2), shifted(x, u, -h / 2)])
     coarse, _ = _quotient(plus, minus, h, eps)
     fine, rounding = _quotient(plus_half, minus_half, h / 2, eps)
     value = [(4 * b - a) / 3 for a, b in zip(coarse, fine)]
     error = [(b - a).abs() + 4 * r for a, b, r in zip(coarse, fine, rounding)]
+    if noise is not None:
+        error = [e + RICHARDSON_NOISE * n.to(e.device) / h for e, n in zip(error, noise)]
     return NumericalDerivative(value, error)
+
+
+def is_finite(tensors: Tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def rounding_noise(f: Evaluate, x: Tensors, u, delta: float) -> Tensors | None:
+    """The rounding noise of each output element near x, measured rather than assumed: outputs along a short
+    line through x, whose 4th differences cancel the smooth part (delta^4 times the 4th derivative) and leave
+    the noise (variance 70 sigma^2). A model of magnitudes misses it where an output is computed from nearly
+    cancelling larger numbers (1 - tanh^2 far out, second derivatives). None where the line leaves the domain."""
+    points = [shifted(x, u, (k - (NOISE_POINTS - 1) / 2) * delta) for k in range(NOISE_POINTS)]
+    outputs = f(points)
+    noise = []
+    for i in range(len(outputs[0])):
+        line = torch.stack([real(out[i]).double() for out in outputs])
+        fourth = line[:-4] - 4 * line[1:-3] + 6 * line[2:-2] - 4 * line[3:-1] + line[4:]
+        if not torch.isfinite(fourth).all():
+            return None
+        noise.append((fourth.pow(2).mean(0) / 70).sqrt())
+    return noise
 
 
 def one_sided_derivatives(f: Evaluate, x: Tensors, u, h: float) -> tuple[float, float]:
     """Forward and backward difference quotients of a scalar-valued f: they differ at a kink."""
     here, ahead, behind = (float(real(y[0]).double().sum()) for y in f([x, shifted(x, u, h), shifted(x, u, -h)]))
     return (ahead - here) / h, (here - behind) / h
+
+
+# A jump or a growth of one-sided derivatives counts when over this many noise levels and not shrinking.
+NONSMOOTH_MARGIN = 16.0
+
+
+def nonsmooth_evidence(f: Evaluate, x: Tensors, u, h: float, eps: float, noise: Tensors | None) -> str | None:
+    """Why f is not differentiable at x along u, or None where it is smooth there.
+
+    One-sided difference quotients D+(s), D-(s) at s = h, h/2, h/4, per output element. A smooth f has
+    D+(s) - D-(s) = s f'' and D(s) converging linearly, so both halve with s. At a kink the jump stays; at a
+    jump of f, or where the derivative is infinite, jumps or steps grow; where the domain ends, one side is
+    NaN or Inf."""
+    steps = (h, h / 2, h / 4)
+    outputs = f([x] + [shifted(x, u, s) for s in steps] + [shifted(x, u, -s) for s in steps])
+    here, ahead, behind = outputs[0], outputs[1:4], outputs[4:7]
+    for i in range(len(here)):
+        center = real(here[i]).double()
+        sides = [[real(y[i]).double().to(center.device) for y in side] for side in (ahead, behind)]
+        if not all(bool(torch.isfinite(v).all()) for side in sides for v in side):
+            return "the function is undefined (NaN or Inf) on one side of this point"
+        level = eps * center.abs() + (0.0 if noise is None else noise[i].to(center.device))
+        threshold = NONSMOOTH_MARGIN * level / steps[-1]
+        plus = [(a - center) / s for a, s in zip(sides[0], steps)]
+        minus = [(center - b) / s for b, s in zip(sides[1], steps)]
+        jumps = [(p - m).abs() for p, m in zip(plus, minus)]
+        if bool(((jumps[2] > threshold) & (jumps[2] > 0.75 * jumps[1])).any()):
+            return "one-sided derivatives differ and the gap does not shrink with the step (a kink)"
+        for d in (plus, minus):
+            late, early = (d[2] - d[1]).abs(), (d[1] - d[0]).abs()
+            if bool(((late > threshold) & (late > 0.75 * early)).any()):
+                return "one-sided derivatives do not converge as the step shrinks (an infinite derivative or a jump)"
+    return None
 
 
 def probe_tolerance(numerical: NumericalDerivative, cotangent: Tensors, gradient: Sequence, direction: Sequence,

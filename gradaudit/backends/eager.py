@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..case import Case, InputSlots, flatten_outputs
+from ..case import Case, InputSlots, choose_leaves, differentiated_outputs, flatten_outputs
 from ..errors import AuditError
 from .base import Availability, Backend, Leaf, Program, Stats
 
@@ -66,15 +66,16 @@ class EagerProgram(Program):
             raise
 
     def _setup(self, case: Case, device: torch.device, dtype: torch.dtype | None) -> None:
+        choice = choose_leaves(case)  # on the user's tensors, whose requires_grad flags the copies lose
         move = lambda t: cast_tensor(t.detach().to(device), dtype) if isinstance(t, torch.Tensor) else t
         args = tuple(torch.utils._pytree.tree_map(move, case.args))
         kwargs = torch.utils._pytree.tree_map(move, case.kwargs)
         self.module = self._private_module(case.fn, device, dtype, args, kwargs)
         self._call = case.fn if self.module is None else self.module
 
-        self.inputs = InputSlots.of(args, kwargs)
+        self.inputs = InputSlots.of(args, kwargs, set(choice.inputs))
         params = [] if self.module is None else [
-            (name, p) for name, p in self.module.named_parameters() if p.requires_grad]
+            (name, p) for name, p in self.module.named_parameters() if name in choice.parameters]
         self._param_names = [name for name, _ in params]
         self.leaves = [Leaf(name, p.detach().clone(), "parameter") for name, p in params]
         self.leaves += [Leaf(name, self.inputs.values[slot].detach().clone(), "input")
@@ -89,13 +90,21 @@ class EagerProgram(Program):
         self._buffers = [] if self.module is None else [
             (b, b.detach().clone()) for b in self.module.buffers()]
         self._rng = RngState(cuda=device.type == "cuda")
-        outputs = self._evaluate([leaf.value for leaf in self.leaves], names=True)
+        outputs = self._first_evaluation(case)
         self.stats.forward_evals = 0
-        if not outputs:
-            raise AuditError(f"{case.label} returned no floating-point or complex tensor to differentiate")
         for name, out in zip(self.output_names, outputs):
             if not torch.isfinite(out).all():
                 raise AuditError(f"{case.label} produced NaN or Inf in {name}")
+
+    def _first_evaluation(self, case: Case) -> list[torch.Tensor]:
+        """Evaluate once with the leaves requiring grad, to learn the outputs' names and which of them are
+        differentiable: outputs that do not require grad (torch's non-differentiable outputs such as
+        native_layer_norm's mean, or detached ones) are left out, as gradcheck does, and the report says so."""
+        with torch.enable_grad():
+            values = [leaf.value.detach().requires_grad_() for leaf in self.leaves]
+            tensors, names = flatten_outputs(self._call_case(values, first=True))
+        self.output_names, self._keep, self.notes = differentiated_outputs(tensors, names, case.label)
+        return [t.detach() for t, keep in zip(tensors, self._keep) if keep]
 
     def _private_module(self, fn, device, dtype, args, kwargs) -> nn.Module | None:
         """A copy of the user's module on the device and dtype, lazy parameters initialized: the user's own
@@ -116,7 +125,8 @@ class EagerProgram(Program):
             module._apply(lambda t: cast_tensor(t, dtype))
         return module
 
-    def _evaluate(self, values, names=False):
+    def _call_case(self, values, first: bool = False):
+        """The case's raw output with the leaves replaced by ``values`` (RNG and buffers reset first)."""
         self.stats.forward_evals += 1
         for buffer, saved in self._buffers:  # train-mode batch norm updates running stats on every call
             with torch.no_grad():
@@ -126,21 +136,19 @@ class EagerProgram(Program):
         args, kwargs = self.inputs.rebuild(list(values[n:]))
         try:
             if self.module is None:
-                output = self._call(*args, **kwargs)
-            else:
-                output = torch.func.functional_call(self.module, dict(zip(self._param_names, values[:n])),
-                                                    args, kwargs)
+                return self._call(*args, **kwargs)
+            return torch.func.functional_call(self.module, dict(zip(self._param_names, values[:n])), args, kwargs)
         except AuditError:
             raise
         except Exception as exc:
-            if names:  # the very first call: the case itself is broken
+            if first:  # the very first call: the case itself is broken
                 raise AuditError(f"calling the case raised {type(exc).__name__}: "
                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
             raise
-        tensors, output_names = flatten_outputs(output)
-        if names:
-            self.output_names = output_names
-        return tensors
+
+    def _evaluate(self, values):
+        tensors, _ = flatten_outputs(self._call_case(values))
+        return [t for t, keep in zip(tensors, self._keep) if keep]
 
     def __call__(self, values):
         return self._evaluate(values)

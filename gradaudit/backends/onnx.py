@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..case import Case, InputSlots, flatten_outputs
+from ..case import Case, InputSlots, choose_leaves, differentiated_outputs, flatten_outputs
 from ..errors import AuditError
 from .base import Availability, Backend, Leaf, Program, Stats
 from .eager import RngState, cast_tensor
@@ -74,12 +74,14 @@ def _quiet_export():
 class _LeafFunction(nn.Module):
     """``forward(*leaves) -> flat differentiable outputs``: the case with every leaf as an argument."""
 
-    def __init__(self, module: nn.Module | None, fn, param_names: list[str], inputs: InputSlots) -> None:
+    def __init__(self, module: nn.Module | None, fn, param_names: list[str], inputs: InputSlots,
+                 keep: list[bool] | None = None) -> None:
         super().__init__()
         self.inner = module  # registered: its buffers become initializers of the graph
         self.fn = fn
         self.param_names = param_names
         self.inputs = inputs
+        self.keep = keep  # which outputs are differentiated (None: all)
         self.record = _Record()  # not a pytree: export forbids changing a module's attributes in forward
 
     def forward(self, *leaves):
@@ -89,8 +91,10 @@ class _LeafFunction(nn.Module):
             output = self.fn(*args, **kwargs)
         else:
             output = torch.func.functional_call(self.inner, dict(zip(self.param_names, leaves[:n])), args, kwargs)
-        tensors, self.record.output_names = flatten_outputs(output)
-        return tuple(tensors)
+        tensors, names = flatten_outputs(output)
+        keep = self.keep or [True] * len(tensors)
+        self.record.output_names = [name for name, k in zip(names, keep) if k]
+        return tuple(t for t, k in zip(tensors, keep) if k)
 
 
 class _Record:
@@ -150,8 +154,9 @@ class OnnxProgram(Program):
                 rng.restore()
             if dtype is not None:
                 module._apply(lambda t: cast_tensor(t, dtype))
-        inputs = InputSlots.of(args, kwargs)
-        params = [] if module is None else [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        choice = choose_leaves(case)
+        inputs = InputSlots.of(args, kwargs, set(choice.inputs))
+        params = [] if module is None else [(n, p) for n, p in module.named_parameters() if n in choice.parameters]
         values = [p.detach().clone() for _, p in params] + [inputs.values[s].detach().clone() for s in inputs.slots]
         names = [n for n, _ in params] + list(inputs.names)
         kinds = ["parameter"] * len(params) + ["input"] * len(inputs.slots)
@@ -167,6 +172,7 @@ class OnnxProgram(Program):
         self._param_names = [n for n, _ in params]
         self.module, self._fn, self._inputs = module, case.fn, inputs
         self._train_mode_notes(module)
+        self._keep = self._differentiated_outputs(values)
 
         lowest = min((v.dtype for v in values), key=lambda d: torch.finfo(d).bits)
         tries = [lowest] + ([torch.float32] if lowest != torch.float32 else [])
@@ -201,6 +207,23 @@ class OnnxProgram(Program):
         self.session_runs = self.stats.forward_evals = 0  # the load's own runs are not the audit's
         self.points_evaluated = 0
 
+    def _differentiated_outputs(self, values: list[torch.Tensor]) -> list[bool]:
+        """Which outputs require grad when the leaves do (one eager call): the others are not differentiated
+        and not exported."""
+        module = copy.deepcopy(self.module)  # train-mode batch norm would update the running stats
+        wrapper = _LeafFunction(module, self._fn, self._param_names, self._inputs)
+        rng = RngState(cuda=False)
+        try:
+            with torch.enable_grad():
+                tensors = wrapper(*[v.detach().requires_grad_() for v in values])
+        except Exception as exc:
+            raise AuditError(f"calling the case raised {type(exc).__name__}: {_one_line(exc)}") from exc
+        finally:
+            rng.restore()
+        _, keep, notes = differentiated_outputs(list(tensors), wrapper.record.output_names, self._case_label)
+        self.notes += notes
+        return keep
+
     def _train_mode_notes(self, module: nn.Module | None) -> None:
         if module is None:
             return
@@ -219,7 +242,7 @@ class OnnxProgram(Program):
         inputs = copy.copy(self._inputs)
         inputs.values = [cast_tensor(v, precision) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                          for v in inputs.values]
-        wrapper = _LeafFunction(module, self._fn, self._param_names, inputs)
+        wrapper = _LeafFunction(module, self._fn, self._param_names, inputs, self._keep)
         rng = RngState(cuda=False)
         try:
             with _quiet_export():

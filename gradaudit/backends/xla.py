@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from ..case import Case
 from ..errors import AuditError
@@ -235,7 +235,7 @@ class XlaProgram(EagerProgram):
         self._sync(list(module.parameters()) + list(module.buffers()) if module is not None else [])
         return module
 
-    def _evaluate(self, values, names=False):
+    def _call_case(self, values, first: bool = False):
         self._ledger.switch(self)
         # The checker hands over x + t*u with u on some leaves only: made data here, every evaluation traces
         # the same forward graph whichever leaves were perturbed (else one graph per perturbation pattern).
@@ -247,16 +247,17 @@ class XlaProgram(EagerProgram):
         self._pending_gradients = []  # left over only if a backward pass failed half-way
         self._set_seed(self._seed)
         try:
-            outputs = super()._evaluate(values, names)
+            output = super()._call_case(values, first)
         except AuditError as exc:
-            if names and "Expected XLA tensor" in str(exc):  # the first call: say what usually causes it
+            if first and "Expected XLA tensor" in str(exc):  # the first call: say what usually causes it
                 raise AuditError(f"{exc} (a CPU tensor captured by the function, or kept on the module outside its "
                                  "parameters and buffers? create it on the input's device)") from exc
             raise
         finally:
             self._set_seed(self._user_seed)  # whoever loads next (a float64 shadow) sees the user's state
-        self._sync(outputs + [t for t in map(_tangent, outputs) if t is not None])
-        return outputs
+        tensors = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
+        self._sync(tensors + [t for t in map(_tangent, tensors) if t is not None])
+        return output
 
     # -- XLA specifics --------------------------------------------------------------------------------------
     def _set_seed(self, seed: int) -> None:

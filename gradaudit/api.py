@@ -51,15 +51,17 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
           device: str | None = None, order: int = 1, dtype: str | torch.dtype | None = None, mode: str = "auto",
           seed: int = 0, probes: int = 3, shadow: bool = True, localize: bool = True, static_only: bool = False,
           fail_on_hazard: bool = False, progress: Callable[[str, int, int], None] | None = None,
-          name: str | None = None) -> Report:
+          name: str | None = None, wrt: str | list[str] | None = None) -> Report:
     """Audit the gradients of a function or module at ``args``/``kwargs``.
 
     ``target`` is a callable (function or ``nn.Module``), a ``gradaudit.Case``, or a factory's
     ``(fn, args[, kwargs])`` tuple. ``order=2`` checks first and second order. Low-precision cases are checked
     numerically on a float64 shadow copy, and their own gradients are compared with it (``shadow=False``
     checks them directly in their dtype). Failures are localized to the autograd node, op, module and source
-    line (``localize``). Static hazards (dead parameters, non-differentiable ops on a gradient path, ...) are
-    reported as warnings, as errors with ``fail_on_hazard``, and alone with ``static_only``. Raises
+    line (``localize``). What is differentiated follows torch: the module's trainable parameters and the inputs
+    with ``requires_grad=True`` (every floating input when none has it); ``wrt`` (names or globs such as
+    ``"fc1.*, args[0]"``) overrides that. Static hazards (dead parameters, non-differentiable ops on a gradient
+    path, ...) are reported as warnings, as errors with ``fail_on_hazard``, and alone with ``static_only``. Raises
     :class:`gradaudit.AuditError` when the audit cannot run.
     """
     if order not in (1, 2):
@@ -68,7 +70,7 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
         raise AuditError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if probes < 1:
         raise AuditError(f"probes must be at least 1, got {probes}")
-    case = as_case(target, args, kwargs, name)
+    case = as_case(target, args, kwargs, name, wrt)
     chosen = usable_backend(backend)
     settings = Settings(order=order, mode=mode, probes=probes, seed=seed)
     started = time.perf_counter()

@@ -214,14 +214,8 @@ class Auditor:
             for h in (h_used, h_used / self.retry_divisor):
                 if h != h_used:
                     numerical = directional_derivative(self.numeric_function(f), x, u, h, self.eps, self.noise)
-                rev, fwd = Outcome(), Outcome()
-                for k, (v, g) in enumerate(zip(cotangents, grads)):
-                    rev.absorb(inner(g, u), inner(v, numerical.value),
-                               probe_tolerance(numerical, v, g, u, self.eps, self.model_error), cotangent=k)
-                if tangents is not None:
-                    self.compare_forward(f, tangents, numerical, fwd)
-                attempts.append((rev, fwd))
-                if not (rev.failed or fwd.failed) or reverse.failed or forward.failed:
+                attempts.append(self.judge(f, numerical, u, cotangents, grads, tangents))
+                if not any(o.failed for o in attempts[-1]) or reverse.failed or forward.failed:
                     break  # passed, or the group already failed at both steps: no retry can change that
             # A retry whose error bar is much wider than the first's (rounding dominates at the small step)
             # cannot clear a failure: it would only hide it.
@@ -234,6 +228,16 @@ class Auditor:
         if forward.tests:
             results["forward"] = forward
         return results
+
+    def judge(self, f, numerical: NumericalDerivative, u, cotangents, grads, tangents) -> tuple[Outcome, Outcome]:
+        """The reverse-mode (one test per cotangent) and forward-mode outcomes against one numerical J·u."""
+        rev, fwd = Outcome(), Outcome()
+        for k, (v, g) in enumerate(zip(cotangents, grads)):
+            rev.absorb(inner(g, u), inner(v, numerical.value),
+                       probe_tolerance(numerical, v, g, u, self.eps, self.model_error), cotangent=k)
+        if tangents is not None:
+            self.compare_forward(f, tangents, numerical, fwd)
+        return rev, fwd
 
     def derivative_in_domain(self, f, x, u, h: float) -> tuple[NumericalDerivative, float]:
         """The numerical J·u with the step divided by 8 while it leaves the function's domain (log at 1e-12):
@@ -251,13 +255,23 @@ class Auditor:
         numerics.rounding_noise), from a generator of its own so the probes stay those of the seed."""
         generator = torch.Generator().manual_seed(self.settings.seed + 7919 * f.order)
         u = [rademacher_like(xi, generator) * s for xi, s in zip(self.x, self.scales)]
-        delta = self.h / 8
+        delta, noise = self.h / 2, None  # the stencil's own spacing: noise as the quotients see it
         for _ in range(DOMAIN_SHRINKS):
-            noise = rounding_noise(self.numeric_function(f), self.x, u, delta)
+            # The line starts next to x, on one side: a kink at x itself must not pass for noise.
+            noise = (rounding_noise(self.numeric_function(f), self.x, u, delta)
+                     or rounding_noise(self.numeric_function(f), self.x, u, -delta))
             if noise is not None:
-                return noise
+                break
             delta /= 8
-        return None
+        if not isinstance(f, GradientFunction):
+            return noise
+        # A gradient is computed from the forward's values: it is known no better than eps times them over the
+        # leaf's scale, even where it rounds to a constant (tanh saturated to +-1 makes 1 - t^2 exactly 0, and
+        # no measurement along a line can see that resolution).
+        ingredients = self.eps * sum(float((real(v).double().abs() * real(y).double().abs()).sum())
+                                     for v, y in zip(f.cotangent, evaluate(f.inner, self.x)))
+        floors = [torch.full(real(xi).shape, ingredients / s, dtype=torch.float64) for xi, s in zip(self.x, self.scales)]
+        return floors if noise is None else [torch.maximum(n, fl.to(n.device)) for n, fl in zip(noise, floors)]
 
     def scalar_noise(self, cotangent) -> list[torch.Tensor] | None:
         """Noise of ``<cotangent, f>`` from the outputs' noise (added in magnitude: a bound, not an estimate)."""

@@ -55,13 +55,15 @@ def progress_bar(enabled: bool):
 @click.option("--probes", type=click.IntRange(1, 64), default=3, show_default=True,
               help="Random directions per tensor (and cotangents per order).")
 @click.option("--json", "json_path", default=None, help="Write the JSON report to PATH ('-' for stdout).")
+@click.option("--wrt", default=None, metavar="NAMES",
+              help="Differentiate only these (comma-separated; args[0], kwargs[x], parameter names; globs).")
 @click.option("--no-localize", is_flag=True, help="Skip localizing failures to an op.")
 @click.option("--no-shadow", is_flag=True, help="Check low-precision cases in their own dtype, without float64.")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show Python tracebacks of unexpected errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every check, not only those that did not pass.")
 @click.option("--static-only", is_flag=True, help="Only walk the autograd graph for hazards; no numerics.")
 @click.option("--fail-on-hazard", is_flag=True, help="Static hazards fail the audit (exit 1).")
-def run(target, backend, device, order, dtype, mode, seed, probes, json_path, no_localize, no_shadow,
+def run(target, backend, device, order, dtype, mode, seed, probes, json_path, wrt, no_localize, no_shadow,
         show_traceback, verbose, static_only, fail_on_hazard) -> None:
     """Audit the gradients of TARGET (path/to/file.py:NAME or dotted.module:NAME)."""
     from . import api
@@ -71,7 +73,7 @@ def run(target, backend, device, order, dtype, mode, seed, probes, json_path, no
         case = load_target(target)
         with progress_bar(sys.stderr.isatty()) as progress:
             report = api.check(case, backend=backend, device=device, order=order, dtype=dtype, mode=mode,
-                               seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize,
+                               seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize, wrt=wrt,
                                static_only=static_only, fail_on_hazard=fail_on_hazard, progress=progress)
     finish(report, target, json_path, verbose)
 

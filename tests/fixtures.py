@@ -445,3 +445,116 @@ def xla_backward_divergence(dtype=D):
 def xla_forward_divergence(dtype=D):
     model = _module(lambda: nn.Sequential(nn.Linear(4, 5), XlaForwardAct(), nn.Linear(5, 2)), dtype)
     return model, (randn(3, 4, dtype=dtype),)
+
+
+# ---------------------------------------------------------------- planted faults that must survive the op-db fixes
+class SaturatedTanhWrongSecond(torch.autograd.Function):
+    """tanh whose backward is right but whose second derivative is off by 1e-3 (relative): a double backward
+    computed with ``1 - t**2`` scaled wrongly, at inputs where tanh saturates (|x| > 4)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        t = torch.tanh(x)
+        ctx.save_for_backward(x)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * SaturatedTanhGrad.apply(x)
+
+
+class SaturatedTanhGrad(torch.autograd.Function):
+    """x -> 1 - tanh(x)^2 with a derivative scaled by (1 + 1e-3)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        t = torch.tanh(x)
+        ctx.save_for_backward(t)
+        return 1 - t * t
+
+    @staticmethod
+    def backward(ctx, grad):
+        (t,) = ctx.saved_tensors
+        return grad * (-2 * t * (1 - t * t)) * (1 + 1e-3)
+
+
+def saturated_wrong_second_order():
+    x = torch.tensor([4.6, -5.3, 6.1, 7.5856719161270245], dtype=D)
+    return SaturatedTanhWrongSecond.apply, (x,)
+
+
+class SincNanBackward(torch.autograd.Function):
+    """sin(x)/x with sinc(0) = 1 in the forward, but a backward that divides by x: NaN at the removable
+    singularity x = 0, where the function is smooth (derivative 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.where(x == 0, torch.ones_like(x), torch.sin(x) / x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (torch.cos(x) / x - torch.sin(x) / x ** 2)
+
+
+def sinc_nan_backward():
+    x = randn(5)
+    x[2] = 0.0
+    return SincNanBackward.apply, (x,)
+
+
+class CoshcNanDoubleBackward(torch.autograd.Function):
+    """x sin(x): the first derivative is right everywhere, the second is computed by a formula that divides by
+    x (NaN at x = 0, a removable singularity: the true value there is 2)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * torch.sin(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * XSinGrad.apply(x)
+
+
+class XSinGrad(torch.autograd.Function):
+    """x -> sin(x) + x cos(x), whose derivative 2 cos(x) - x sin(x) is written as (2 x cos x - x^2 sin x) / x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.sin(x) + x * torch.cos(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (2 * x * torch.cos(x) - x * x * torch.sin(x)) / x
+
+
+def nan_double_backward_at_removable_singularity():
+    x = randn(4)
+    x[1] = 0.0
+    return CoshcNanDoubleBackward.apply, (x,)
+
+
+class ScaledSinWithIndex(torch.autograd.Function):
+    """(sin(x) with its gradient scaled by 1.5, a float mask marked non-differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        mask = (x > 0).to(x.dtype)
+        ctx.mark_non_differentiable(mask)
+        return torch.sin(x), mask
+
+    @staticmethod
+    def backward(ctx, grad, _):
+        (x,) = ctx.saved_tensors
+        return 1.5 * grad * torch.cos(x)
+
+
+def fault_beside_nondifferentiable_output():
+    return ScaledSinWithIndex.apply, (randn(6),)

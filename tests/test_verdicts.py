@@ -1,0 +1,167 @@
+"""Verdicts on the op database's hard cases: no false alarm, no crash, no miss (issue 9's six classes)."""
+import math
+
+import pytest
+import torch
+
+import fixtures as fx
+import gradaudit
+from gradaudit import AuditError
+
+D = torch.float64
+
+
+def errors(report):
+    return [f for f in report.findings if f.severity == "error"]
+
+
+def warnings_of(report, kind):
+    return [f for f in report.findings if f.kind == kind and f.severity == "warning"]
+
+
+# ------------------------------------------------------------------ 1. non-differentiable outputs
+def test_outputs_that_do_not_require_grad_are_left_out_and_named():
+    x = torch.randn(2, 3, dtype=D)
+    report = gradaudit.check(lambda x: torch.native_layer_norm(x, [3], None, None, 1e-5), (x,), order=2)
+    assert report.ok, report
+    left_out = [s for s in report.skipped if s["what"].startswith("output")]
+    assert left_out and "out[1], out[2]" in left_out[0]["what"], report.skipped
+
+
+def test_a_detached_output_is_not_differentiated():
+    report = gradaudit.check(lambda x: (x.sin(), x.detach() * 2), (torch.randn(3, dtype=D),))
+    assert report.ok, report
+    assert any("out[1]" in s["what"] for s in report.skipped)
+
+
+def test_no_output_requiring_grad_is_an_audit_error():
+    with pytest.raises(AuditError, match="no output .* requires grad"):
+        gradaudit.check(lambda x: x.detach() * 2, (torch.randn(3, dtype=D),))
+
+
+def test_a_wrong_gradient_beside_a_non_differentiable_output_is_caught():
+    report = gradaudit.check(*fx.fault_beside_nondifferentiable_output())
+    assert [f.kind for f in errors(report)] == ["faulty_backward"], report
+
+
+# ------------------------------------------------------------------ 2. rounding of cancelling terms
+def test_tanh_far_out_at_order_two_is_not_a_false_alarm():
+    x = torch.tensor(7.5856719161270245, dtype=D)
+    report = gradaudit.check(torch.tanh, (x,), order=2)
+    assert report.ok and not report.findings, report
+
+
+@pytest.mark.slow
+def test_tanh_at_order_two_over_many_points_raises_no_alarm_and_no_kink():
+    """The issue's measurement: 200 scalars from N(0, 9) (8 false errors and 6 spurious kinks before), plus
+    fully saturated points where tanh rounds to +-1."""
+    generator = torch.Generator().manual_seed(1)
+    points = list(torch.randn(200, generator=generator, dtype=D) * 3) + [torch.tensor(v, dtype=D)
+                                                                         for v in (-17.1, 19.5, 25.0, -40.0)]
+    flagged = [float(p) for p in points if gradaudit.check(torch.tanh, (p,), order=2).findings]
+    assert flagged == []
+
+
+def test_a_wrong_second_derivative_of_a_saturating_function_is_caught():
+    report = gradaudit.check(*fx.saturated_wrong_second_order(), order=2)
+    assert [f.kind for f in errors(report)] == ["faulty_double_backward"], report
+
+
+# ------------------------------------------------------------------ 3. domain edges
+def test_log_next_to_zero_keeps_its_steps_in_the_domain():
+    report = gradaudit.check(torch.log, (torch.tensor([1e-12, 0.5, 3.0], dtype=D),), order=2)
+    assert report.ok and not errors(report), report
+
+
+def test_sqrt_at_zero_is_a_nondifferentiable_point_naming_the_element():
+    report = gradaudit.check(torch.sqrt, (torch.tensor([0.0, 0.5, 2.0], dtype=D),))
+    assert report.ok, report
+    (finding,) = warnings_of(report, "nondifferentiable_point")
+    assert finding.details["kink_elements"]["args[0]"] == [[0]]
+    assert "undefined" in finding.message
+
+
+# ------------------------------------------------------------------ 4. a kink must be shown
+def test_a_nan_backward_at_a_removable_singularity_is_a_fault_not_a_kink():
+    report = gradaudit.check(*fx.sinc_nan_backward())
+    (fault,) = [f for f in errors(report) if f.kind == "faulty_backward"]
+    assert fault.details["worst_index"] == [2], report
+    assert math.isnan(fault.details["analytical"])
+    assert not warnings_of(report, "nondifferentiable_point")
+
+
+def test_a_nan_double_backward_at_a_removable_singularity_is_caught():
+    report = gradaudit.check(*fx.nan_double_backward_at_removable_singularity(), order=2)
+    assert {f.kind for f in errors(report)} == {"faulty_double_backward"}, report
+    assert all(c.ok for c in report.checks if c.order == 1)
+
+
+def test_relu_at_zero_is_still_a_kink():
+    report = gradaudit.check(torch.relu, (torch.tensor([0.0, 0.5, -1.0], dtype=D),))
+    assert report.ok
+    (finding,) = warnings_of(report, "nondifferentiable_point")
+    assert finding.details["kink_elements"]["args[0]"] == [[0]]
+
+
+# ------------------------------------------------------------------ 5. crashes
+@pytest.mark.parametrize("fn", [torch.fft.ifft, torch.fft.ihfft, torch.fft.hfft])
+def test_conjugate_view_outputs_are_audited(fn):
+    assert gradaudit.check(fn, (torch.randn(6, dtype=D),), order=2).ok
+
+
+@pytest.mark.parametrize("layout", ["to_sparse_csr", "to_sparse"])
+def test_sparse_inputs_are_refused_with_an_audit_error(layout):
+    x = getattr(torch.randn(3, 3, dtype=D), layout)()
+    with pytest.raises(AuditError, match="dense tensors only"):
+        gradaudit.check(lambda x: x.to_dense().sin(), (x,))
+
+
+# ------------------------------------------------------------------ 6. which inputs are differentiated
+def test_only_inputs_that_require_grad_are_differentiated():
+    prediction = torch.rand(4, dtype=D, requires_grad=True)
+    target = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=D)
+    report = gradaudit.check(torch.nn.BCELoss(), (prediction, target), order=2)
+    assert report.ok, report
+    assert {c.wrt for c in report.checks} == {"args[0]"}
+
+
+def test_soft_margin_loss_target_is_left_alone():
+    x = torch.randn(5, dtype=D, requires_grad=True)
+    target = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0], dtype=D)
+    assert gradaudit.check(torch.nn.SoftMarginLoss(), (x, target)).ok
+
+
+def test_without_requires_grad_every_floating_input_is_differentiated():
+    report = gradaudit.check(lambda a, b: a * b, (torch.randn(3, dtype=D), torch.randn(3, dtype=D)))
+    assert {c.wrt for c in report.checks} == {"total", "args[0]", "args[1]"}
+
+
+def test_wrt_selects_parameters_and_inputs_by_name_and_glob():
+    model = fx.mlp()[0]
+    x = fx.mlp()[1][0]
+    report = gradaudit.check(model, (x,), wrt="0.*, args[0]")
+    names = {c.wrt for c in report.checks} - {"total"}
+    assert names == {"0.weight", "0.bias", "args[0]"}, names
+
+
+def test_wrt_matching_nothing_names_the_choices():
+    with pytest.raises(AuditError, match="wrt 'fc9.weight' matches nothing; differentiable names are: .*args\\[0\\]"):
+        gradaudit.check(*fx.mlp(), wrt=["fc9.weight"])
+
+
+def test_wrt_on_a_planted_fault_still_catches_it():
+    report = gradaudit.check(*fx.wrong_parameter_gradient(), wrt="fc2.bias")
+    assert [f.wrt for f in errors(report)] == ["fc2.bias"]
+
+
+def test_wrt_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "gradaudit.cli", "run", "tests/fixtures.py:mlp", "--wrt",
+                             "args[0]", "--json", "-"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    report = json.loads(result.stdout)
+    assert {c["wrt"] for c in report["checks"]} == {"args[0]"}

@@ -122,7 +122,7 @@ def rounding_noise(f: Evaluate, x: Tensors, u, delta: float) -> Tensors | None:
     outputs = f(points)
     noise = []
     for i in range(len(outputs[0])):
-        line = torch.stack([real(out[i]).double() for out in outputs])
+        line = torch.stack([real(out[i]).double().cpu() for out in outputs])  # no device graphs to compile
         fourth = line[:-4] - 4 * line[1:-3] + 6 * line[2:-2] - 4 * line[3:-1] + line[4:]
         if not torch.isfinite(fourth).all():
             return None
@@ -151,11 +151,11 @@ def nonsmooth_evidence(f: Evaluate, x: Tensors, u, h: float, eps: float, noise: 
     outputs = f([x] + [shifted(x, u, s) for s in steps] + [shifted(x, u, -s) for s in steps])
     here, ahead, behind = outputs[0], outputs[1:4], outputs[4:7]
     for i in range(len(here)):
-        center = real(here[i]).double()
-        sides = [[real(y[i]).double().to(center.device) for y in side] for side in (ahead, behind)]
+        center = real(here[i]).double().cpu()
+        sides = [[real(y[i]).double().cpu() for y in side] for side in (ahead, behind)]
         if not all(bool(torch.isfinite(v).all()) for side in sides for v in side):
             return "the function is undefined (NaN or Inf) on one side of this point"
-        level = eps * center.abs() + (0.0 if noise is None else noise[i].to(center.device))
+        level = eps * center.abs() + (0.0 if noise is None else noise[i].cpu())
         threshold = NONSMOOTH_MARGIN * level / steps[-1]
         plus = [(a - center) / s for a, s in zip(sides[0], steps)]
         minus = [(center - b) / s for b, s in zip(sides[1], steps)]

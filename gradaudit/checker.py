@@ -10,6 +10,7 @@ A failing group is followed up: re-checked at nearby points (a kink at the evalu
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +28,8 @@ from .report import Check, Finding
 Progress = Callable[[str, int, int], None]
 WORST_ELEMENT_LEAVES = 3  # failing leaves whose worst element a follow-up searches
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
+# torch's own words for "this op has no second derivative" (not a failure of the user's code).
+NO_DOUBLE_BACKWARD = re.compile(r"derivative for \S+ is not implemented|marked with @once_differentiable")
 DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
 
 @dataclass
@@ -102,7 +105,11 @@ class Auditor:
         # float64 affords a much smaller retry step than float32 before rounding swamps the quotient.
         self.retry_divisor = 64 if self.eps < 1e-10 else 4
         # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
-        self.scales = [max(1.0, float(real(x).double().pow(2).mean().sqrt())) for x in self.x]
+        # Infinite elements (-inf in an attention mask or a masked softmax input) cannot be moved by a finite
+        # step: every direction leaves them where they are, and they do not count in the scale.
+        self.movable = [torch.isfinite(x) for x in self.x]
+        self.scales = [max(1.0, float(real(x[m]).double().pow(2).mean().sqrt()) if bool(m.any()) else 1.0)
+                       for x, m in zip(self.x, self.movable)]
         self.checks: list[Check] = []
         self.findings: list[Finding] = []
         self.skipped: list[dict] = []
@@ -126,10 +133,15 @@ class Auditor:
                 try:
                     self.check_function(second)
                 except RuntimeError as exc:  # fails at the first double backward, before any check is kept
-                    if not ("not implemented" in str(exc) and "attention" in str(exc)):
-                        raise
-                    with twice_differentiable_attention(self.skipped):
-                        self.check_function(second)
+                    if "not implemented" in str(exc) and "attention" in str(exc):
+                        with twice_differentiable_attention(self.skipped):
+                            self.check_function(second)
+                    elif NO_DOUBLE_BACKWARD.search(str(exc)):
+                        self.skipped.append({"what": "order 2", "reason": "torch has no double backward here: "
+                                             + first_line(exc)})
+                    else:
+                        raise AuditError(f"the order-2 check could not run: differentiating the gradient raised "
+                                         f"{type(exc).__name__}: {first_line(exc)}") from exc
         return self.checks, self.findings, self.skipped
 
     def _group_count(self) -> int:
@@ -145,7 +157,7 @@ class Auditor:
 
     def direction(self, members: list[int], x: list[torch.Tensor] | None = None) -> list:
         x = self.x if x is None else x
-        return [rademacher_like(x[i], self.generator) * self.scales[i] if i in members else None
+        return [rademacher_like(x[i], self.generator) * self.scales[i] * self.movable[i] if i in members else None
                 for i in range(len(x))]
 
     def groups(self) -> list[Group]:
@@ -254,7 +266,7 @@ class Auditor:
         """The rounding noise of f's outputs near x, along one direction moving every leaf (see
         numerics.rounding_noise), from a generator of its own so the probes stay those of the seed."""
         generator = torch.Generator().manual_seed(self.settings.seed + 7919 * f.order)
-        u = [rademacher_like(xi, generator) * s for xi, s in zip(self.x, self.scales)]
+        u = [rademacher_like(xi, generator) * s * m for xi, s, m in zip(self.x, self.scales, self.movable)]
         delta, noise = self.h / 2, None  # the stencil's own spacing: noise as the quotients see it
         for _ in range(DOMAIN_SHRINKS):
             # The line starts next to x, on one side: a kink at x itself must not pass for noise.
@@ -416,6 +428,7 @@ class Auditor:
         x = self.x[leaf]
         u = u_flat.to(real(x).dtype).reshape(real(x).shape).to(x.device)
         u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
+        u = u * self.movable[leaf]
         return [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
 
     def element_test(self, scalar, leaf: int, u_flat: torch.Tensor, gradient: torch.Tensor, noise=None):
@@ -547,6 +560,11 @@ class Auditor:
         kinks = [c for c in mine if c.status == "nondifferentiable_point" and c.method == "reverse"]
         if kinks:
             self.findings.append(kink_finding(order, kinks))
+
+
+def first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def dot(gradient: torch.Tensor, u: torch.Tensor) -> float:

@@ -165,3 +165,31 @@ def test_wrt_on_the_command_line(tmp_path):
 
     report = json.loads(result.stdout)
     assert {c["wrt"] for c in report["checks"]} == {"args[0]"}
+
+
+# ------------------------------------------------------------------ more from the op database
+def test_infinite_input_elements_are_held_fixed():
+    x = torch.randn(2, 4, dtype=D)
+    x[0, 1] = x[1, 3] = -math.inf  # an additive attention mask
+    report = gradaudit.check(lambda x: torch.softmax(x, -1), (x,), order=2)
+    assert report.ok and not report.findings, report
+
+
+def test_nan_inputs_are_refused():
+    with pytest.raises(AuditError, match="contains NaN"):
+        gradaudit.check(torch.sin, (torch.tensor([0.5, math.nan], dtype=D),))
+
+
+def test_no_double_backward_in_torch_skips_order_two_and_says_why():
+    grid = torch.full((1, 2, 2, 2), 0.1, dtype=D)
+    x = torch.randn(1, 1, 3, 3, dtype=D)
+    report = gradaudit.check(lambda x: torch.nn.functional.grid_sample(x, grid, align_corners=False), (x,), order=2)
+    assert report.ok and {c.order for c in report.checks} == {1}, report
+    assert any(s["what"] == "order 2" and "grid_sampler_2d_backward" in s["reason"] for s in report.skipped)
+
+
+def test_a_double_backward_that_raises_is_an_audit_error_naming_it():
+    x = torch.randn(1, 2, 3, dtype=D, requires_grad=True)
+    bias = torch.randn(1, 2, 3, dtype=D, requires_grad=True)
+    with pytest.raises(AuditError, match="order-2 check could not run: .*RuntimeError"):
+        gradaudit.check(lambda x, b: torch.native_layer_norm(x, (1, 2, 3), None, b, 0.5), (x, bias), order=2)

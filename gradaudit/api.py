@@ -11,6 +11,8 @@ from . import __version__
 from .case import as_case
 from .checker import Auditor, Settings
 from .errors import AuditError
+from .isolation import annotate_isolated, collect_isolated
+from .outcome import user_code_boundary
 from .numerics import eps_of, model_error_of
 from .parity import forward_checks, forward_divergences, parity_checks
 from .registry import usable_backend
@@ -47,6 +49,7 @@ def same_rng_for_each_program():
         rewind()
 
 
+@user_code_boundary("gradaudit.check")
 def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: str = "eager",
           device: str | None = None, order: int = 1, dtype: str | torch.dtype | None = None, mode: str = "auto",
           seed: int = 0, probes: int = 3, shadow: bool = True, localize: bool = True, static_only: bool = False,
@@ -150,9 +153,11 @@ def autograd_backend_audit(backend: str, case, program: Program, reference: Prog
         if reference is not None:
             parity, parity_findings = parity_checks(program, reference, settings)
             checks, findings = checks + parity, findings + parity_findings
-        if localize:
-            localize_findings(audited, findings, settings.seed, eager)
-        findings += static_hazards(program) + fallback_hazards(program)
+        if localize and any(f.severity == "error" for f in findings):  # (a pass has nothing to localize)
+            annotate_isolated("localization", findings, skipped, [audited, eager],
+                              lambda: localize_findings(audited, findings, settings.seed, eager))
+        findings += collect_isolated("hazard scan", skipped, [program], lambda: static_hazards(program))
+        findings += fallback_hazards(program)
     finally:
         if eager is not None:
             eager.close()
@@ -208,10 +213,11 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
             finding.message = (f"derivatives of the {program.device} program differ from PyTorch's gradients: "
                                + finding.message)
     findings += gradient_findings
-    if localize:
+    if localize and any(f.severity == "error" for f in findings):
         from .analyzers.divergence import locate_divergence
 
-        locate_divergence(program, reference, findings)
+        annotate_isolated("localization", findings, skipped, [program, reference],
+                          lambda: locate_divergence(program, reference, findings))
     return checks + gradient_checks, findings
 
 

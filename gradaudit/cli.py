@@ -1,23 +1,23 @@
-"""The ``gradaudit`` command line: ``run`` and ``backends`` (exit codes: 0 pass, 1 problem found, 2 could not run)."""
+"""The ``gradaudit`` command line: ``run``, ``compare``, ``graph``, ``suite`` and ``backends``.
+
+Exit codes: 0 every check passed, 1 a gradient problem was found, 2 the audit could not run (one line on stderr),
+130 interrupted. What the audited code does (exits, exceptions, Ctrl-C) is mapped in ``gradaudit.outcome``.
+"""
 from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
-from .errors import AuditError
+from .outcome import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, InterruptibleGroup, check_output_path, command_outcome,
+                      fail, orders_not_run, write_outputs, write_text_file)
 
-EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
-
-
-def fail(message: str) -> None:
-    click.echo(f"gradaudit: error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+# torch.Generator.manual_seed takes any 64-bit seed; beyond that click says so instead of torch overflowing.
+SEED = click.IntRange(0, 2**64 - 1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gradaudit")
 def main() -> None:
     """Check that the gradients of PyTorch code are right, on every backend."""
@@ -51,7 +51,7 @@ def progress_bar(enabled: bool):
               help="Cast floating inputs and parameters (default: keep).")
 @click.option("--mode", type=click.Choice(["auto", "fast", "full"]), default="auto", show_default=True,
               help="auto: probes and follow-ups; fast: probes only; full: full Jacobians (small cases).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probes.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random probes.")
 @click.option("--probes", type=click.IntRange(1, 64), default=3, show_default=True,
               help="Random directions per tensor (and cotangents per order).")
 @click.option("--json", "json_path", default=None, help="Write the JSON report to PATH ('-' for stdout).")
@@ -63,19 +63,22 @@ def progress_bar(enabled: bool):
 @click.option("-v", "--verbose", is_flag=True, help="List every check, not only those that did not pass.")
 @click.option("--static-only", is_flag=True, help="Only walk the autograd graph for hazards; no numerics.")
 @click.option("--fail-on-hazard", is_flag=True, help="Static hazards fail the audit (exit 1).")
+@click.option("--allow-skip", is_flag=True,
+              help="Accept a pass in which a requested order could not run at all (otherwise exit 2).")
 def run(target, backend, device, order, dtype, mode, seed, probes, json_path, wrt, no_localize, no_shadow,
-        show_traceback, verbose, static_only, fail_on_hazard) -> None:
+        show_traceback, verbose, static_only, fail_on_hazard, allow_skip) -> None:
     """Audit the gradients of TARGET (path/to/file.py:NAME or dotted.module:NAME)."""
     from . import api
     from .case import load_target
 
-    with audit_errors(show_traceback):
+    with command_outcome(show_traceback):
+        check_output_path(json_path, "--json")
         case = load_target(target)
         with progress_bar(sys.stderr.isatty()) as progress:
             report = api.check(case, backend=backend, device=device, order=order, dtype=dtype, mode=mode,
                                seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize, wrt=wrt,
                                static_only=static_only, fail_on_hazard=fail_on_hazard, progress=progress)
-    finish(report, target, json_path, verbose)
+    finish(report, target, json_path, verbose, allow_skip)
 
 
 def render(report, stderr: bool, verbose: bool = False) -> None:
@@ -88,8 +91,9 @@ def render(report, stderr: bool, verbose: bool = False) -> None:
     verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
     shown = report.checks if verbose else [c for c in report.checks if c.status != "pass"]
     passed = sum(c.status == "pass" for c in report.checks)
+    not_run = "".join(f"; order {order} not checked ({why})" for order, why in orders_not_run(report))
     console.print(f"{verdict} {report.target}  {report.backend}/{report.device} {report.dtype}  seed {report.seed}: "
-                  f"{passed}/{len(report.checks)} checks passed")
+                  f"{passed}/{len(report.checks)} checks passed{not_run}", soft_wrap=True)
     if shown:
         table = Table(show_edge=False, pad_edge=False)
         by_backend = any(c.backend for c in shown)
@@ -122,51 +126,51 @@ def render(report, stderr: bool, verbose: bool = False) -> None:
 @click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True)
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]), default=None,
               help="Cast floating inputs and parameters on the compared backends (default: keep).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--json", "json_path", default=None, help="Write the JSON report to PATH ('-' for stdout).")
 @click.option("--no-localize", is_flag=True, help="Skip localizing divergences to an op.")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show Python tracebacks of unexpected errors.")
 @click.option("-v", "--verbose", is_flag=True, help="List every check, not only those that did not pass.")
-def compare(target, backend_list, order, dtype, seed, json_path, no_localize, show_traceback, verbose) -> None:
+@click.option("--allow-skip", is_flag=True,
+              help="Accept a pass in which a requested order could not run at all (otherwise exit 2).")
+def compare(target, backend_list, order, dtype, seed, json_path, no_localize, show_traceback, verbose,
+            allow_skip) -> None:
     """Run TARGET on several backends and compare outputs and gradients with eager float64 on CPU."""
     from .compare import compare as compare_backends
     from .case import load_target
 
     names = [b.strip() for b in backend_list.split(",") if b.strip()]
-    with audit_errors(show_traceback):
+    with command_outcome(show_traceback):
+        check_output_path(json_path, "--json")
         case = load_target(target)
         with progress_bar(sys.stderr.isatty()) as progress:
             report = compare_backends(case, backends=names, order=order, dtype=dtype, seed=seed,
                                             localize=not no_localize, progress=progress)
-    finish(report, target, json_path, verbose)
+    finish(report, target, json_path, verbose, allow_skip)
 
 
-@contextmanager
-def audit_errors(show_traceback: bool):
-    """AuditError and unexpected failures of the user's code become one line and exit code 2."""
-    try:
-        yield
-    except AuditError as exc:
-        fail(str(exc))
-    except Exception as exc:
-        if show_traceback:
-            raise
-        lines = str(exc).strip().splitlines()
-        fail(f"the audit could not run: {type(exc).__name__}: {lines[0] if lines else ''} "
-             "(rerun with --traceback for details)")
+def exit_code_of(report, allow_skip: bool) -> int:
+    """1 for a problem found; 0 for a pass, unless a requested order could not run at all (then the pass is
+    partial: exit 2, or 0 with ``--allow-skip``)."""
+    if not report.ok:
+        return EXIT_PROBLEM
+    return EXIT_ERROR if orders_not_run(report) and not allow_skip else EXIT_OK
 
 
-def finish(report, target: str, json_path: str | None, verbose: bool) -> None:
+def finish(report, target: str, json_path: str | None, verbose: bool, allow_skip: bool = False) -> None:
+    """Write the report (file, stdout) and exit with its code; write errors are exit 2, a closed pipe is not."""
     report.target = target
-    if json_path and json_path != "-":
-        try:
-            Path(json_path).write_text(report.to_json() + "\n")
-        except OSError as exc:
-            fail(f"cannot write {json_path}: {exc.strerror}")
-    if json_path == "-":
-        click.echo(report.to_json())
-    render(report, stderr=json_path == "-", verbose=verbose)
-    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEM)
+    code = exit_code_of(report, allow_skip)
+    with write_outputs(code):
+        if json_path and json_path != "-":
+            write_text_file(json_path, report.to_json() + "\n")
+        if json_path == "-":
+            click.echo(report.to_json())
+        render(report, stderr=json_path == "-", verbose=verbose)
+        if code == EXIT_ERROR:
+            missing = ", ".join(f"order {order}" for order, _ in orders_not_run(report))
+            click.echo(f"gradaudit: error: {missing} could not run on {report.backend}; nothing at that order "
+                       "was checked (--allow-skip accepts the partial audit)", err=True)
 
 
 @main.command()

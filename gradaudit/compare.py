@@ -12,11 +12,14 @@ from .api import numeric_backend_audit, parse_dtype, same_rng_for_each_program
 from .case import as_case
 from .checker import Auditor, Settings
 from .errors import AuditError
+from .isolation import annotate_isolated
+from .outcome import user_code_boundary
 from .parity import forward_checks, forward_divergences, parity_checks
 from .registry import usable_backend
 from .report import Finding, Report
 
 
+@user_code_boundary("gradaudit.compare")
 def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends: tuple[str, ...] | list[str] =
             ("eager", "xla"), order: int = 1, dtype: str | torch.dtype | None = None, seed: int = 0,
             probes: int = 3, localize: bool = True, progress: Callable[[str, int, int], None] | None = None,
@@ -77,8 +80,9 @@ def compare_program(program, reference, settings: Settings,
     findings = forward_divergences(checks, drift)
     gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
     findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
-    if localize:
-        localize_divergences(program, reference, findings, settings.seed)
+    if localize and any(f.severity == "error" for f in findings):
+        annotate_isolated("localization", findings, notes, [program, reference],
+                          lambda: localize_divergences(program, reference, findings, settings.seed))
     return checks + gradient_checks, findings, notes
 
 

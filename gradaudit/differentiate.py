@@ -5,6 +5,7 @@ second order is first order applied to a gradient function (reverse over reverse
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -15,6 +16,9 @@ from .backends.base import Program, Stats
 from .errors import Unsupported
 
 Tensors = list[torch.Tensor]
+# Torch's own words when forward mode cannot run something ("Trying to use forward AD with X that does not
+# support it", "You must implement the jvp function ... forward mode AD"): only these mean "skip forward mode".
+FORWARD_AD_UNSUPPORTED = re.compile(r"forward (mode )?AD|jvp function|derivative for .* is not implemented")
 
 
 class ForwardFunction:
@@ -94,6 +98,8 @@ def jvp(f, x: Tensors, direction: list) -> Tensors:
     except Unsupported:
         raise
     except Exception as exc:  # a custom Function without jvp, an op without a formula
+        if not FORWARD_AD_UNSUPPORTED.search(str(exc)):
+            raise  # the user's code failed: the audit could not run, never a skipped capability
         message = str(exc).strip().splitlines()
         raise Unsupported(f"{type(exc).__name__}: {message[0] if message else ''}") from exc
 

@@ -41,18 +41,54 @@ def make_job(zoo: str, case: str, backend: str, orders: Iterable[int], seed: int
             **extra}
 
 
-def run_job_in_subprocess(job: dict, timeout: float, command: list[str] | None = None,
-                          cwd: str | None = None) -> list[dict]:
-    """Run one job in ``python -m gradaudit.worker``; always returns one record per order of the job.
+class Workers:
+    """The worker processes running now, so that Ctrl-C can kill them all at once; once stopped, no new one
+    starts (a pool thread about to launch one gets None instead)."""
 
-    The worker runs in its own session (its process group is killed on timeout). Orders it did not report —
-    it crashed, hung or exited early — get ``error`` records saying how it ended."""
+    def __init__(self) -> None:
+        self._running: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self.stopped = threading.Event()
+
+    def start(self, *args, **kwargs) -> subprocess.Popen | None:
+        with self._lock:
+            if self.stopped.is_set():
+                return None
+            process = subprocess.Popen(*args, **kwargs)
+            self._running.add(process)
+            return process
+
+    def done(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.discard(process)
+
+    def stop(self) -> None:
+        """Kill every running worker's process group now; refuse new ones."""
+        with self._lock:
+            self.stopped.set()
+            running = list(self._running)
+        for process in running:
+            _kill_group(process)
+
+
+def run_job_in_subprocess(job: dict, timeout: float, command: list[str] | None = None,
+                          cwd: str | None = None, workers: Workers | None = None) -> list[dict]:
+    """Run one job in ``python -m gradaudit.worker``; always returns one record per order of the job (none
+    when ``workers`` was stopped before it could start).
+
+    The worker runs in its own session (its process group is killed on timeout, on Ctrl-C, and when this
+    function is left by any exception). Orders it did not report — it crashed, hung or exited early — get
+    ``error`` records saying how it ended."""
     command = list(command or WORKER_COMMAND)
+    workers = workers or Workers()
     started = time.perf_counter()
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, cwd=cwd, env=env, start_new_session=True)
+    env["GRADAUDIT_SUITE_PID"] = str(os.getpid())  # the worker dies with this process (Linux)
+    process = workers.start(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd, env=env, start_new_session=True)
+    if process is None:
+        return []
     timed_out = False
     try:
         stdout, stderr = process.communicate(json.dumps(job), timeout=timeout)
@@ -60,6 +96,12 @@ def run_job_in_subprocess(job: dict, timeout: float, command: list[str] | None =
         timed_out = True
         _kill_group(process)
         stdout, stderr = process.communicate()
+    except BaseException:  # Ctrl-C in a serial suite: the worker must not outlive us
+        _kill_group(process)
+        process.wait()
+        raise
+    finally:
+        workers.done(process)
     seconds = round(time.perf_counter() - started, 3)
     records = []
     for line in stdout.splitlines():
@@ -202,6 +244,10 @@ def plan(zoo_spec: str, backends: Iterable[str], orders: Iterable[int] = (1, 2),
     backends = [b for b in backends if b]
     if not backends:
         raise AuditError("no backends given")
+    from .registry import get_backend
+
+    for name in backends:  # an unknown name is a typo, not a backend to skip: refuse before the first job
+        get_backend(name)
     spec = _zoo_spec_for_workers(zoo_spec)
     cases = [c for c in load_zoo(spec) if _matches(c.name, only)]
     if not cases:
@@ -231,7 +277,6 @@ def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Itera
     by_name = {c.name: c for c in cases}
     store = ResultStore(results_dir) if results_dir else None
     versions = {b: backend_versions(b) for b in {job["backend"] for job in jobs}}
-    threads = None
     total = len(jobs) * len(jobs[0]["orders"])
     results: dict[tuple, dict] = {}
     lock = threading.Lock()
@@ -270,8 +315,11 @@ def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Itera
             pending.append(job | {"orders": left})
 
     unusable: dict[str, str] = {}  # backend -> why a worker found it unusable: later jobs are skipped at once
+    running = Workers()
 
     def settle(job: dict, records: list[dict]) -> None:
+        if running.stopped.is_set():  # killed by Ctrl-C: these records say nothing about the case
+            return
         for record in records:
             if record.get("status") == "skip" and "is not usable here" in str(record.get("reason")):
                 unusable.setdefault(record["backend"], record["reason"])
@@ -285,28 +333,57 @@ def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Itera
                  "dtype": dtype, "status": "skip", "reason": reason, "report": None, "seconds": 0.0}
                 for order in job["orders"]]
 
-    if pending:
-        if executor == "serial":
-            for job in pending:
-                settle(job, skipped_early(job) or run_job_in_subprocess(job, timeout, command))
-        elif executor == "local":
-            count = workers or os.cpu_count() or 1
-            threads = max(1, (os.cpu_count() or 1) // count)
-            with ThreadPoolExecutor(max_workers=count, thread_name_prefix="gradaudit-suite") as pool:
-                def one(job: dict) -> tuple[dict, list[dict]]:
-                    early = skipped_early(job)
-                    return job, early or run_job_in_subprocess(job | {"threads": threads}, timeout, command)
-                futures = [pool.submit(one, job) for job in pending]
-                for future in as_completed(futures):
-                    settle(*future.result())
-        else:
-            run_on_ray(pending, timeout, address, workers, settle, skipped_early, command)
+    try:
+        if pending:
+            run_pending(pending, executor, workers, running, timeout, address, command, settle, skipped_early)
+    except KeyboardInterrupt:
+        running.stop()  # at once: a worker's timeout can be minutes
+        kept = [results[key] for key in ((j["case"], j["backend"], o) for j in jobs for o in j["orders"])
+                if key in results]
+        raise SuiteInterrupted(kept, total) from None
 
     ordered = []
     for job in jobs:
         for order in job["orders"]:
             ordered.append(results[(job["case"], job["backend"], order)])
     return ordered
+
+
+class SuiteInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a suite. Its workers were killed at once; ``records`` are those that had finished (in the
+    plan's order, already in the results directory), of ``total``."""
+
+    def __init__(self, records: list[dict], total: int) -> None:
+        super().__init__(f"interrupted after {len(records)} of {total} results")
+        self.records, self.total = records, total
+
+
+def run_pending(pending: list[dict], executor: str, count: int | None, running: Workers, timeout: float,
+                address: str | None, command: list[str] | None, settle: Callable, skipped_early: Callable) -> None:
+    """Run the jobs not already known on the chosen executor, settling each job's records as it finishes."""
+    if executor == "serial":
+        for job in pending:
+            settle(job, skipped_early(job) or run_job_in_subprocess(job, timeout, command, workers=running))
+    elif executor == "local":
+        count = count or os.cpu_count() or 1
+        threads = max(1, (os.cpu_count() or 1) // count)
+
+        def one(job: dict) -> tuple[dict, list[dict]]:
+            early = skipped_early(job)
+            return job, early or run_job_in_subprocess(job | {"threads": threads}, timeout, command,
+                                                       workers=running)
+        pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="gradaudit-suite")
+        try:
+            futures = [pool.submit(one, job) for job in pending]
+            for future in as_completed(futures):
+                settle(*future.result())
+        except BaseException:
+            running.stop()  # before the pool waits for its threads: they are waiting for these workers
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:
+        run_on_ray(pending, timeout, address, count, settle, skipped_early, command)
 
 
 # ---------------------------------------------------------------------------------------------- ray
@@ -364,7 +441,12 @@ def run_on_ray(jobs: list[dict], timeout: float, address: str | None, workers: i
                 in_flight[runner.remote(job | {"threads": threads}, timeout, command)] = job
             if not in_flight:
                 continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            try:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+            except KeyboardInterrupt:
+                for ref in in_flight:  # kills the Ray worker; its job's subprocess dies with it (die_with_parent)
+                    ray.cancel(ref, force=True)
+                raise
             for ref in ready:
                 job = in_flight.pop(ref)
                 try:
@@ -388,4 +470,5 @@ def summary_counts(records: list[dict]) -> dict[str, int]:
     return counts
 
 
-__all__ = ["run_suite", "run_job_in_subprocess", "record_key", "ResultStore", "summary_counts", "EXECUTORS"]
+__all__ = ["run_suite", "run_job_in_subprocess", "record_key", "ResultStore", "summary_counts", "EXECUTORS",
+           "SuiteInterrupted", "Workers"]

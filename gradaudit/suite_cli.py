@@ -1,21 +1,16 @@
 """``gradaudit suite ZOO``: audit a zoo of cases across backends and orders (exit 0 all pass or skip, 1 a case
-failed or errored, 2 the suite could not run)."""
+failed or errored, 2 the suite could not run or audited nothing, 130 interrupted: workers killed at once, the
+finished records kept in the results directory and the reports)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from .errors import AuditError
-
-EXIT_OK, EXIT_PROBLEM, EXIT_ERROR = 0, 1, 2
-
-
-def _fail(message: str) -> None:
-    click.echo(f"gradaudit: error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+from .outcome import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, check_output_path, fail as _fail,
+                      interrupted, write_outputs)
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -73,14 +68,15 @@ def _plain_table(records: list[dict]) -> str:
 @click.option("--junit", "junit_path", default=None, help="Write JUnit XML to PATH.")
 @click.option("--html", "html_path", default=None, help="Write a static HTML report to PATH.")
 @click.option("--only", default=None, help="Only cases whose name contains SUBSTRING (comma-separated: any).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random probes.")
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+              help="Seed of the random probes.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]), default=None,
               help="Cast floating inputs and parameters (default: keep the zoo's float64).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def suite_command(zoo, backend_list, order_list, executor, address, workers, timeout, results_dir, json_path,
                   junit_path, html_path, only, seed, dtype, quiet) -> None:
     """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend."""
-    from .suite import run_suite, summary_counts
+    from .suite import SuiteInterrupted, run_suite, summary_counts
 
     backends = [b.strip() for b in backend_list.split(",") if b.strip()]
 
@@ -92,46 +88,63 @@ def suite_command(zoo, backend_list, order_list, executor, address, workers, tim
         click.echo(f"[{done}/{total}] {record.get('status'):5} {record.get('case')} {record.get('backend')} "
                    f"o{record.get('order')}{resumed}{reason}", err=True)
 
+    outputs = {"--json": json_path, "--junit": junit_path, "--html": html_path}
     try:
+        for option, path in outputs.items():
+            check_output_path(path, option)  # before the first job, not after the last
         orders = _int_list(order_list, "orders")
         records = run_suite(zoo, backends, orders, executor=executor, workers=workers, timeout=timeout,
                             results_dir=results_dir, address=address, progress=progress, only=only, seed=seed,
                             dtype=dtype)
     except AuditError as exc:
         _fail(str(exc))
+    except SuiteInterrupted as stop:  # the workers are dead already; keep what finished
+        try:
+            write_reports(stop.records, zoo, backends, orders, json_path, junit_path, html_path)
+        except OSError:
+            pass  # the results directory still has them
+        where = f" (in {results_dir})" if results_dir else ""
+        interrupted(f"interrupted; {len(stop.records)} of {stop.total} results finished and kept{where}")
     except KeyboardInterrupt:
-        _fail("interrupted")
-
-    reports = _reports_module()
-    to_stdout = json_path == "-"
-    try:
-        if json_path:
-            document = {"zoo": zoo, "backends": backends, "orders": orders, "records": records}
-            if to_stdout:
-                click.echo(json.dumps(document, default=str))
-            elif reports is not None and hasattr(reports, "write_json"):
-                reports.write_json(records, json_path, zoo=zoo, backends=backends, orders=orders)
-            else:
-                Path(json_path).write_text(json.dumps(document, indent=1, default=str) + "\n")
-        if junit_path:
-            if reports is None:
-                _fail("JUnit output needs gradaudit.suite_reports, which is not installed")
-            reports.write_junit(records, junit_path)
-        if html_path:
-            if reports is None:
-                _fail("HTML output needs gradaudit.suite_reports, which is not installed")
-            reports.write_html(records, html_path)
-    except OSError as exc:
-        _fail(f"cannot write a report: {exc.strerror or exc}")
+        interrupted()
 
     counts = summary_counts(records)
-    if reports is not None:
-        from rich.console import Console
+    audited = counts["pass"] + counts["fail"]
+    code = EXIT_PROBLEM if counts["fail"] or counts["error"] else EXIT_OK
+    if not audited:
+        code = EXIT_ERROR
+    with write_outputs(code):
+        write_reports(records, zoo, backends, orders, json_path, junit_path, html_path)
+        to_stdout = json_path == "-"
+        reports = _reports_module()
+        if reports is not None:
+            from rich.console import Console
 
-        Console(stderr=to_stdout, highlight=False, width=max(100, Console().width)).print(
-            reports.summary_table(records))
-    else:
-        click.echo(_plain_table(records), err=to_stdout)
-    click.echo(f"{len(records)} results: {counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip, "
-               f"{counts['error']} error", err=to_stdout)
-    sys.exit(EXIT_PROBLEM if counts["fail"] or counts["error"] else EXIT_OK)
+            Console(stderr=to_stdout, highlight=False, width=max(100, Console().width)).print(
+                reports.summary_table(records))
+        else:
+            click.echo(_plain_table(records), err=to_stdout)
+        click.echo(f"{len(records)} results: {counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip, "
+                   f"{counts['error']} error", err=to_stdout)
+        if not audited:
+            click.echo(f"gradaudit: error: nothing was audited ({counts['error']} errors, {counts['skip']} "
+                       "skipped)", err=True)
+
+
+def write_reports(records: list[dict], zoo: str, backends: list[str], orders: list[int], json_path: str | None,
+                  junit_path: str | None, html_path: str | None) -> None:
+    """The JSON, JUnit and HTML reports asked for (a write error propagates to ``write_outputs``: exit 2)."""
+    reports = _reports_module()
+    if json_path == "-":
+        click.echo(json.dumps({"zoo": zoo, "backends": backends, "orders": orders, "records": records}, default=str))
+    elif json_path:
+        if reports is not None and hasattr(reports, "write_json"):
+            reports.write_json(records, json_path, zoo=zoo, backends=backends, orders=orders)
+        else:
+            document = {"zoo": zoo, "backends": backends, "orders": orders, "records": records}
+            Path(json_path).write_text(json.dumps(document, indent=1, default=str) + "\n")
+    for path, writer in ((junit_path, "write_junit"), (html_path, "write_html")):
+        if path:
+            if reports is None:
+                _fail(f"{writer[6:]} output needs gradaudit.suite_reports, which is not installed")
+            getattr(reports, writer)(records, path)

@@ -19,6 +19,8 @@ import time
 import traceback
 from typing import Any, Callable
 
+from .outcome import as_audit_error, exit_call, exits_raise
+
 # An AuditError whose message matches one of these means "this backend cannot audit this case", not a bug of
 # the audit: the case is skipped there, with the message as its reason.
 UNSUPPORTED = [
@@ -33,6 +35,7 @@ UNSUPPORTED = [
     r"derivative for .* is not implemented",
     r"does not support",
     r"not supported",
+    r"in inference form",
 ]
 
 
@@ -56,7 +59,13 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 
 
 def status_of(report) -> tuple[str, str | None]:
-    """pass/fail and why: the first error finding (or failed check) of a report; warnings are listed on a pass."""
+    """pass/fail and why: the first error finding (or failed check) of a report; warnings are listed on a pass.
+    A pass in which the requested order could not run at all is a skip, never a silent pass."""
+    from .outcome import orders_not_run
+
+    not_run = orders_not_run(report)
+    if report.ok and not_run:
+        return "skip", "; ".join(f"order {order} could not run: {why}" for order, why in not_run)
     if report.ok:
         warnings = sorted({f.kind for f in report.findings})
         return "pass", (f"warnings: {', '.join(warnings)}" if warnings else None)
@@ -85,10 +94,11 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
             torch.set_num_threads(int(job["threads"]))
         from .zoo import find_case
 
-        zoo_case = find_case(job["zoo"], job["case"])
+        with exits_raise():  # importing the zoo runs the user's code too
+            zoo_case = find_case(job["zoo"], job["case"])
         base["module"] = zoo_case.module_type
-    except Exception as exc:
-        status, reason = classify(exc)
+    except BaseException as exc:  # noqa: B036 - a worker only ever answers with records
+        status, reason = classify(exc if isinstance(exc, Exception) else as_audit_error(exc, "the worker"))
         for order in orders:
             emit(base | {"order": order, "status": status, "reason": reason, "report": None,
                          "seconds": round(time.perf_counter() - started, 3)})
@@ -104,8 +114,8 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
             continue
         try:
             record |= audit(zoo_case, base, order, job)
-        except Exception as exc:
-            status, reason = classify(exc)
+        except BaseException as exc:  # noqa: B036 - sys.exit, os._exit, KeyboardInterrupt of the case: an error
+            status, reason = classify(exc if isinstance(exc, Exception) else as_audit_error(exc, "the worker"))
             record |= {"status": status, "reason": reason, "report": None}
             if os.environ.get("GRADAUDIT_WORKER_TRACEBACK"):
                 traceback.print_exc()
@@ -117,13 +127,15 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
 def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:
     import gradaudit
     from .case import case_from_tuple
+    from .errors import AuditError
 
     try:
-        built = zoo_case.build()
-    except Exception as exc:
-        from .errors import AuditError
-
-        raise AuditError(f"the factory of {zoo_case.name} raised {type(exc).__name__}: {one_line(exc)}") from exc
+        with exits_raise():
+            built = zoo_case.build()
+    except (Exception, SystemExit) as exc:
+        what = f"called {exit_call(exc)}" if isinstance(exc, SystemExit) else \
+            f"raised {type(exc).__name__}: {one_line(exc)}"
+        raise AuditError(f"the factory of {zoo_case.name} {what}") from exc
     case = case_from_tuple(built, zoo_case.name)
     case.name = zoo_case.name
     report = gradaudit.check(case, backend=base["backend"], order=order, dtype=base["dtype"], seed=base["seed"],
@@ -137,26 +149,55 @@ def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:
 
 def attach_pictures(case, report, seed: int) -> None:
     """The autograd graph with the culprit highlighted, as SVG text on each localized fault (the HTML report
-    shows it). Drawn on eager, where ops map onto autograd nodes; best effort."""
-    from .analyzers.graph import to_svg
-    from .analyzers.localize import locate
-    from .registry import usable_backend
+    shows it). Drawn on eager, where ops map onto autograd nodes; best effort, crash-isolated: a crash while
+    drawing must not cost the record."""
+    from .isolation import run_optional_phase
 
     faults = [f for f in report.findings if f.node and f.kind.startswith("faulty_")]
     if not faults:
         return
-    try:
-        with usable_backend("eager").load(case) as program:
-            for finding in faults:
-                found = locate(program, finding, seed)
-                if found.graph is not None:
-                    finding.details["graph_svg_text"] = to_svg(found.graph, found.culprit, title=case.name)
-    except Exception as exc:  # a picture is a bonus; the finding stands without it
+    drawn = run_optional_phase(lambda: pictures(case, faults, seed))
+    for finding, svg in zip(faults, drawn.value or [None] * len(faults)):
+        if svg is not None:
+            finding.details["graph_svg_text"] = svg
+        elif not drawn.ok:
+            finding.details.setdefault("graph_svg_error", f"drawing the graph {drawn.failure}")
+
+
+def pictures(case, faults: list, seed: int) -> list[str | None]:
+    """The SVG of each fault's localized graph (None where localization found no graph)."""
+    from .analyzers.graph import to_svg
+    from .analyzers.localize import locate
+    from .registry import usable_backend
+
+    svgs = []
+    with usable_backend("eager").load(case) as program:
         for finding in faults:
-            finding.details.setdefault("graph_svg_error", f"{type(exc).__name__}: {exc}")
+            found = locate(program, finding, seed)
+            svgs.append(None if found.graph is None else to_svg(found.graph, found.culprit, title=case.name))
+    return svgs
+
+
+def die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the process that launched it dies (a suite killed, a cancelled
+    Ray task), instead of letting it run on to its timeout."""
+    parent = os.environ.get("GRADAUDIT_SUITE_PID")
+    if not sys.platform.startswith("linux") or not parent:
+        return
+    try:
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if str(os.getppid()) != parent:  # the parent died before the line above: too late for the kernel
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
 
 
 def main() -> int:
+    die_with_parent()
     # The records own the real stdout; whatever the audited code or a runtime prints goes to stderr.
     records = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout.flush()

@@ -1,15 +1,16 @@
 """``gradaudit graph TARGET --out FILE``: the autograd graph of a case, its culprit highlighted.
 
 The main CLI registers it with ``main.add_command(graph_command)``; ``static_findings`` serves
-``gradaudit run --static-only``.
+``gradaudit run --static-only``. Exit codes are ``gradaudit run``'s: the verdict of the audit (0 or 1), 2 when it
+could not run (or the file cannot be written), 130 on Ctrl-C. Drawing the graph is an optional phase: a crash
+there is a note on stderr and the verdict stands.
 """
 from __future__ import annotations
-
-import sys
 
 import click
 
 from ..errors import AuditError
+from ..outcome import EXIT_OK, EXIT_PROBLEM, check_output_path, command_outcome, write_outputs
 from .graph import FORMATS, format_of, trace_program, write_graph
 from .hazards import static_findings
 from .localize import LOCALIZED_KINDS, apply, locate
@@ -17,43 +18,54 @@ from .localize import LOCALIZED_KINDS, apply, locate
 __all__ = ["graph_command", "static_findings"]
 
 
+def draw(case, report, seed: int) -> tuple:
+    """(graph, culprit id, culprit lines): the traced graph of the case with the first localized fault."""
+    from ..registry import usable_backend
+
+    culprit, graph, lines = None, None, []
+    with usable_backend("eager").load(case) as program:
+        for finding in report.findings:
+            if finding.kind in LOCALIZED_KINDS and culprit is None:
+                result = locate(program, finding, seed)
+                apply(finding, result)
+                if result.culprit is not None:
+                    culprit, graph = result.culprit, result.trace.graph
+                    lines.append(f"culprit: {finding.node} ({finding.op}) module {finding.module or '-'} "
+                                 f"at {finding.source or '?'} [{finding.kind}, wrt {finding.wrt}]")
+        if graph is None:
+            graph = trace_program(program).graph
+    return graph, culprit, lines
+
+
 def _graph(target: str, out: str, format: str | None, order: int, seed: int) -> None:
     """Write the autograd graph of TARGET (GraphML, DOT or SVG, from the suffix of --out unless --format says);
     a failed check is localized and its culprit node highlighted."""
     import gradaudit
     from ..case import load_target
-    from ..registry import usable_backend
+    from ..isolation import run_optional_phase
 
-    try:
-        format = format_of(out, format)
+    with command_outcome():
+        check_output_path(out, "--out")
+        try:
+            format = format_of(out, format)
+        except ValueError as exc:
+            raise AuditError(str(exc)) from None
         case = load_target(target)
         report = gradaudit.check(case, backend="eager", order=order, seed=seed, localize=False)
-        backend = usable_backend("eager")
-        culprit, graph, lines = None, None, []
-        with backend.load(case) as program:
-            for finding in report.findings:
-                if finding.kind in LOCALIZED_KINDS and culprit is None:
-                    result = locate(program, finding, seed)
-                    apply(finding, result)
-                    if result.culprit is not None:
-                        culprit, graph = result.culprit, result.trace.graph
-                        lines.append(f"culprit: {finding.node} ({finding.op}) module {finding.module or '-'} "
-                                     f"at {finding.source or '?'} [{finding.kind}, wrt {finding.wrt}]")
-            if graph is None:
-                graph = trace_program(program).graph
+        drawn = run_optional_phase(lambda: draw(case, report, seed))
+    code = EXIT_OK if report.ok else EXIT_PROBLEM
+    with write_outputs(code):
+        if not drawn.ok:
+            click.echo(f"gradaudit: note: graph export {drawn.failure}; no graph written, the verdict stands "
+                       f"({'PASS' if report.ok else 'FAIL'})", err=True)
+            return
+        graph, culprit, lines = drawn.value
         title = f"{case.label}: " + ("; ".join(lines) if lines else "PASS" if report.ok else "FAIL, not localized")
         write_graph(graph, out, format, culprit, title=title)
-    except AuditError as exc:
-        click.echo(f"gradaudit: error: {exc}", err=True)
-        sys.exit(2)
-    except ValueError as exc:
-        click.echo(f"gradaudit: error: {exc}", err=True)
-        sys.exit(2)
-    nodes = sum(1 for _, d in graph.nodes(data=True) if d.get("kind") == "node")
-    click.echo(f"wrote {out} ({format}, {nodes} autograd nodes)")
-    for line in lines:
-        click.echo(line)
-    sys.exit(0 if report.ok else 1)
+        nodes = sum(1 for _, d in graph.nodes(data=True) if d.get("kind") == "node")
+        click.echo(f"wrote {out} ({format}, {nodes} autograd nodes)")
+        for line in lines:
+            click.echo(line)
 
 
 graph_command = click.command("graph")(
@@ -63,5 +75,6 @@ graph_command = click.command("graph")(
                          help="Graph format (default: from the suffix of --out).")(
                 click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
                              help="2 checks (and localizes) first and second order.")(
-                    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the probes.")(
+                    click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+                                 help="Seed of the probes.")(
                         _graph))))))

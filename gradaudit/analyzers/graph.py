@@ -46,9 +46,19 @@ def _is_library_frame(frame) -> bool:
 
 
 def _user_frame(frame):
+    """The innermost frame of the user's code below gradaudit's call into the case; None when the case is a
+    library function itself (``torch.sqrt``): never a frame of whatever called gradaudit (click, pytest)."""
     while frame is not None and _is_library_frame(frame):
+        if frame.f_code.co_filename.startswith(_GRADAUDIT_DIR) and not _is_traced_op_frame(frame):
+            return None  # reached gradaudit calling the case: no user code in between
         frame = frame.f_back
     return frame
+
+
+def _is_traced_op_frame(frame) -> bool:
+    """gradaudit's own frames between an op and the user's code: the dispatch and function modes here."""
+    return frame.f_code.co_filename == __file__ and frame.f_code.co_name in ("__torch_dispatch__",
+                                                                             "__torch_function__")
 
 
 def _where(frame) -> tuple[str | None, str | None, int | None]:

@@ -23,6 +23,16 @@ def cast_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor
     return tensor
 
 
+def complex_precision_notes(leaves: list[Leaf], dtype: torch.dtype | None) -> list[dict]:
+    """torch has no complex half or bfloat16: complex leaves run in complex64 then, and the report says so."""
+    complex_leaves = [leaf.name for leaf in leaves if leaf.value.is_complex()]
+    if dtype not in (torch.float16, torch.bfloat16) or not complex_leaves:
+        return []
+    return [{"what": f"{str(dtype)[6:]} for complex tensors",
+             "reason": f"torch has no complex {str(dtype)[6:]}: {', '.join(complex_leaves)} ran in complex64 "
+                       "(float32 precision)"}]
+
+
 class RngState:
     """Snapshot of the CPU (and CUDA) generators, so every evaluation draws the same dropout masks."""
 
@@ -91,6 +101,7 @@ class EagerProgram(Program):
             (b, b.detach().clone()) for b in self.module.buffers()]
         self._rng = RngState(cuda=device.type == "cuda")
         outputs = self._first_evaluation(case)
+        self.notes += complex_precision_notes(self.leaves, dtype)
         self.stats.forward_evals = 0
         for name, out in zip(self.output_names, outputs):
             if not torch.isfinite(out).all():

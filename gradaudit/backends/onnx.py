@@ -171,7 +171,7 @@ class OnnxProgram(Program):
         self._case_label = case.label
         self._param_names = [n for n, _ in params]
         self.module, self._fn, self._inputs = module, case.fn, inputs
-        self._train_mode_notes(module)
+        self._refuse_train_mode_batch_norm(module)
         self._keep = self._differentiated_outputs(values)
 
         lowest = min((v.dtype for v in values), key=lambda d: torch.finfo(d).bits)
@@ -224,16 +224,15 @@ class OnnxProgram(Program):
         self.notes += notes
         return keep
 
-    def _train_mode_notes(self, module: nn.Module | None) -> None:
+    def _refuse_train_mode_batch_norm(self, module: nn.Module | None) -> None:
         if module is None:
             return
         norms = [name for name, m in module.named_modules()
                  if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        if norms:
-            self.notes.append({"what": "train-mode batch norm in onnx",
-                               "reason": f"{', '.join(norms)} in training mode: the exported graph normalizes "
-                                         "with the running statistics (inference BatchNormalization), not the "
-                                         "batch statistics eager uses; forward parity will show the difference"})
+        if norms:  # refused like train-mode dropout: a divergence the export itself causes is no finding
+            raise AuditError(f"{', '.join(norms)} of {self._case_label} in training mode: the exporter writes "
+                             "batch norm in inference form (running statistics, not the batch statistics eager "
+                             "uses), so the exported graph is another function; audit the module in eval() mode")
 
     def _export(self, values: list[torch.Tensor], precision: torch.dtype) -> _Exported:
         module = copy.deepcopy(self.module) if self.module is not None else None  # the exporter may touch it

@@ -1,0 +1,201 @@
+"""Crash isolation of optional phases: localization, the hazard scan, graph export.
+
+Once the checks have a verdict, a crash in what only adds detail must not lose it (torch has segfaulted under a
+``TorchDispatchMode`` with forward-AD dual tensors, which forward-mode localization uses). On POSIX, an optional
+phase on an eager CPU program runs in a child forked from the audit: the child inherits the loaded programs (no
+process start, no pickling of the case), sends its result back through a pipe and ends. A crash there (signal 11,
+an abort) is a note; the parent's findings and exit code stand. Costs one ``fork`` per phase (tens of
+milliseconds; ``benchmarks/fault_injection.py`` measures it). Elsewhere (XLA, CUDA, onnxruntime, whose runtimes
+do not survive a fork, or ``GRADAUDIT_NO_FORK=1``), the phase runs in-process and only its exceptions are notes.
+
+The user's code keeps its outcome in the child too: ``sys.exit``/``os._exit`` there is still "the target exited"
+(exit 2) and Ctrl-C still exit 130.
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import pickle
+import signal
+import sys
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable
+
+from .outcome import TargetExit, claim_exit_guard, describe, real_exit
+
+NO_FORK_ENV = "GRADAUDIT_NO_FORK"
+
+
+@dataclass
+class PhaseResult:
+    value: Any = None
+    failure: str | None = None  # "crashed: signal 11 (SIGSEGV)", "failed: RuntimeError: ...": it gave nothing
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def fork_safe(programs: Iterable[Any]) -> bool:
+    """Whether a forked child can run these programs: eager ones on the CPU (a forked child cannot use CUDA,
+    an XLA client or an onnxruntime session of its parent)."""
+    if not hasattr(os, "fork") or os.environ.get(NO_FORK_ENV):
+        return False
+    import torch
+
+    from .backends.eager import EagerProgram
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return False
+    return all(isinstance(p, EagerProgram) and str(p.device) == "cpu" for p in programs if p is not None)
+
+
+def run_optional_phase(work: Callable[[], Any], programs: Iterable[Any] = ()) -> PhaseResult:
+    """Run ``work()`` (an optional phase over ``programs``) so that nothing it does can cost the verdict: its
+    exceptions, and where the programs allow a fork its crashes, come back as ``failure``. The programs'
+    evaluation counters are carried back from the child."""
+    programs = [p for p in programs if p is not None]
+    if not fork_safe(programs):
+        return _in_process(work)
+    return _in_child(work, programs)
+
+
+def _in_process(work: Callable[[], Any]) -> PhaseResult:
+    try:
+        return PhaseResult(value=work())
+    except Exception as exc:  # SystemExit and KeyboardInterrupt keep their outcome
+        return PhaseResult(failure=f"failed: {describe(exc)}")
+
+
+# ------------------------------------------------------------------------------------------ the child
+def _child_main(work: Callable[[], Any], programs: list, write_end: int) -> None:
+    """Run in the forked child; never returns (the parent's cleanup, atexit and buffers are the parent's)."""
+    try:
+        claim_exit_guard()  # os._exit of the user's code raises here too
+        faulthandler.disable()  # a crash is reported by the parent, in one line
+        import torch
+
+        torch.set_num_threads(1)  # the parent's OpenMP pool did not survive the fork: a parallel op would hang
+        try:
+            message = ("ok", work(), [_counters(p) for p in programs])
+        except KeyboardInterrupt:
+            message = ("interrupted", None, None)
+        except SystemExit as exc:
+            message = ("exit", TargetExit(describe(exc)), None)
+        except BaseException as exc:  # noqa: B036 - anything the phase raised is its failure, in one line
+            message = ("error", describe(exc), None)
+        try:
+            payload = pickle.dumps(message)
+        except Exception as exc:
+            payload = pickle.dumps(("error", f"its result cannot be sent back: {describe(exc)}", None))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_end, view):]
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        real_exit(0)
+
+
+def _counters(program: Any) -> dict | None:
+    stats = getattr(program, "stats", None)
+    return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
+
+
+def _in_child(work: Callable[[], Any], programs: list) -> PhaseResult:
+    sys.stdout.flush()  # what the parent buffered must not be written twice
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _child_main(work, programs, write_end)
+    os.close(write_end)
+    try:
+        payload = _read_all(read_end)
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # Ctrl-C in the parent: the child goes too, at once
+        _kill(pid)
+        raise
+    finally:
+        os.close(read_end)
+    return _result_of(payload, status, programs)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def _result_of(payload: bytes, status: int, programs: list) -> PhaseResult:
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        if number == signal.SIGINT:
+            raise KeyboardInterrupt
+        return PhaseResult(failure=f"crashed: signal {number} ({_signal_name(number)})")
+    if not payload:
+        return PhaseResult(failure=f"ended with exit code {os.WEXITSTATUS(status)} and no result")
+    kind, value, counters = pickle.loads(payload)
+    if kind == "interrupted":
+        raise KeyboardInterrupt
+    if kind == "exit":
+        raise value
+    if kind == "error":
+        return PhaseResult(failure=f"failed: {value}")
+    for program, counted in zip(programs, counters):
+        if counted is not None:
+            for key, number in counted.items():
+                setattr(program.stats, key, number)
+    return PhaseResult(value=value)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
+
+
+# ------------------------------------------------------------------------------------------ the phases
+def note(name: str, failure: str) -> dict:
+    """The report's note for an optional phase that gave nothing (in ``report.skipped``)."""
+    return {"what": name, "reason": f"{failure}; the verdict and the findings stand without it"}
+
+
+def annotate_isolated(name: str, findings: list, notes: list[dict], programs: Iterable[Any],
+                      annotate: Callable[[], None]) -> None:
+    """Run ``annotate()``, which fills in ``findings`` in place (localization), as an optional phase; the
+    child's annotated findings are copied back onto the parent's."""
+    def work() -> list:
+        annotate()
+        return findings
+    result = run_optional_phase(work, programs)
+    if not result.ok:
+        notes.append(note(name, result.failure))
+        return
+    if result.value is not findings:  # came back from a child: copy its annotations onto our findings
+        for mine, annotated in zip(findings, result.value):
+            mine.__dict__.update(annotated.__dict__)
+
+
+def collect_isolated(name: str, notes: list[dict], programs: Iterable[Any],
+                     collect: Callable[[], list]) -> list:
+    """``collect()`` (the hazard scan) as an optional phase: its list, or [] and a note."""
+    result = run_optional_phase(collect, programs)
+    if not result.ok:
+        notes.append(note(name, result.failure))
+        return []
+    return result.value
+
+
+__all__ = ["PhaseResult", "run_optional_phase", "annotate_isolated", "collect_isolated", "fork_safe", "note"]

@@ -1,0 +1,314 @@
+"""The one place where whatever escapes the user's code becomes the contract's outcome.
+
+Exit codes: ``0`` every check passed, ``1`` a gradient problem was found, ``2`` the audit could not run, ``130``
+interrupted. Nothing the audited code does may turn into a 0 or a 1, so:
+
+* :func:`user_code_boundary` wraps the API's entry points (``gradaudit.check``, ``gradaudit.compare``): any
+  exception of the user's code, on any call, becomes one :class:`AuditError` naming the call (the original is
+  chained as ``__cause__``); ``sys.exit`` and ``os._exit`` become :class:`TargetExit` (an ``AuditError``);
+  ``KeyboardInterrupt`` passes through unchanged (the caller's Ctrl-C is the caller's).
+* :func:`command_outcome` wraps what a command runs: ``AuditError``, ``SystemExit`` of the target and any other
+  escape become one line on stderr and exit 2 (``--traceback`` only adds the traceback); Ctrl-C is exit 130.
+* :func:`exits_raise`: while gradaudit runs the user's code, ``os._exit`` raises instead of ending the process.
+* Output: :func:`check_output_path` refuses unwritable paths before the audit starts, :func:`write_outputs` turns
+  write errors into exit 2 and a closed pipe on stdout into silence (the audit's own exit code stands).
+
+The suite worker, the pytest plugin (through the API) and the CLI all go through these.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+import sysconfig
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
+
+import click
+
+from .errors import AuditError
+
+EXIT_OK, EXIT_PROBLEM, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TargetExit(AuditError):
+    """The audited code tried to end the process (``sys.exit``, ``os._exit``): the audit could not run."""
+
+
+class OsExitCalled(SystemExit):
+    """What ``os._exit`` raises while gradaudit runs the user's code (a BaseException, so that the user's own
+    ``except Exception`` cannot swallow it)."""
+
+
+# ------------------------------------------------------------------------------------------ os._exit guard
+_real_os_exit = os._exit
+_guard = {"depth": 0, "pid": None}
+
+
+def real_exit(status: int) -> NoReturn:
+    """End this process now, whatever the guard says (crash-isolation children end with it)."""
+    _real_os_exit(status)
+
+
+def _raising_os_exit(status: int) -> NoReturn:
+    if os.getpid() != _guard["pid"]:  # a process the user's code forked (multiprocessing): let it exit
+        _real_os_exit(status)
+    raise OsExitCalled(status)
+
+
+def claim_exit_guard() -> None:
+    """In a child forked by gradaudit itself: the guard applies to this process too."""
+    _guard["pid"] = os.getpid()
+
+
+@contextmanager
+def exits_raise() -> Iterator[None]:
+    """While inside, ``os._exit`` in this process raises :class:`OsExitCalled` instead of ending it: only
+    gradaudit decides how an audit ends. Re-entrant; the real ``os._exit`` is back on leaving."""
+    if _guard["depth"] == 0:
+        _guard["pid"] = os.getpid()
+        os._exit = _raising_os_exit
+    _guard["depth"] += 1
+    try:
+        yield
+    finally:
+        _guard["depth"] -= 1
+        if _guard["depth"] == 0:
+            os._exit = _real_os_exit
+
+
+# ------------------------------------------------------------------------------------------ describing
+_GRADAUDIT_DIR = str(Path(__file__).resolve().parent) + os.sep
+_LIBRARY_DIRS = tuple(str(Path(p).resolve()) + os.sep for p in {
+    sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
+
+# The innermost of these on a traceback names what gradaudit was doing when the user's code failed.
+PHASES = {
+    "_import_target_module": "the import of the target",
+    "load_target": "the target's factory",
+    "jvp": "a forward-mode (JVP) evaluation",
+    "vjps": "a reverse-mode (VJP) evaluation",
+    "gradients": "a backward pass",
+    "evaluate": "an evaluation",
+    "directional_derivative": "a finite-difference evaluation",
+    "check_nondeterminism": "the repeated-backward (non-determinism) check",
+    "at_kink": "the kink follow-up",
+    "worst_element": "the worst-element follow-up",
+    "forward_checks": "the forward parity check",
+    "parity_checks": "the float64 parity check",
+    "load": "the loading of the case",
+    "locate": "localization",
+    "static_findings": "the hazard scan",
+}
+
+
+def _frames(exc: BaseException) -> list:
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames
+
+
+def _is_users(file: str) -> bool:
+    path = str(Path(file).resolve()) if not file.startswith("<") else file
+    return not (file.startswith("<") or path.startswith(_GRADAUDIT_DIR) or path.startswith(_LIBRARY_DIRS))
+
+
+def where_it_happened(exc: BaseException) -> str:
+    """``during <what gradaudit was doing>, at <file.py:line of the user's code>``, as far as the traceback
+    tells; empty when it tells nothing."""
+    frames = _frames(exc)
+    phase = next((PHASES[f.f_code.co_name] for f in reversed(frames)
+                  if f.f_code.co_name in PHASES and f.f_code.co_filename.startswith(_GRADAUDIT_DIR)), None)
+    user = next((f for f in reversed(frames) if _is_users(f.f_code.co_filename)), None)
+    parts = ([f"during {phase}"] if phase else []) + (
+        [f"at {Path(user.f_code.co_filename).name}:{user.f_lineno}"] if user is not None else [])
+    return ", ".join(parts)
+
+
+def first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def exit_call(exc: SystemExit) -> str:
+    """``sys.exit(0)`` / ``os._exit(3)`` / ``sys.exit('message')``: how the target tried to end the process."""
+    function = "os._exit" if isinstance(exc, OsExitCalled) else "sys.exit"
+    return f"{function}({'' if exc.code is None else repr(exc.code)})"
+
+
+def describe(exc: BaseException) -> str:
+    """One line for anything that escaped an audit."""
+    if isinstance(exc, AuditError):
+        return first_line(exc) or type(exc).__name__
+    where = where_it_happened(exc)
+    suffix = f" ({where})" if where else ""
+    if isinstance(exc, SystemExit):
+        return f"the target called {exit_call(exc)}{suffix}; nothing was audited"
+    text = first_line(exc)
+    return f"{type(exc).__name__}{': ' + text if text else ''}{suffix}"
+
+
+def raised_in_users_code(exc: BaseException) -> bool:
+    return any(_is_users(frame.f_code.co_filename) for frame in _frames(exc))
+
+
+def as_audit_error(exc: BaseException, entry: str) -> AuditError:
+    """The AuditError the API raises for an exception that escaped ``entry`` (cause chained by the caller):
+    the same for a failure on the first call of the case as on its hundredth."""
+    if isinstance(exc, AuditError):
+        return exc
+    if isinstance(exc, SystemExit):
+        return TargetExit(describe(exc))
+    if raised_in_users_code(exc):
+        return AuditError(f"the case raised {describe(exc)}")
+    return AuditError(f"{entry} could not run: {describe(exc)}")
+
+
+# ------------------------------------------------------------------------------------------ the API
+def user_code_boundary(entry: str) -> Callable[[F], F]:
+    """Decorate an API entry point: whatever the user's code raises on any call (``sys.exit`` and ``os._exit``
+    included) comes out as an :class:`AuditError` naming ``entry`` and the call, with the original chained.
+    ``KeyboardInterrupt`` passes through; so do other non-Exception escapes that belong to the caller's
+    framework (pytest's skip/fail outcomes, GeneratorExit)."""
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with exits_raise():
+                try:
+                    return function(*args, **kwargs)
+                except (AuditError, KeyboardInterrupt):
+                    raise
+                except (SystemExit, Exception) as exc:
+                    raise as_audit_error(exc, entry) from exc
+        return guarded  # type: ignore[return-value]
+    return decorate
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+def _echo_err(message: str) -> None:
+    try:
+        click.echo(message, err=True)
+    except OSError:  # stderr itself is gone: the exit code still says it
+        pass
+
+
+def fail(message: str) -> NoReturn:
+    """Exit 2 with one line on stderr."""
+    _echo_err(f"gradaudit: error: {message}")
+    sys.exit(EXIT_ERROR)
+
+
+def interrupted(message: str = "interrupted") -> NoReturn:
+    """Exit 130 (Ctrl-C) with one line on stderr and no verdict."""
+    _echo_err(f"gradaudit: {message}")
+    sys.exit(EXIT_INTERRUPTED)
+
+
+@contextmanager
+def command_outcome(show_traceback: bool = False) -> Iterator[None]:
+    """Wrap what a command runs before it has a verdict (loading the target, the audit): any escape is exit 2
+    with one line (the traceback first with ``--traceback``, the exit code unchanged), Ctrl-C is exit 130.
+    Nothing inside may call ``sys.exit`` for gradaudit: a ``SystemExit`` here is the target's."""
+    with exits_raise():
+        try:
+            yield
+        except KeyboardInterrupt:
+            interrupted()
+        except BaseException as exc:  # noqa: B036 - the user's code may raise anything, SystemExit included
+            if show_traceback:
+                traceback.print_exception(exc)
+            hint = "" if show_traceback or isinstance(exc, AuditError) else " (rerun with --traceback for details)"
+            fail(describe(exc) if isinstance(exc, (AuditError, SystemExit)) else
+                 f"the audit could not run: {describe(exc)}{hint}")
+
+
+class InterruptibleGroup(click.Group):
+    """A click group whose commands exit 130 with one line on Ctrl-C (click's own answer is "Aborted!" and
+    exit 1, which reads like a verdict)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted()
+
+
+# ------------------------------------------------------------------------------------------ output
+def check_output_path(path: str | None, option: str) -> None:
+    """Refuse, before any work, a file the command could not write: its directory is missing, it is a
+    directory, or it is not writable. ``-`` (stdout) and None pass."""
+    if not path or path == "-":
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise AuditError(f"{option} {path}: is a directory")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise AuditError(f"{option} {path}: no such directory {parent}")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise AuditError(f"{option} {path}: permission denied")
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null, so that the interpreter's last flush of what stayed buffered cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (a test runner's buffer): nothing to flush
+        pass
+
+
+@contextmanager
+def write_outputs(exit_code: int) -> Iterator[None]:
+    """Wrap everything a command writes once it has a verdict, then leave with ``exit_code``. A reader that
+    went away (``| head``) is no error: silence, and the verdict's exit code. Any other write error (a full
+    disk, ``/dev/full``) is one line and exit 2."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(exit_code)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            _silence_stdout()
+            sys.exit(exit_code)
+        _silence_stdout()
+        where = f" {exc.filename}" if exc.filename else " the report to stdout"
+        fail(f"cannot write{where}: {exc.strerror or exc}")
+    sys.exit(exit_code)
+
+
+def write_text_file(path: str, text: str) -> None:
+    """Write a report file; an OSError becomes one line and exit 2 (through :func:`write_outputs`)."""
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        exc.filename = exc.filename or path
+        raise
+
+
+# ------------------------------------------------------------------------------------------ skipped orders
+def orders_not_run(report: Any) -> list[tuple[int, str]]:
+    """Requested orders of which not a single check ran (``--order 2`` on a backend without double backward),
+    with the report's reason: a partial audit, never a silent pass."""
+    settings = getattr(report, "settings", {}) or {}
+    if settings.get("static_only"):
+        return []
+    requested = range(1, int(settings.get("order", 1)) + 1)
+    ran = {check.order for check in report.checks}
+    missing = []
+    for order in requested:
+        if order in ran:
+            continue
+        reason = next((s["reason"] for s in report.skipped if s.get("what", "").endswith(f"order {order}")),
+                      "no check of this order ran")
+        missing.append((order, reason))
+    return missing

@@ -1,0 +1,8 @@
+"""A target file that exits while it is imported."""
+import sys
+
+sys.exit(0)
+
+
+def case():
+    raise AssertionError("never reached")

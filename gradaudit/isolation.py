@@ -7,6 +7,9 @@ process start, no pickling of the case), sends its result back through a pipe an
 an abort) is a note; the parent's findings and exit code stand. Costs one ``fork`` per phase (tens of
 milliseconds; ``benchmarks/fault_injection.py`` measures it). Elsewhere (XLA, CUDA, onnxruntime, whose runtimes
 do not survive a fork, or ``GRADAUDIT_NO_FORK=1``), the phase runs in-process and only its exceptions are notes.
+So does every phase of a process in which torch's autograd has started threads for a non-CPU device (a machine
+with CUDA devices, torch-xla registered): torch refuses backward in a forked child then. The first child finds
+out with one tiny backward, and the phases of that process run in-process from then on.
 
 The user's code keeps its outcome in the child too: ``sys.exit``/``os._exit`` there is still "the target exited"
 (exit 2) and Ctrl-C still exit 130.
@@ -24,6 +27,9 @@ from typing import Any, Callable, Iterable
 from .outcome import TargetExit, claim_exit_guard, describe, real_exit
 
 NO_FORK_ENV = "GRADAUDIT_NO_FORK"
+# Once torch's autograd has started threads for a non-CPU device (CUDA present, torch-xla registered), a forked
+# child cannot run backward at all. The first child finds out and says so; from then on phases run in-process.
+_fork_breaks_autograd = {"seen": False}
 
 
 @dataclass
@@ -39,7 +45,7 @@ class PhaseResult:
 def fork_safe(programs: Iterable[Any]) -> bool:
     """Whether a forked child can run these programs: eager ones on the CPU (a forked child cannot use CUDA,
     an XLA client or an onnxruntime session of its parent)."""
-    if not hasattr(os, "fork") or os.environ.get(NO_FORK_ENV):
+    if not hasattr(os, "fork") or os.environ.get(NO_FORK_ENV) or _fork_breaks_autograd["seen"]:
         return False
     import torch
 
@@ -57,13 +63,19 @@ def run_optional_phase(work: Callable[[], Any], programs: Iterable[Any] = ()) ->
     programs = [p for p in programs if p is not None]
     if not fork_safe(programs):
         return _in_process(work)
-    return _in_child(work, programs)
+    result = _in_child(work, programs)
+    if result is None:  # a forked child cannot run backward in this process: never again, run it here
+        _fork_breaks_autograd["seen"] = True
+        return _in_process(work)
+    return result
 
 
 def _in_process(work: Callable[[], Any]) -> PhaseResult:
     try:
         return PhaseResult(value=work())
-    except Exception as exc:  # SystemExit and KeyboardInterrupt keep their outcome
+    except SystemExit as exc:  # the user's code exited: the audit could not run, as in a child
+        raise TargetExit(describe(exc)) from exc
+    except Exception as exc:  # (KeyboardInterrupt keeps its outcome)
         return PhaseResult(failure=f"failed: {describe(exc)}")
 
 
@@ -77,7 +89,10 @@ def _child_main(work: Callable[[], Any], programs: list, write_end: int) -> None
 
         torch.set_num_threads(1)  # the parent's OpenMP pool did not survive the fork: a parallel op would hang
         try:
-            message = ("ok", work(), [_counters(p) for p in programs])
+            if not _backward_runs():
+                message = ("no autograd", None, None)
+            else:
+                message = ("ok", work(), [_counters(p) for p in programs])
         except KeyboardInterrupt:
             message = ("interrupted", None, None)
         except SystemExit as exc:
@@ -97,12 +112,26 @@ def _child_main(work: Callable[[], Any], programs: list, write_end: int) -> None
         real_exit(0)
 
 
+def _backward_runs() -> bool:
+    """Whether autograd works in this forked child (see ``_fork_breaks_autograd``)."""
+    import torch
+
+    x = torch.zeros(1, requires_grad=True)
+    try:
+        torch.autograd.grad(x.sum(), x)
+    except RuntimeError as exc:
+        if "fork" in str(exc):
+            return False
+        raise
+    return True
+
+
 def _counters(program: Any) -> dict | None:
     stats = getattr(program, "stats", None)
     return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
 
 
-def _in_child(work: Callable[[], Any], programs: list) -> PhaseResult:
+def _in_child(work: Callable[[], Any], programs: list) -> PhaseResult | None:
     sys.stdout.flush()  # what the parent buffered must not be written twice
     sys.stderr.flush()
     read_end, write_end = os.pipe()
@@ -137,7 +166,7 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _result_of(payload: bytes, status: int, programs: list) -> PhaseResult:
+def _result_of(payload: bytes, status: int, programs: list) -> PhaseResult | None:
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         if number == signal.SIGINT:
@@ -148,6 +177,8 @@ def _result_of(payload: bytes, status: int, programs: list) -> PhaseResult:
     kind, value, counters = pickle.loads(payload)
     if kind == "interrupted":
         raise KeyboardInterrupt
+    if kind == "no autograd":
+        return None
     if kind == "exit":
         raise value
     if kind == "error":

@@ -106,10 +106,17 @@ def _child_main(work: Callable[[], Any], programs: list, write_end: int) -> None
         view = memoryview(payload)
         while view:
             view = view[os.write(write_end, view):]
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush_standard_streams()
     finally:
         real_exit(0)
+
+
+def _flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader gone, a closed stream: the command's output step says so
+            pass
 
 
 def _backward_runs() -> bool:
@@ -132,8 +139,7 @@ def _counters(program: Any) -> dict | None:
 
 
 def _in_child(work: Callable[[], Any], programs: list) -> PhaseResult | None:
-    sys.stdout.flush()  # what the parent buffered must not be written twice
-    sys.stderr.flush()
+    _flush_standard_streams()  # what the parent buffered must not be written twice
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:

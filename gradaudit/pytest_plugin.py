@@ -47,7 +47,9 @@ def assert_gradients(fn: Any, args: Any = (), kwargs: dict | None = None, **chec
     """Audit ``fn`` at ``args``/``kwargs`` with :func:`gradaudit.check` (``check_options``: ``order``,
     ``backend``, ``dtype``, ``mode``, ``seed``, ``probes``, ``fail_on_hazard``, ...). Returns the Report when
     every check passed; raises :class:`GradientAssertionError` (an ``AssertionError``) whose message lists the
-    findings otherwise. An audit that cannot run raises :class:`gradaudit.AuditError`."""
+    findings otherwise. An audit that cannot run raises :class:`gradaudit.AuditError`, also when ``fn`` raises,
+    calls ``sys.exit`` or ``os._exit`` on any call (the test fails, the session goes on); ``KeyboardInterrupt``
+    stops the session as pytest's own Ctrl-C does."""
     __tracebackhide__ = True
     from . import api
 

@@ -152,7 +152,9 @@ def test_resume_skips_jobs_already_done(planted_run):
 def test_suite_runs_a_zoo_subset_on_eager_xla_and_onnx():
     records = run_suite("torch.nn", ["eager", "xla", "onnx"], (1, 2), workers=2, timeout=120,
                         only="GELU[tanh]")
-    assert statuses(records) == {("GELU[tanh]", b, o): "pass" for b in ("eager", "xla", "onnx") for o in (1, 2)}
+    expected = {("GELU[tanh]", b, o): "pass" for b in ("eager", "xla", "onnx") for o in (1, 2)}
+    expected[("GELU[tanh]", "onnx", 2)] = "skip"  # no double backward in an exported graph: never a silent pass
+    assert statuses(records) == expected
     assert {r["report"]["backend"] for r in records} == {"eager", "xla", "onnx"}
 
 

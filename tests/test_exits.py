@@ -175,6 +175,25 @@ def test_crash_isolation_in_a_fresh_process():
     assert result.returncode == 0 and "isolation ok" in result.stdout, result.stderr[-3000:]
 
 
+FALLBACK_CHECK = """
+import os, torch
+from gradaudit.registry import get_backend
+get_backend("xla").availability()  # registers an autograd device, as CUDA devices are on a GPU machine
+x = torch.ones(2, requires_grad=True)
+x.sum().backward()  # autograd starts its device threads: torch refuses backward in forked children now
+from gradaudit.isolation import run_optional_phase
+result = run_optional_phase(lambda: os.getpid())
+assert result.ok and result.value == os.getpid(), result  # ran here, not in a child that cannot backprop
+print("fallback ok")
+"""
+
+
+def test_isolation_falls_back_in_process_where_forked_children_cannot_backprop():
+    pytest.importorskip("torch_xla")
+    result = run_python(FALLBACK_CHECK)
+    assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-3000:]
+
+
 def test_isolated_phase_keeps_the_users_exit_an_exit():
     def exits():
         with exits_raise():

@@ -20,8 +20,9 @@ from .backends.base import Program
 from .differentiate import ForwardFunction, GradientFunction, evaluate, jvp, twice_differentiable_attention, vjps
 from .errors import AuditError, Unsupported
 from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, central_difference,
-                       directional_derivative, elementwise_tolerance, eps_of, inner, is_finite, nonsmooth_evidence,
-                       one_sided_derivatives, probe_tolerance, rademacher_like, real, rounding_noise, step_size,
+                       directional_derivative, elementwise_tolerance, eps_of, extrapolated_derivative, inner,
+                       is_finite, ladder_top, nonsmooth_evidence, one_sided_derivatives, probe_tolerance,
+                       rademacher_like, real, relative_floor, rounding_noise, rss_inner, RSS_SAFETY, shifted, step_size,
                        Evaluate)
 from .report import Check, Finding
 
@@ -102,6 +103,7 @@ class Auditor:
         self.names = [leaf.name for leaf in program.leaves]
         self.dtype = self.numeric.dtype  # the precision finite differences run in sets steps and error bars
         self.eps, self.h = eps_of(self.dtype), step_size(self.dtype)
+        self.top = ladder_top(self.dtype)  # the probes' largest step (see numerics.extrapolated_derivative)
         # float64 affords a much smaller retry step than float32 before rounding swamps the quotient.
         self.retry_divisor = 64 if self.eps < 1e-10 else 4
         # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
@@ -222,10 +224,10 @@ class Auditor:
             u = self.direction(members, x)
             tangents = self.forward_tangents(f, x, u)
             attempts = []
-            numerical, h_used = self.derivative_in_domain(f, x, u, self.h)
-            for h in (h_used, h_used / self.retry_divisor):
-                if h != h_used:
-                    numerical = directional_derivative(self.numeric_function(f), x, u, h, self.eps, self.noise)
+            numerical, top = self.derivative_in_domain(f, x, u, self.top)
+            for h in (top, top / self.retry_divisor):
+                if h != top:
+                    numerical = extrapolated_derivative(self.numeric_function(f), x, u, h, self.eps, self.noise)
                 attempts.append(self.judge(f, numerical, u, cotangents, grads, tangents))
                 if not any(o.failed for o in attempts[-1]) or reverse.failed or forward.failed:
                     break  # passed, or the group already failed at both steps: no retry can change that
@@ -246,21 +248,20 @@ class Auditor:
         rev, fwd = Outcome(), Outcome()
         for k, (v, g) in enumerate(zip(cotangents, grads)):
             rev.absorb(inner(g, u), inner(v, numerical.value),
-                       probe_tolerance(numerical, v, g, u, self.eps, self.model_error), cotangent=k)
+                       probe_tolerance(numerical, v, g, u, self.eps, self.model_error, self.noise), cotangent=k)
         if tangents is not None:
             self.compare_forward(f, tangents, numerical, fwd)
         return rev, fwd
 
-    def derivative_in_domain(self, f, x, u, h: float) -> tuple[NumericalDerivative, float]:
-        """The numerical J·u with the step divided by 8 while it leaves the function's domain (log at 1e-12):
-        (derivative, step used); still NaN or Inf after that, the failure is classified by the follow-ups."""
+    def derivative_in_domain(self, f, x, u, top: float) -> tuple[NumericalDerivative, float]:
+        """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at
+        1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure."""
         values = self.numeric_function(f)
         for _ in range(DOMAIN_SHRINKS):
-            numerical = directional_derivative(values, x, u, h, self.eps, self.noise)
-            if is_finite(numerical.value) and is_finite(numerical.error):
+            if all(is_finite(y) for y in values([shifted(x, u, top), shifted(x, u, -top)])):
                 break
-            h /= 8
-        return numerical, h
+            top /= 8
+        return extrapolated_derivative(values, x, u, top, self.eps, self.noise), top
 
     def measure_noise(self, f) -> list[torch.Tensor] | None:
         """The rounding noise of f's outputs near x, along one direction moving every leaf (see
@@ -286,11 +287,10 @@ class Auditor:
         return floors if noise is None else [torch.maximum(n, fl.to(n.device)) for n, fl in zip(noise, floors)]
 
     def scalar_noise(self, cotangent) -> list[torch.Tensor] | None:
-        """Noise of ``<cotangent, f>`` from the outputs' noise (added in magnitude: a bound, not an estimate)."""
+        """Noise of ``<cotangent, f>``: the outputs' noise under the cotangent's random signs (root-sum-square)."""
         if self.noise is None:
             return None
-        total = sum(float((real(v).double().abs().cpu() * n.cpu()).sum()) for v, n in zip(cotangent, self.noise))
-        return [torch.tensor([total], dtype=torch.float64)]
+        return [torch.tensor([rss_inner([real(v) for v in cotangent], self.noise)], dtype=torch.float64)]
 
     def forward_tangents(self, f, x, u) -> list[torch.Tensor] | None:
         if not self.forward_ad:
@@ -395,6 +395,8 @@ class Auditor:
         else:
             j = self.bisect(scalar, leaf, gradient)
         a, n, tol = self.element_test(scalar, leaf, self.unit(count, j), gradient, noise)
+        if math.isfinite(abs(a - n)) and abs(a - n) < tol:
+            return {}  # a fault spread thinly over the whole tensor: no single element shows it on its own
         return {"worst_index": self.element_index(leaf, j), "analytical": a, "numerical": n,
                 "element_tolerance": tol}
 
@@ -433,12 +435,12 @@ class Auditor:
 
     def element_test(self, scalar, leaf: int, u_flat: torch.Tensor, gradient: torch.Tensor, noise=None):
         """(analytical, numerical, tolerance) of the derivative of a scalar along a direction in one leaf."""
-        numerical = directional_derivative(scalar, self.x, self.leaf_direction(leaf, u_flat), self.h, self.eps,
-                                           noise)
+        numerical = extrapolated_derivative(scalar, self.x, self.leaf_direction(leaf, u_flat), self.top, self.eps,
+                                            noise)
         n = float(numerical.value[0].sum()) / self.scales[leaf]
         err = float(numerical.error[0].sum()) / self.scales[leaf]
         a = dot(gradient, u_flat)
-        return a, n, ERROR_BAR_SAFETY * err + ROUNDING_FACTOR * self.eps * (abs(a) + abs(n)) + 1e-300
+        return a, n, RSS_SAFETY * err + relative_floor(self.eps) * (abs(a) + abs(n)) + 1e-300
 
     @staticmethod
     def unit(count: int, j: int) -> torch.Tensor:

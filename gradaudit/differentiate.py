@@ -47,7 +47,13 @@ class GradientFunction:
 
     def outputs(self, xs: Tensors) -> Tensors:
         xs = [x if x.requires_grad else x.detach().requires_grad_() for x in xs]
-        return gradients(self.inner.outputs(xs), xs, self.cotangent, self.stats, create_graph=True)
+        ys = self.inner.outputs(xs)
+        grads = gradients(ys, xs, self.cotangent, self.stats, create_graph=True)
+        if not all(bool(torch.isfinite(y).all()) for y in ys):
+            # Outside the function's domain (log at x < 0) its gradient formula may still be finite (1/x):
+            # NaN says so, as the function itself does, so that steps stay in the domain at every order.
+            grads = [g + float("nan") for g in grads]
+        return grads
 
 
 def _dense(gradient: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ real gradient of ``<view_as_real(v), view_as_real(y)>`` read back as a complex t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -19,10 +20,21 @@ ERROR_BAR_SAFETY = 4.0
 ROUNDING_FLOOR = 16.0
 # Rounding in analytical gradients: a generous multiple of eps times the magnitude of the summed terms.
 ROUNDING_FACTOR = 64.0
+# The smallest relative disagreement called a fault. torch's formulas carry regularizers (1e-12 added to a
+# denominator in one derivative and clamped in the next, as binary_cross_entropy's) that make correct first and
+# second derivatives differ by ~1e-11 relative: real, and nothing a user can act on. Faults of 1e-8 stay visible.
+RELATIVE_FLOOR = 1e-10
 # Standard deviation of the Richardson value (4 q(h/2) - q(h)) / 3, in units of (output noise) / h.
 RICHARDSON_NOISE = 2.0
 # Points along a line for the noise measurement: their 4th differences give 4 samples of the noise.
 NOISE_POINTS = 8
+# Levels of the Richardson ladder (steps top / 2^k): at most 2 evaluations per level.
+LADDER_LEVELS = 7
+# A sum of per-element errors under random signs (Rademacher cotangents drawn independently of the errors)
+# stays within this many times their root-sum-square (Hoeffding: probability below 1e-5).
+RSS_SAFETY = 5.0
+# Rounding of an analytical derivative, in units of the noise of the values it is the derivative of.
+ANALYTICAL_NOISE = 16.0
 
 
 def real(tensor: torch.Tensor) -> torch.Tensor:
@@ -109,6 +121,53 @@ def directional_derivative(f: Evaluate, x: Tensors, u, h: float, eps: float,
     return NumericalDerivative(value, error)
 
 
+def ladder_top(dtype: torch.dtype) -> float:
+    """The largest step of the Richardson ladder: where the 4th-order truncation of an extrapolated central
+    difference (s^4) meets rounding (eps/s) for a well-scaled function, s ~ eps^(1/5)."""
+    return eps_of(dtype) ** 0.2
+
+
+def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, noise: Tensors | None = None,
+                            levels: int = LADDER_LEVELS) -> NumericalDerivative:
+    """J·u from a ladder of central differences at steps top / 2^k, extrapolated (Richardson) pairwise:
+    R_k = (4 D_(k+1) - D_k) / 3. The error bar of R_k is what the arithmetic shows: its distance from the
+    coarser R_(k-1) (truncation, about 15x the error of R_k where the ladder converges) plus the rounding of
+    its own quotients (measured noise and eps of the values, over the smaller step). The ladder starts large,
+    where rounding is small, and goes down a level (two more evaluations) while truncation still outweighs
+    rounding; the estimate with the smallest bar is kept. A smooth direction stops after three levels with a
+    bar near the arithmetic's limit; a strongly curved or kinked one goes down to steps where it converges."""
+    steps = [top / 2 ** k for k in range(levels)]
+    quotients, roundings = [], []
+
+    def add_level() -> None:
+        s = steps[len(quotients)]
+        plus, minus = f([shifted(x, u, s), shifted(x, u, -s)])
+        plus, minus = [real(t).double() for t in plus], [real(t).double() for t in minus]
+        quotients.append([(p - m) / (2 * s) for p, m in zip(plus, minus)])
+        floor = [eps * (p.abs() + m.abs()) / s for p, m in zip(plus, minus)]
+        if noise is not None:
+            floor = [r + RICHARDSON_NOISE * n.to(r.device) / s for r, n in zip(floor, noise)]
+        roundings.append(floor)
+
+    def extrapolated(k: int) -> Tensors:
+        return [(4 * b - a) / 3 for a, b in zip(quotients[k], quotients[k + 1])]
+
+    for _ in range(2):
+        add_level()
+    best = None
+    for k in range(1, levels - 1):
+        add_level()
+        value = extrapolated(k)
+        truncation = [(a - b).abs() for a, b in zip(value, extrapolated(k - 1))]
+        error = [t + r for t, r in zip(truncation, roundings[k + 1])]
+        total = sum(float(e.sum()) for e in error)
+        if best is None or total < best[0] or not math.isfinite(best[0]):
+            best = (total, NumericalDerivative(value, error))
+        if sum(float(t.sum()) for t in truncation) <= sum(float(r.sum()) for r in roundings[k + 1]):
+            break  # rounding has caught up with truncation: a smaller step no longer helps
+    return best[1]
+
+
 def is_finite(tensors: Tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
@@ -170,19 +229,34 @@ def nonsmooth_evidence(f: Evaluate, x: Tensors, u, h: float, eps: float, noise: 
 
 
 def probe_tolerance(numerical: NumericalDerivative, cotangent: Tensors, gradient: Sequence, direction: Sequence,
-                    eps: float, model_error: float = 0.0) -> float:
-    """How far ``<gradient, direction>`` may sit from ``<cotangent, J·u>`` before it is a real mismatch.
-    ``model_error`` is the relative error a backend's approximations of elementary functions add (0 where
-    they are accurate to rounding)."""
-    numerical_error = abs_inner([real(v) for v in cotangent], numerical.error)
-    magnitude = abs_inner(gradient, direction) + abs_inner([real(v) for v in cotangent], numerical.value)
-    return ERROR_BAR_SAFETY * numerical_error + (ROUNDING_FACTOR * eps + model_error) * magnitude + 1e-300
+                    eps: float, model_error: float = 0.0, noise: Tensors | None = None) -> float:
+    """How far ``<gradient, direction>`` may sit from ``<cotangent, J·u>`` before it is a real mismatch: the
+    numerical error bars summed under the cotangent's random signs, the analytical side's rounding (relative
+    to the result, and from the measured noise of the values it differentiates), and ``model_error``, the
+    relative error a backend's approximations of elementary functions add (0 where they are accurate)."""
+    cotangent = [real(v) for v in cotangent]
+    numerical_error = rss_inner(cotangent, numerical.error)
+    analytical_error = ANALYTICAL_NOISE * rss_inner(cotangent, noise) if noise is not None else 0.0
+    magnitude = abs_inner(gradient, direction) + abs_inner(cotangent, numerical.value)
+    return RSS_SAFETY * numerical_error + analytical_error + (relative_floor(eps) + model_error) * magnitude + 1e-300
+
+
+def relative_floor(eps: float) -> float:
+    return max(ROUNDING_FACTOR * eps, RELATIVE_FLOOR)
+
+
+def rss_inner(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """sqrt(sum (a_i b_i)^2): the spread of sum(s_i a_i b_i) under independent random signs s_i."""
+    total = 0.0
+    for x, y in zip(a, b):
+        total += float((x.double().cpu() * y.double().cpu()).pow(2).sum())
+    return total ** 0.5
 
 
 def elementwise_tolerance(numerical: NumericalDerivative, eps: float, model_error: float = 0.0) -> Tensors:
     """Per-output tolerance for comparing a forward-mode J·u with the numerical one."""
     scale = max((float(v.abs().mean()) for v in numerical.value if v.numel()), default=0.0)
-    return [ERROR_BAR_SAFETY * e + (ROUNDING_FACTOR * eps + model_error) * (v.abs() + scale) + 1e-300
+    return [ERROR_BAR_SAFETY * e + (relative_floor(eps) + model_error) * (v.abs() + scale) + 1e-300
             for v, e in zip(numerical.value, numerical.error)]
 
 

@@ -218,7 +218,7 @@ def test_seed_changes_probes_but_not_verdicts():
 
 @pytest.mark.parametrize("call, message", [
     (lambda: gradaudit.check(torch.sin, (torch.arange(3),)), "nothing to differentiate"),
-    (lambda: gradaudit.check(torch.sin, (torch.tensor([float("nan")]),)), "NaN or Inf"),
+    (lambda: gradaudit.check(torch.sin, (torch.tensor([float("nan")]),)), "contains NaN"),
     (lambda: gradaudit.check(lambda x: x / 0, (torch.ones(2),)), "NaN or Inf"),
     (lambda: gradaudit.check(torch.sin, (torch.ones(2),), order=3), "order"),
     (lambda: gradaudit.check(torch.sin, (torch.ones(2),), backend="nope"), "unknown backend"),

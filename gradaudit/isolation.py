@@ -17,6 +17,7 @@ The user's code keeps its outcome in the child too: ``sys.exit``/``os._exit`` th
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import pickle
 import signal
@@ -85,6 +86,7 @@ def _child_main(work: Callable[[], Any], programs: list, write_end: int) -> None
     try:
         claim_exit_guard()  # os._exit of the user's code raises here too
         faulthandler.disable()  # a crash is reported by the parent, in one line
+        gc.disable()  # a collection would touch (copy) every page of the parent for nothing: the child is brief
         import torch
 
         torch.set_num_threads(1)  # the parent's OpenMP pool did not survive the fork: a parallel op would hang

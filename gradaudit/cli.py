@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import click
 
 from .outcome import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, InterruptibleGroup, check_output_path, command_outcome,
-                      fail, orders_not_run, write_outputs, write_text_file)
+                      orders_not_run, write_outputs, write_text_file)
 
 # torch.Generator.manual_seed takes any 64-bit seed; beyond that click says so instead of torch overflowing.
 SEED = click.IntRange(0, 2**64 - 1)
@@ -168,9 +168,8 @@ def finish(report, target: str, json_path: str | None, verbose: bool, allow_skip
             click.echo(report.to_json())
         render(report, stderr=json_path == "-", verbose=verbose)
         if code == EXIT_ERROR:
-            missing = ", ".join(f"order {order}" for order, _ in orders_not_run(report))
-            click.echo(f"gradaudit: error: {missing} could not run on {report.backend}; nothing at that order "
-                       "was checked (--allow-skip accepts the partial audit)", err=True)
+            missing = "; ".join(f"order {order} could not run ({why})" for order, why in orders_not_run(report))
+            click.echo(f"gradaudit: error: {missing}; --allow-skip accepts the partial audit", err=True)
 
 
 @main.command()

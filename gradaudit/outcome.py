@@ -298,17 +298,20 @@ def write_text_file(path: str, text: str) -> None:
 # ------------------------------------------------------------------------------------------ skipped orders
 def orders_not_run(report: Any) -> list[tuple[int, str]]:
     """Requested orders of which not a single check ran (``--order 2`` on a backend without double backward),
-    with the report's reason: a partial audit, never a silent pass."""
+    with the report's reason (and, in a cross-backend report, the backend): a partial audit, never a silent
+    pass."""
     settings = getattr(report, "settings", {}) or {}
     if settings.get("static_only"):
         return []
-    requested = range(1, int(settings.get("order", 1)) + 1)
-    ran = {check.order for check in report.checks}
+    backends = sorted({check.backend for check in report.checks if check.backend}) or [None]
     missing = []
-    for order in requested:
-        if order in ran:
-            continue
-        reason = next((s["reason"] for s in report.skipped if s.get("what", "").endswith(f"order {order}")),
-                      "no check of this order ran")
-        missing.append((order, reason))
+    for backend in backends:
+        ran = {check.order for check in report.checks if check.backend == backend}
+        for order in range(1, int(settings.get("order", 1)) + 1):
+            if order in ran:
+                continue
+            what = f"order {order}" if backend is None else f"{backend}: order {order}"
+            reason = next((s["reason"] for s in report.skipped if s.get("what") == what),
+                          "no check of this order ran")
+            missing.append((order, reason if backend is None else f"on {backend}: {reason}"))
     return missing

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import gradaudit
 import gradaudit.outcome as outcome
@@ -225,6 +224,13 @@ def test_an_order_that_did_not_run_is_named():
     report.checks = [c for c in report.checks if c.order == 1]
     report.skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
     assert orders_not_run(report) == [(2, "the backend has no double backward")]
+    from gradaudit.report import Check, Report
+
+    compared = Report("t", "eager,onnx", "cpu", "float64", 0, settings={"order": 2},
+                      checks=[Check(o, "x", "reverse", True, backend=b) for b, o in
+                              [("eager", 1), ("eager", 2), ("onnx", 1)]],
+                      skipped=[{"what": "onnx: order 2", "reason": "no double backward"}])
+    assert orders_not_run(compared) == [(2, "on onnx: no double backward")]
 
 
 # ---------------------------------------------------------------------------------------------- worker, suite

@@ -117,6 +117,8 @@ def rows(scratch: Path) -> list[Row]:
         Row("RuntimeError of the user's on the forward-mode calls", ["run", f"{h}:raises_under_forward_ad"], 2,
             "the case raised RuntimeError: planted failure (during a forward-mode (JVP) evaluation",
             one_line=True),
+        Row("RuntimeError of the user's on the function's 5th call", ["run", f"{h}:raises_on_call_5"], 2,
+            "the case raised RuntimeError: planted failure (during", one_line=True),
         Row("NotImplementedError of the user's on a later call", ["run", f"{h}:not_implemented_by_user"], 2,
             "the case raised NotImplementedError", one_line=True),
         Row("forward raising on call 1 vs call 2, from Python", [sys.executable, "-c", API_CALL_1_VS_2], 0,

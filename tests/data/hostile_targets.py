@@ -95,6 +95,10 @@ def raises_on_call_2():
     return _on_call(_raise(RuntimeError("planted failure")), lambda n: n == 2)
 
 
+def raises_on_call_5():
+    return _on_call(_raise(RuntimeError("planted failure")), lambda n: n == 5)
+
+
 def raises_under_forward_ad():
     """Raises on the forward-mode check's calls (its inputs carry tangents): the user's exception, not torch's."""
     import torch.autograd.forward_ad as fwAD

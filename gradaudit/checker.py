@@ -571,8 +571,9 @@ def first_line(exc: BaseException) -> str:
 
 def dot(gradient: torch.Tensor, u: torch.Tensor) -> float:
     """``<gradient, u>`` over the elements u moves only: a NaN gradient elsewhere must not leak in (NaN * 0)."""
-    moved = u != 0
-    return float((gradient[moved] * u[moved]).sum())
+    u = u.to(gradient.device)
+    # torch.where, not boolean indexing: a data-dependent shape would be a CPU fallback on XLA.
+    return float(torch.where(u != 0, gradient * u, torch.zeros_like(gradient)).sum())
 
 
 def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:

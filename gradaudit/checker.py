@@ -268,7 +268,9 @@ class Auditor:
         numerics.rounding_noise), from a generator of its own so the probes stay those of the seed."""
         generator = torch.Generator().manual_seed(self.settings.seed + 7919 * f.order)
         u = [rademacher_like(xi, generator) * s * m for xi, s, m in zip(self.x, self.scales, self.movable)]
-        delta, noise = self.h / 2, None  # the stencil's own spacing: noise as the quotients see it
+        # A short line (steps of sqrt(eps)): long enough for rounding to decorrelate, short enough to rarely
+        # reach a jump of a piecewise-constant function (round, floor), which would pass for noise.
+        delta, noise = self.eps ** 0.5, None
         for _ in range(DOMAIN_SHRINKS):
             # The line starts next to x, on one side: a kink at x itself must not pass for noise.
             noise = (rounding_noise(self.numeric_function(f), self.x, u, delta)

@@ -205,7 +205,11 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
     PyTorch: a divergence, not a faulty backward of the user's code."""
     checks, drift = forward_checks(program, reference)
     findings = forward_divergences(checks, drift)
-    gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program).run()
+    # An exported graph that approximates an elementary function differently (onnxruntime's tanh-GELU) has
+    # derivatives off by more than its forward: the same model error as on an autograd backend.
+    model_error = model_error_of(drift, eps_of(program.dtype))
+    gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
+                                                       model_error=model_error).run()
     skipped += more
     for finding in gradient_findings:
         if finding.kind in ("faulty_backward", "faulty_double_backward", "faulty_forward_ad"):

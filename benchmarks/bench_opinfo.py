@@ -27,7 +27,8 @@ double backward. A row is one (case, order); each tool gets freshly built inputs
   inputs, check_batched_grad=False, check_fwd_over_rev=op.supports_fwgrad_bwgrad, ...)`` (contiguous grad
   outputs only). Modules: no forward AD. A ``GradcheckError`` is a failure, any other exception an error.
 
-Verdicts: ``pass``, ``fail``, ``error`` (an exception: for gradaudit an ``AuditError``, "the audit could not
+Verdicts: ``pass``, ``fail``, ``skip`` (gradaudit ran no check at the row's order: torch has no double
+backward there), ``error`` (an exception: for gradaudit an ``AuditError``, "the audit could not
 run"), ``crash`` (gradaudit only: any other exception — a bug to fix), ``timeout`` (``--limit-seconds`` per
 tool and row, by SIGALRM: soft, a long C++ kernel finishes first), ``died`` (the process ended during it;
 found on resume). Agreement is counted over rows where both tools gave pass/fail.
@@ -231,7 +232,9 @@ def run_gradaudit(case, order: int, modules: bool, flat: bool, limit: float | No
         failed_here = [c for c in report.failed_checks if c.order == order]
         lower = [f for f in errors if f.order is not None and f.order < order] or \
                 [c for c in report.failed_checks if c.order < order]
-        result |= {"verdict": "fail" if (here or failed_here) else "pass", "findings": findings,
+        ran_here = any(c.order == order for c in report.checks)
+        verdict = "fail" if (here or failed_here) else ("pass" if ran_here else "skip")
+        result |= {"verdict": verdict, "findings": findings,
                    "lower_order_fail": bool(lower) and order > 1,
                    "skipped": [first_line(f"{s.get('what')}: {s.get('reason')}", 200) for s in report.skipped]}
     result["seconds"] = round(time.perf_counter() - started, 4)
@@ -330,7 +333,13 @@ def load_rows(paths: list[Path]) -> list[dict]:
             row.update(store.meta.get(key, {}))
             for tool, result in results.items():
                 row[tool] = result
-    return [row for row in merged.values() if all(tool in row for tool in TOOLS)]
+    rows = [row for row in merged.values() if all(tool in row for tool in TOOLS)]
+    for row in rows:  # rows written before "skip" existed: an order-2 pass whose order 2 did not run
+        ga = row["gradaudit"]
+        if (row.get("order") == 2 and ga.get("verdict") == "pass"
+                and any(str(note).startswith("order 2") for note in ga.get("skipped", []))):
+            row["gradaudit"] = ga | {"verdict": "skip"}
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -385,7 +394,7 @@ def render(summary: dict, rows: list[dict], title: str) -> str:
              "ops/modules", ""]
     width = 34
     lines.append(f"{'':{width}}{'gradaudit':>12}{'gradcheck':>12}")
-    for verdict in ("pass", "fail", "error", "crash", "timeout", "died", "build_error"):
+    for verdict in ("pass", "fail", "skip", "error", "crash", "timeout", "died", "build_error"):
         a, b = ga["verdicts"].get(verdict, 0), gc["verdicts"].get(verdict, 0)
         if a or b or verdict in ("pass", "fail", "error"):
             lines.append(f"{verdict:{width}}{a:>12}{b:>12}")

@@ -17,6 +17,7 @@ The user's code keeps its outcome in the child too: ``sys.exit``/``os._exit`` th
 from __future__ import annotations
 
 import faulthandler
+import functools
 import gc
 import os
 import pickle
@@ -64,11 +65,19 @@ def run_optional_phase(work: Callable[[], Any], programs: Iterable[Any] = ()) ->
     programs = [p for p in programs if p is not None]
     if not fork_safe(programs):
         return _in_process(work)
+    _import_phase_modules()
     result = _in_child(work, programs)
     if result is None:  # a forked child cannot run backward in this process: never again, run it here
         _fork_breaks_autograd["seen"] = True
         return _in_process(work)
     return result
+
+
+@functools.lru_cache(maxsize=1)
+def _import_phase_modules() -> None:
+    """The analyzers the phases run, imported once in the parent: a child that imported them itself would pay
+    the import (networkx, the tracer: ~0.4 s) on every fork, and a passing audit forks once."""
+    from .analyzers import divergence, graph, hazards, localize  # noqa: F401
 
 
 def _in_process(work: Callable[[], Any]) -> PhaseResult:

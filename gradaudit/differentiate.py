@@ -17,8 +17,10 @@ from .errors import Unsupported
 
 Tensors = list[torch.Tensor]
 # Torch's own words when forward mode cannot run something ("Trying to use forward AD with X that does not
-# support it", "You must implement the jvp function ... forward mode AD"): only these mean "skip forward mode".
-FORWARD_AD_UNSUPPORTED = re.compile(r"forward (mode )?AD|jvp function|derivative for .* is not implemented")
+# support it", "You must implement the jvp function ... forward mode AD"; and torch's forward-over-reverse of
+# mse_loss writing into an efficient zero tensor, docs/torch-bugs.md): only these mean "skip forward mode".
+FORWARD_AD_UNSUPPORTED = re.compile(r"forward (mode )?AD|jvp function|derivative for .* is not implemented"
+                                    r"|ZeroTensors are immutable")
 
 
 class ForwardFunction:

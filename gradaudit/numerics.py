@@ -29,7 +29,7 @@ RICHARDSON_NOISE = 2.0
 # Points along a line for the noise measurement: their 4th differences give 4 samples of the noise.
 NOISE_POINTS = 8
 # Levels of the Richardson ladder (steps top / 2^k): at most 2 evaluations per level.
-LADDER_LEVELS = 7
+LADDER_LEVELS = 9
 # A sum of per-element errors under random signs (Rademacher cotangents drawn independently of the errors)
 # stays within this many times their root-sum-square (Hoeffding: probability below 1e-5).
 RSS_SAFETY = 5.0
@@ -60,7 +60,7 @@ def abs_inner(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]
 
 def eps_of(dtype: torch.dtype) -> float:
     if dtype.is_complex:
-        dtype = torch.float64 if dtype == torch.complex128 else torch.float32
+        dtype = {torch.complex128: torch.float64, torch.complex32: torch.float16}.get(dtype, torch.float32)
     return torch.finfo(dtype).eps
 
 
@@ -122,9 +122,11 @@ def directional_derivative(f: Evaluate, x: Tensors, u, h: float, eps: float,
 
 
 def ladder_top(dtype: torch.dtype) -> float:
-    """The largest step of the Richardson ladder: where the 4th-order truncation of an extrapolated central
-    difference (s^4) meets rounding (eps/s) for a well-scaled function, s ~ eps^(1/5)."""
-    return eps_of(dtype) ** 0.2
+    """The largest step of the Richardson ladder. Truncation of an extrapolated central difference (s^4) meets
+    rounding (eps/s) at s ~ eps^(1/5) for a function curved on the scale of its inputs; many are much flatter
+    along a probe (a deep network's response to one bias), where larger steps cut rounding further. The
+    ladder starts above, at eps^(1/7), and descends as far as truncation demands."""
+    return eps_of(dtype) ** (1 / 7)
 
 
 def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, noise: Tensors | None = None,
@@ -142,9 +144,11 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
     def add_level() -> None:
         s = steps[len(quotients)]
         plus, minus = f([shifted(x, u, s), shifted(x, u, -s)])
+        # An output may be rounded coarser than the leaves (x.to(torch.bfloat16)): its own eps counts.
+        output_eps = [max(eps, eps_of(t.dtype)) if t.is_floating_point() or t.is_complex() else eps for t in plus]
         plus, minus = [real(t).double() for t in plus], [real(t).double() for t in minus]
         quotients.append([(p - m) / (2 * s) for p, m in zip(plus, minus)])
-        floor = [eps * (p.abs() + m.abs()) / s for p, m in zip(plus, minus)]
+        floor = [e * (p.abs() + m.abs()) / s for e, p, m in zip(output_eps, plus, minus)]
         if noise is not None:
             floor = [r + RICHARDSON_NOISE * n.to(r.device) / s for r, n in zip(floor, noise)]
         roundings.append(floor)

@@ -193,3 +193,16 @@ def test_a_double_backward_that_raises_is_an_audit_error_naming_it():
     bias = torch.randn(1, 2, 3, dtype=D, requires_grad=True)
     with pytest.raises(AuditError, match="order-2 check could not run: .*RuntimeError"):
         gradaudit.check(lambda x, b: torch.native_layer_norm(x, (1, 2, 3), None, b, 0.5), (x, bias), order=2)
+
+
+@pytest.mark.parametrize("cast", [torch.bfloat16, torch.float16, torch.complex32])
+def test_a_cast_to_a_coarser_output_dtype_is_judged_by_that_dtype(cast):
+    x = torch.randn(5, dtype=torch.complex128 if cast.is_complex else D)
+    assert gradaudit.check(lambda x: x.to(cast), (x,)).ok
+
+
+def test_torch_forward_over_reverse_failure_skips_only_forward_mode():
+    a = torch.randn(3, dtype=D, requires_grad=True)
+    report = gradaudit.check(torch.nn.MSELoss(), (a, torch.randn(3, dtype=D)), order=2)
+    assert report.ok and {(c.order, c.method) for c in report.checks} >= {(2, "reverse")}
+    assert any("ZeroTensors" in s["reason"] for s in report.skipped)

@@ -110,8 +110,7 @@ class Auditor:
         # Infinite elements (-inf in an attention mask or a masked softmax input) cannot be moved by a finite
         # step: every direction leaves them where they are, and they do not count in the scale.
         self.movable = [torch.isfinite(x) for x in self.x]
-        self.scales = [max(1.0, float(real(x[m]).double().pow(2).mean().sqrt()) if bool(m.any()) else 1.0)
-                       for x, m in zip(self.x, self.movable)]
+        self.scales = [leaf_scale(x) for x in self.x]
         self.checks: list[Check] = []
         self.findings: list[Finding] = []
         self.skipped: list[dict] = []
@@ -564,6 +563,14 @@ class Auditor:
         kinks = [c for c in mine if c.status == "nondifferentiable_point" and c.method == "reverse"]
         if kinks:
             self.findings.append(kink_finding(order, kinks))
+
+
+def leaf_scale(x: torch.Tensor) -> float:
+    """The root mean square of a leaf's finite elements, at least 1: probe steps are relative to it. (On the
+    CPU: a boolean mask on an XLA tensor would be a data-dependent shape, a CPU fallback.)"""
+    values = x.detach().cpu()
+    values = real(values[torch.isfinite(values)]).double()
+    return max(1.0, float(values.pow(2).mean().sqrt())) if values.numel() else 1.0
 
 
 def first_line(exc: BaseException) -> str:

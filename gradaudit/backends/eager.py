@@ -77,10 +77,13 @@ class EagerProgram(Program):
 
     def _setup(self, case: Case, device: torch.device, dtype: torch.dtype | None) -> None:
         choice = choose_leaves(case)  # on the user's tensors, whose requires_grad flags the copies lose
-        move = lambda t: cast_tensor(t.detach().to(device), dtype) if isinstance(t, torch.Tensor) else t
-        args = tuple(torch.utils._pytree.tree_map(move, case.args))
-        kwargs = torch.utils._pytree.tree_map(move, case.kwargs)
-        self.module = self._private_module(case.fn, device, dtype, args, kwargs)
+        tree_map = torch.utils._pytree.tree_map
+        place = lambda t: t.detach().to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        cast = lambda t: cast_tensor(t, dtype) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        placed_args, placed_kwargs = tuple(tree_map(place, case.args)), tree_map(place, case.kwargs)
+        # Lazy modules infer their shapes from the inputs in the module's own dtype, before both are cast.
+        self.module = self._private_module(case.fn, device, dtype, placed_args, placed_kwargs)
+        args, kwargs = tuple(tree_map(cast, placed_args)), tree_map(cast, placed_kwargs)
         self._call = case.fn if self.module is None else self.module
 
         self.inputs = InputSlots.of(args, kwargs, set(choice.inputs))

@@ -19,11 +19,12 @@ import torch
 from .backends.base import Program
 from .differentiate import ForwardFunction, GradientFunction, evaluate, jvp, twice_differentiable_attention, vjps
 from .errors import AuditError, Unsupported
+from .outcome import first_line
 from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, central_difference,
                        directional_derivative, elementwise_tolerance, eps_of, extrapolated_derivative, inner,
                        is_finite, ladder_top, nonsmooth_evidence, one_sided_derivatives, probe_tolerance,
-                       rademacher_like, real, relative_floor, rounding_noise, rss_inner, RSS_SAFETY, shifted, step_size,
-                       Evaluate)
+                       rademacher_like, real, relative_floor, rounding_noise, rss_inner, RSS_SAFETY, shifted,
+                       step_size, Evaluate)
 from .report import Check, Finding
 
 Progress = Callable[[str, int, int], None]
@@ -284,7 +285,8 @@ class Auditor:
         # no measurement along a line can see that resolution).
         ingredients = self.eps * sum(float((real(v).double().abs() * real(y).double().abs()).sum())
                                      for v, y in zip(f.cotangent, evaluate(f.inner, self.x)))
-        floors = [torch.full(real(xi).shape, ingredients / s, dtype=torch.float64) for xi, s in zip(self.x, self.scales)]
+        floors = [torch.full(real(xi).shape, ingredients / s, dtype=torch.float64)
+                  for xi, s in zip(self.x, self.scales)]
         return floors if noise is None else [torch.maximum(n, fl.to(n.device)) for n, fl in zip(noise, floors)]
 
     def scalar_noise(self, cotangent) -> list[torch.Tensor] | None:
@@ -571,11 +573,6 @@ def leaf_scale(x: torch.Tensor) -> float:
     values = x.detach().cpu()
     values = real(values[torch.isfinite(values)]).double()
     return max(1.0, float(values.pow(2).mean().sqrt())) if values.numel() else 1.0
-
-
-def first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def dot(gradient: torch.Tensor, u: torch.Tensor) -> float:

@@ -242,7 +242,8 @@ def probe_tolerance(numerical: NumericalDerivative, cotangent: Tensors, gradient
     numerical_error = rss_inner(cotangent, numerical.error)
     analytical_error = ANALYTICAL_NOISE * rss_inner(cotangent, noise) if noise is not None else 0.0
     magnitude = abs_inner(gradient, direction) + abs_inner(cotangent, numerical.value)
-    return RSS_SAFETY * numerical_error + analytical_error + (relative_floor(eps) + model_error) * magnitude + 1e-300
+    return (RSS_SAFETY * numerical_error + analytical_error + (relative_floor(eps) + model_error) * magnitude
+            + 1e-300)
 
 
 def relative_floor(eps: float) -> float:

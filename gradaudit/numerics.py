@@ -178,9 +178,10 @@ def is_finite(tensors: Tensors) -> bool:
 
 def rounding_noise(f: Evaluate, x: Tensors, u, delta: float) -> Tensors | None:
     """The rounding noise of each output element near x, measured rather than assumed: outputs along a short
-    line from x (x + k delta u, k = 1..8), whose 4th differences cancel the smooth part (delta^4 times the 4th derivative) and leave
-    the noise (variance 70 sigma^2). A model of magnitudes misses it where an output is computed from nearly
-    cancelling larger numbers (1 - tanh^2 far out, second derivatives). None where the line leaves the domain."""
+    line from x (x + k delta u, k = 1..8), whose 4th differences cancel the smooth part (delta^4 times the 4th
+    derivative) and leave the noise (variance 70 sigma^2). A model of magnitudes misses it where an output is
+    computed from nearly cancelling larger numbers (1 - tanh^2 far out, second derivatives). None where the line
+    leaves the domain."""
     points = [shifted(x, u, k * delta) for k in range(1, NOISE_POINTS + 1)]
     outputs = f(points)
     noise = []

@@ -6,7 +6,7 @@ Job: ``{"zoo": SPEC, "case": NAME, "backend": "eager", "order": 1 | "orders": [1
 "dtype": null, "mode": "auto", "probes": 3, "threads": null}``.
 
 Record: ``{"case", "backend", "order", "status": "pass"|"fail"|"skip"|"error", "reason", "report", "seconds"}``
-(plus ``zoo``, ``module``, ``seed``, ``dtype``). ``skip``: the backend is not usable here or does not support the
+(plus ``zoo``, ``module``, ``seed``, ``dtype``, and ``torch_known`` for cases of PyTorch's own databases). ``skip``: the backend is not usable here or does not support the
 case; ``error``: the audit could not run for another reason (one-line ``reason``).
 """
 from __future__ import annotations
@@ -121,7 +121,22 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
                 traceback.print_exc()
         record["seconds"] = round(time.perf_counter() - began + setup, 3)
         setup = 0.0  # the imports and the zoo count once, toward the first order
-        emit(record)
+        emit(record | torch_already_knows(zoo_case, order, record))
+
+
+def torch_already_knows(zoo_case, order: int, record: dict) -> dict[str, Any]:
+    """For cases from PyTorch's own test databases: the known-failure decorators and skips torch has for this
+    order, and a reason that starts with "(torch knows)" where the case did not pass, so reports tell what torch
+    already knows apart from what is new."""
+    from .zoo_opinfo import torch_known
+
+    known = torch_known(zoo_case, order)
+    if not known:
+        return {}
+    extra: dict[str, Any] = {"torch_known": known}
+    if record.get("status") != "pass":
+        extra["reason"] = f"(torch knows) {record.get('reason') or ''}".rstrip()
+    return extra
 
 
 def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:

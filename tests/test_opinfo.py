@@ -138,3 +138,18 @@ def test_bench_opinfo_runs_a_subset_and_resumes(tmp_path):
     lines = len(rows.read_text().splitlines())
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert again.returncode == 0 and len(rows.read_text().splitlines()) == lines  # nothing re-run
+
+
+def test_suite_records_say_what_torch_already_knows():
+    from gradaudit.worker import run_job
+
+    records = []
+    run_job({"zoo": "torch.ops", "case": "as_strided_scatter[sample 0]", "backend": "eager", "orders": [1]},
+            records.append)
+    (record,) = records
+    assert record["status"] == "fail" and record["reason"].startswith("(torch knows) "), record["reason"]
+    assert any(tag.startswith("torch-") for tag in record["torch_known"])
+    records = []
+    run_job({"zoo": "torch.ops", "case": "nn.functional.hardsigmoid[sample 0]", "backend": "eager",
+             "orders": [1]}, records.append)
+    assert records[0]["status"] == "fail" and "torch_known" not in records[0]  # new: torch does not know

@@ -6,8 +6,9 @@ Job: ``{"zoo": SPEC, "case": NAME, "backend": "eager", "order": 1 | "orders": [1
 "dtype": null, "mode": "auto", "probes": 3, "threads": null}``.
 
 Record: ``{"case", "backend", "order", "status": "pass"|"fail"|"skip"|"error", "reason", "report", "seconds"}``
-(plus ``zoo``, ``module``, ``seed``, ``dtype``, and ``torch_known`` for cases of PyTorch's own databases). ``skip``: the backend is not usable here or does not support the
-case; ``error``: the audit could not run for another reason (one-line ``reason``).
+(plus ``zoo``, ``module``, ``seed``, ``dtype``, and ``torch_known`` for cases of PyTorch's own databases).
+``skip``: the backend is not usable here or does not support the case; ``error``: the audit could not run for
+another reason (one-line ``reason``).
 """
 from __future__ import annotations
 

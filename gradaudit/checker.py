@@ -22,7 +22,7 @@ from .errors import AuditError, Unsupported
 from .outcome import first_line
 from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, central_difference,
                        directional_derivative, elementwise_tolerance, eps_of, extrapolated_derivative, inner,
-                       is_finite, ladder_top, nonsmooth_evidence, one_sided_derivatives, probe_tolerance,
+                       is_finite, ladder_top, nonsmooth_evidence, probe_tolerance,
                        rademacher_like, real, relative_floor, rounding_noise, rss_inner, RSS_SAFETY, shifted,
                        step_size, Evaluate)
 from .report import Check, Finding
@@ -270,11 +270,10 @@ class Auditor:
         u = [rademacher_like(xi, generator) * s * m for xi, s, m in zip(self.x, self.scales, self.movable)]
         # A short line (steps of sqrt(eps)): long enough for rounding to decorrelate, short enough to rarely
         # reach a jump of a piecewise-constant function (round, floor), which would pass for noise.
-        delta, noise = self.eps ** 0.5, None
+        values, delta, noise = self.numeric_function(f), self.eps ** 0.5, None
         for _ in range(DOMAIN_SHRINKS):
             # The line starts next to x, on one side: a kink at x itself must not pass for noise.
-            noise = (rounding_noise(self.numeric_function(f), self.x, u, delta)
-                     or rounding_noise(self.numeric_function(f), self.x, u, -delta))
+            noise = rounding_noise(values, self.x, u, delta) or rounding_noise(values, self.x, u, -delta)
             if noise is not None:
                 break
             delta /= 8
@@ -360,24 +359,16 @@ class Auditor:
         return None
 
     def kink_elements(self, f, leaf: int, cotangent) -> dict:
-        """Elements of a leaf where one-sided derivatives jump (do not shrink with the step): on a kink."""
+        """Elements of a leaf where f is not differentiable: one-sided derivatives that jump, do not converge, or
+        leave the domain."""
         name, x = self.names[leaf], self.x[leaf]
         flat = real(x).reshape(-1)
         if flat.numel() > self.settings.kink_scan_limit:
             return {"wrt": name, "elements": None, "note": f"{flat.numel()} elements, too many to scan"}
-        scalar = self.scalar(f, cotangent)
-        measured = self.scalar_noise(cotangent)
-        level = 0.0 if measured is None else float(measured[0])
-        found = []
-        for j in range(flat.numel()):
-            u = self.basis(leaf, j)
-            plus, minus = one_sided_derivatives(scalar, self.x, u, self.h)
-            plus2, minus2 = one_sided_derivatives(scalar, self.x, u, self.h / 2)
-            jump, jump2 = abs(plus - minus), abs(plus2 - minus2)
-            noise = (ROUNDING_FACTOR * self.eps * (abs(plus) + abs(minus) + 1.0) + 16 * level) / self.h
-            # A smooth function's jump halves with the step; off the domain on one side, a quotient is NaN.
-            if not math.isfinite(jump + jump2) or (jump2 > noise and jump2 > 0.75 * jump):
-                found.append(self.element_index(leaf, j))
+        scalar, noise = self.scalar(f, cotangent), self.scalar_noise(cotangent)
+        # The same test as the evidence for the whole group (numerics.nonsmooth_evidence), one element at a time.
+        found = [self.element_index(leaf, j) for j in range(flat.numel())
+                 if nonsmooth_evidence(scalar, self.x, self.basis(leaf, j), self.h, self.eps, noise) is not None]
         return {"wrt": name, "elements": found}
 
     def worst_element(self, f, leaf: int, cotangents, grads, results) -> dict:

@@ -105,19 +105,16 @@ def central_difference(f: Evaluate, x: Tensors, u, h: float) -> Tensors:
     return _quotient(plus, minus, h, 0.0)[0]
 
 
-def directional_derivative(f: Evaluate, x: Tensors, u, h: float, eps: float,
-                           noise: Tensors | None = None) -> NumericalDerivative:
+def directional_derivative(f: Evaluate, x: Tensors, u, h: float, eps: float) -> NumericalDerivative:
     """Richardson extrapolation of central differences at h and h/2; their disagreement (which holds both the
-    truncation and the rounding error of this evaluation), a rounding floor and, where it was measured, the
-    outputs' rounding noise carried through the stencil make the error bar."""
+    truncation and the rounding error of this evaluation) plus a rounding floor is the error bar. (The
+    localizer's and full mode's two-step estimate; probes use ``extrapolated_derivative``.)"""
     plus, minus, plus_half, minus_half = f([shifted(x, u, h), shifted(x, u, -h),
                                             shifted(x, u, h / 2), shifted(x, u, -h / 2)])
     coarse, _ = _quotient(plus, minus, h, eps)
     fine, rounding = _quotient(plus_half, minus_half, h / 2, eps)
     value = [(4 * b - a) / 3 for a, b in zip(coarse, fine)]
     error = [(b - a).abs() + 4 * r for a, b, r in zip(coarse, fine, rounding)]
-    if noise is not None:
-        error = [e + RICHARDSON_NOISE * n.to(e.device) / h for e, n in zip(error, noise)]
     return NumericalDerivative(value, error)
 
 
@@ -192,12 +189,6 @@ def rounding_noise(f: Evaluate, x: Tensors, u, delta: float) -> Tensors | None:
             return None
         noise.append((fourth.pow(2).mean(0) / 70).sqrt())
     return noise
-
-
-def one_sided_derivatives(f: Evaluate, x: Tensors, u, h: float) -> tuple[float, float]:
-    """Forward and backward difference quotients of a scalar-valued f: they differ at a kink."""
-    here, ahead, behind = (float(real(y[0]).double().sum()) for y in f([x, shifted(x, u, h), shifted(x, u, -h)]))
-    return (ahead - here) / h, (here - behind) / h
 
 
 # A jump or a growth of one-sided derivatives counts when over this many noise levels and not shrinking.

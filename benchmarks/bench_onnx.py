@@ -23,7 +23,7 @@ from torch import nn
 
 from gradaudit.backends.onnx import OnnxBackend
 from gradaudit.case import Case
-from gradaudit.checker import Auditor, Settings
+from gradaudit.core.checker import Auditor, Settings
 from gradaudit.registry import usable_backend
 
 

@@ -108,7 +108,7 @@ def tag_value(case, prefix: str) -> str | None:
 
 
 def load_cases(modules: bool, samples: int, only: str | None, shard: tuple[int, int] | None, both_modes: bool):
-    from gradaudit import zoo_opinfo
+    from gradaudit.suite import zoo_opinfo
 
     cases = (zoo_opinfo.module_zoo(samples, both_modes=both_modes) if modules
              else zoo_opinfo.opinfo_zoo(samples))
@@ -126,7 +126,7 @@ def torch_function(case, modules: bool) -> tuple[Callable, tuple, dict]:
     the settings its gradient tests use for this op or module."""
     import torch
     from torch.utils import _pytree as pytree
-    from gradaudit import zoo_opinfo
+    from gradaudit.suite import zoo_opinfo
 
     if modules:
         return module_torch_function(case)
@@ -151,7 +151,7 @@ def torch_function(case, modules: bool) -> tuple[Callable, tuple, dict]:
 def module_torch_function(case) -> tuple[Callable, tuple, dict]:
     import torch
     from torch.utils import _pytree as pytree
-    from gradaudit import zoo_opinfo
+    from gradaudit.suite import zoo_opinfo
 
     info = zoo_opinfo.find_module(tag_value(case, "module:"))
     training = "train" in case.tags
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import gradaudit
-    from gradaudit import zoo_opinfo
+    from gradaudit.suite import zoo_opinfo
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(max(1, args.threads))

@@ -27,14 +27,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "suite.json"
 
 
 def subset_names(count: int, stride: int) -> list[str]:
-    from gradaudit.zoo import torch_nn_zoo
+    from gradaudit.suite.zoos import torch_nn_zoo
 
     cases = torch_nn_zoo()
     return [c.name for c in cases[::stride]][:count]
 
 
 def timed_run(names: list[str], executor: str, workers: int | None, backends: list[str]) -> dict:
-    from gradaudit.suite import run_suite, summary_counts
+    from gradaudit.suite.runner import run_suite, summary_counts
 
     wanted = set(names)
     started = time.perf_counter()
@@ -49,7 +49,7 @@ def timed_run(names: list[str], executor: str, workers: int | None, backends: li
 
 def coverage() -> dict:
     from gradaudit.registry import describe_backends
-    from gradaudit.zoo import module_types, torch_nn_zoo
+    from gradaudit.suite.zoos import module_types, torch_nn_zoo
 
     cases = torch_nn_zoo()
     return {"zoo_cases": len(cases), "module_types": len(module_types(cases)),
@@ -59,7 +59,7 @@ def coverage() -> dict:
 
 
 def full_run(workers: int | None) -> dict:
-    from gradaudit.suite import run_suite, summary_counts
+    from gradaudit.suite.runner import run_suite, summary_counts
 
     started = time.perf_counter()
     done = [0]

@@ -7,17 +7,17 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
-from .case import as_case
-from .checker import Auditor, Settings
-from .errors import AuditError
-from .isolation import annotate_isolated, collect_isolated
-from .outcome import user_code_boundary
-from .numerics import eps_of, model_error_of
-from .parity import forward_checks, forward_divergences, parity_checks
-from .registry import usable_backend
-from .backends.base import Program
-from .report import Check, Finding, Report
+from gradaudit import __version__
+from gradaudit.case import as_case
+from gradaudit.core.checker import Auditor, Settings
+from gradaudit.errors import AuditError
+from gradaudit.isolation import annotate_isolated, collect_isolated
+from gradaudit.outcome import user_code_boundary
+from gradaudit.core.numerics import eps_of, model_error_of
+from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
+from gradaudit.registry import usable_backend
+from gradaudit.backends.base import Program
+from gradaudit.report import Check, Finding, Report
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}
@@ -120,7 +120,7 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
 
 
 def random_op(program: Program) -> str | None:
-    from .analyzers.divergence import random_op as first_random_op
+    from gradaudit.analyzers.divergence import random_op as first_random_op
 
     return first_random_op(program)
 
@@ -172,8 +172,8 @@ def localize_findings(program: Program, findings: list[Finding], seed: int, eage
     backend other than eager, whose ops cannot be mapped to autograd nodes directly (XLA functionalizes), a
     fault only that backend has is the node where its gradients part from eager's; one it shares with eager
     is localized on eager."""
-    from .analyzers.divergence import first_backward_divergence
-    from .analyzers.localize import localize
+    from gradaudit.analyzers.divergence import first_backward_divergence
+    from gradaudit.analyzers.localize import localize
 
     for finding in findings:
         if finding.kind not in FAULT_KINDS or finding.details.get("method") == "dtype_parity":
@@ -193,7 +193,7 @@ def localize_findings(program: Program, findings: list[Finding], seed: int, eage
 def static_hazards(program: Program) -> list[Finding]:
     if not program.supports_autograd:
         return []
-    from .analyzers.hazards import static_findings
+    from gradaudit.analyzers.hazards import static_findings
 
     return static_findings(program)
 
@@ -218,7 +218,7 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
                                + finding.message)
     findings += gradient_findings
     if localize and any(f.severity == "error" for f in findings):
-        from .analyzers.divergence import locate_divergence
+        from gradaudit.analyzers.divergence import locate_divergence
 
         annotate_isolated("localization", findings, skipped, [program, reference],
                           lambda: locate_divergence(program, reference, findings))

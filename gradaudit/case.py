@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch.utils import _pytree as pytree
 
-from .errors import AuditError
+from gradaudit.errors import AuditError
 
 
 @dataclass

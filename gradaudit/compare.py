@@ -7,16 +7,16 @@ from typing import Any, Callable
 
 import torch
 
-from . import __version__
-from .api import numeric_backend_audit, parse_dtype, same_rng_for_each_program
-from .case import as_case
-from .checker import Auditor, Settings
-from .errors import AuditError
-from .isolation import annotate_isolated
-from .outcome import user_code_boundary
-from .parity import forward_checks, forward_divergences, parity_checks
-from .registry import usable_backend
-from .report import Finding, Report
+from gradaudit import __version__
+from gradaudit.api import numeric_backend_audit, parse_dtype, same_rng_for_each_program
+from gradaudit.case import as_case
+from gradaudit.core.checker import Auditor, Settings
+from gradaudit.errors import AuditError
+from gradaudit.isolation import annotate_isolated
+from gradaudit.outcome import user_code_boundary
+from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
+from gradaudit.registry import usable_backend
+from gradaudit.report import Finding, Report
 
 
 @user_code_boundary("gradaudit.compare")
@@ -89,7 +89,7 @@ def compare_program(program, reference, settings: Settings,
 def localize_divergences(program, reference, findings: list[Finding], seed: int) -> None:
     """Forward: the first op whose output diverges while its inputs agree. Backward (order 1): the node whose
     incoming gradient agrees across backends but whose outgoing gradient does not."""
-    from .analyzers.divergence import first_backward_divergence, first_diverging_op
+    from gradaudit.analyzers.divergence import first_backward_divergence, first_diverging_op
 
     for finding in findings:
         if finding.kind == "forward_divergence":
@@ -118,8 +118,8 @@ def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
     names = [leaf.name for leaf in reference.leaves]
     if finding.wrt not in names:
         return finding
-    from .differentiate import ForwardFunction, evaluate
-    from .numerics import rademacher_like
+    from gradaudit.core.differentiate import ForwardFunction, evaluate
+    from gradaudit.core.numerics import rademacher_like
 
     auditor = Auditor(reference, settings)
     f = ForwardFunction(reference)
@@ -140,7 +140,7 @@ def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
 
 def refuse_random_ops(reference) -> None:
     """Each backend has its own random generator: dropout masks differ, so outputs cannot be compared."""
-    from .analyzers.divergence import random_op
+    from gradaudit.analyzers.divergence import random_op
 
     op = random_op(reference)
     if op is not None:

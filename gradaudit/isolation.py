@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable
 
-from .outcome import TargetExit, claim_exit_guard, describe, real_exit
+from gradaudit.outcome import TargetExit, claim_exit_guard, describe, real_exit
 
 NO_FORK_ENV = "GRADAUDIT_NO_FORK"
 # Once torch's autograd has started threads for a non-CPU device (CUDA present, torch-xla registered), a forked
@@ -51,7 +51,7 @@ def fork_safe(programs: Iterable[Any]) -> bool:
         return False
     import torch
 
-    from .backends.eager import EagerProgram
+    from gradaudit.backends.eager import EagerProgram
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return False
@@ -77,7 +77,7 @@ def run_optional_phase(work: Callable[[], Any], programs: Iterable[Any] = ()) ->
 def _import_phase_modules() -> None:
     """The analyzers the phases run, imported once in the parent: a child that imported them itself would pay
     the import (networkx, the tracer: ~0.4 s) on every fork, and a passing audit forks once."""
-    from .analyzers import divergence, graph, hazards, localize  # noqa: F401
+    from gradaudit.analyzers import divergence, graph, hazards, localize  # noqa: F401
 
 
 def _in_process(work: Callable[[], Any]) -> PhaseResult:

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import click
 
-from .errors import AuditError
+from gradaudit.errors import AuditError
+from gradaudit.paths import is_own_file
 
 EXIT_OK, EXIT_PROBLEM, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,7 +83,6 @@ def exits_raise() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ describing
-_GRADAUDIT_DIR = str(Path(__file__).resolve().parent) + os.sep
 _LIBRARY_DIRS = tuple(str(Path(p).resolve()) + os.sep for p in {
     sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")})
 
@@ -116,7 +116,7 @@ def _frames(exc: BaseException) -> list:
 
 def _is_users(file: str) -> bool:
     path = str(Path(file).resolve()) if not file.startswith("<") else file
-    return not (file.startswith("<") or path.startswith(_GRADAUDIT_DIR) or path.startswith(_LIBRARY_DIRS))
+    return not (file.startswith("<") or is_own_file(file) or path.startswith(_LIBRARY_DIRS))
 
 
 def where_it_happened(exc: BaseException) -> str:
@@ -124,7 +124,7 @@ def where_it_happened(exc: BaseException) -> str:
     tells; empty when it tells nothing."""
     frames = _frames(exc)
     phase = next((PHASES[f.f_code.co_name] for f in reversed(frames)
-                  if f.f_code.co_name in PHASES and f.f_code.co_filename.startswith(_GRADAUDIT_DIR)), None)
+                  if f.f_code.co_name in PHASES and is_own_file(f.f_code.co_filename)), None)
     user = next((f for f in reversed(frames) if _is_users(f.f_code.co_filename)), None)
     parts = ([f"during {phase}"] if phase else []) + (
         [f"at {Path(user.f_code.co_filename).name}:{user.f_lineno}"] if user is not None else [])

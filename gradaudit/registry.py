@@ -4,8 +4,8 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 
-from .backends.base import Availability, Backend
-from .errors import AuditError
+from gradaudit.backends.base import Availability, Backend
+from gradaudit.errors import AuditError
 
 GROUP = "gradaudit.backends"
 

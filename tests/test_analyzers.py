@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from torch import nn
 
 import gradaudit
-from gradaudit.analyzers.cli import graph_command, static_findings
+from gradaudit.cli.graph import graph_command, static_findings
 from gradaudit.analyzers.graph import build_graph, to_dot, to_svg, write_graph
 from gradaudit.analyzers.localize import locate, localize
 from gradaudit.case import as_case

@@ -10,7 +10,7 @@ import statistics
 import pytest
 import torch
 
-from gradaudit import numerics
+from gradaudit.core import numerics
 
 D = torch.float64
 ACTIVATIONS = [torch.tanh, torch.sin, lambda z: torch.exp(-z * z), torch.nn.functional.softplus,

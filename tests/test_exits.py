@@ -16,7 +16,7 @@ import gradaudit.outcome as outcome
 from gradaudit.errors import AuditError
 from gradaudit.isolation import run_optional_phase
 from gradaudit.outcome import (TargetExit, check_output_path, exits_raise, orders_not_run, user_code_boundary)
-from gradaudit.worker import run_job
+from gradaudit.suite.worker import run_job
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
@@ -246,7 +246,7 @@ def test_worker_records_an_exiting_or_interrupting_case_as_an_error(case, words)
 
 
 def test_suite_refuses_an_unknown_backend_before_any_job():
-    from gradaudit.suite import run_suite
+    from gradaudit.suite.runner import run_suite
 
     with pytest.raises(AuditError, match="unknown backend 'tpu9'"):
         run_suite(str(DATA / "hostile_zoo.py") + ":zoo", ["eager", "tpu9"], (1,))

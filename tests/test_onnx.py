@@ -14,7 +14,7 @@ from gradaudit.backends.onnx import (OnnxBackend, intermediate_values, module_ou
                                      node_modules)
 from gradaudit.case import as_case  # noqa: E402
 from gradaudit.errors import AuditError  # noqa: E402
-from gradaudit.parity import forward_checks  # noqa: E402
+from gradaudit.core.parity import forward_checks  # noqa: E402
 from gradaudit.registry import usable_backend  # noqa: E402
 
 

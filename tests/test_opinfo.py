@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import gradaudit
-from gradaudit import zoo_opinfo
-from gradaudit.zoo import load_zoo, zoo_names
+from gradaudit.suite import zoo_opinfo
+from gradaudit.suite.zoos import load_zoo, zoo_names
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("expecttest", reason="the opinfo extra is not installed")
@@ -78,7 +78,7 @@ def test_known_good_op_cases_pass_gradaudit(name):
 
 
 def test_the_worker_rebuilds_an_op_case_by_name():
-    from gradaudit.worker import run_job
+    from gradaudit.suite.worker import run_job
 
     records = []
     run_job({"zoo": "torch.ops", "case": "cat[sample 1]", "backend": "eager", "orders": [1, 2]}, records.append)
@@ -99,7 +99,7 @@ def test_module_zoo_cases_build_and_pass():
 def test_a_missing_extra_is_one_line_naming_the_extra():
     code = ("import sys; sys.modules['expecttest'] = None\n"
             "from gradaudit import AuditError\n"
-            "from gradaudit.zoo import load_zoo\n"
+            "from gradaudit.suite.zoos import load_zoo\n"
             "try:\n    load_zoo('torch.ops')\nexcept AuditError as exc:\n    print(exc)\nelse:\n    print('LOADED')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -112,7 +112,7 @@ def test_a_fresh_process_draws_the_same_samples_and_keeps_its_argv_rng_and_flags
     of that may leak; and a worker process rebuilding a case by name gets the same tensors as this one."""
     code = ("import sys, torch; sys.argv = ['prog', '--seed', 'not-a-number', '--help']; torch.manual_seed(7)\n"
             "state = torch.get_rng_state()\n"
-            "from gradaudit.zoo_opinfo import op_case, find_op\n"
+            "from gradaudit.suite.zoo_opinfo import op_case, find_op\n"
             "fn, args, kw = op_case(find_op('atan2'), 1)\n"
             "assert sys.argv == ['prog', '--seed', 'not-a-number', '--help'], sys.argv\n"
             "assert torch.equal(torch.get_rng_state(), state)\n"
@@ -141,7 +141,7 @@ def test_bench_opinfo_runs_a_subset_and_resumes(tmp_path):
 
 
 def test_suite_records_say_what_torch_already_knows():
-    from gradaudit.worker import run_job
+    from gradaudit.suite.worker import run_job
 
     records = []
     run_job({"zoo": "torch.ops", "case": "as_strided_scatter[sample 0]", "backend": "eager", "orders": [1]},

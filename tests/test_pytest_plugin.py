@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import fixtures
-from gradaudit.pytest_plugin import GradientAssertionError, assert_gradients
+from gradaudit.testing import GradientAssertionError, assert_gradients
 
 pytest_plugins = ["pytester"]
 
@@ -181,7 +181,7 @@ def test_assert_gradients_directly():
 
 def test_gradaudit_imports_without_pytest(tmp_path):
     """pytest_plugin must not import pytest at import time (gradaudit may export assert_gradients from it)."""
-    code = ("import sys; sys.modules['pytest'] = None; import gradaudit.pytest_plugin as p; "
+    code = ("import sys; sys.modules['pytest'] = None; import gradaudit.testing as p; "
             "assert callable(p.assert_gradients); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

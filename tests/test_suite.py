@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner
 
 from gradaudit.errors import AuditError
-from gradaudit.suite import run_job_in_subprocess, run_suite
-from gradaudit.suite_cli import suite_command
-from gradaudit.worker import classify, run_job
-from gradaudit.zoo import ZooCase, load_zoo, module_types, torch_nn_zoo
+from gradaudit.suite.runner import run_job_in_subprocess, run_suite
+from gradaudit.cli.suite import suite_command
+from gradaudit.suite.worker import classify, run_job
+from gradaudit.suite.zoos import ZooCase, load_zoo, module_types, torch_nn_zoo
 
 DATA = Path(__file__).parent / "data"
 PLANTED = f"{DATA / 'suite_zoo.py'}:zoo"
@@ -21,7 +21,7 @@ TIMEOUT = 25  # seconds per job: a worker starts in ~5 s on a busy 2-core machin
 def counting_command(count_file: Path) -> list[str]:
     """The worker, but each launch appends a line to count_file first."""
     code = ("import sys; open(sys.argv[1], 'a').write('launch\\n'); "
-            "from gradaudit.worker import main; sys.exit(main())")
+            "from gradaudit.suite.worker import main; sys.exit(main())")
     return [sys.executable, "-c", code, str(count_file)]
 
 

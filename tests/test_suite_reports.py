@@ -9,8 +9,8 @@ from rich.console import Console
 
 import fixtures
 import gradaudit
-from gradaudit import suite_reports
-from gradaudit.suite_reports import (read_json, short_reason, summary_counts, summary_table, write_html,
+from gradaudit.suite import reports as suite_reports
+from gradaudit.suite.reports import (read_json, short_reason, summary_counts, summary_table, write_html,
                                      write_json, write_junit)
 
 SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" '

@@ -158,7 +158,7 @@ def test_wrt_on_the_command_line(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "gradaudit.cli", "run", "tests/fixtures.py:mlp", "--wrt",
+    result = subprocess.run([sys.executable, "-m", "gradaudit.cli.main", "run", "tests/fixtures.py:mlp", "--wrt",
                              "args[0]", "--json", "-"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     import json

@@ -4,7 +4,7 @@ import os
 import sys
 import time
 
-from gradaudit.zoo import ZooCase
+from gradaudit.suite.zoos import ZooCase
 
 import hostile_targets as targets  # noqa: E402  (tests/data is on the worker's path: the zoo file's folder)
 

@@ -6,7 +6,7 @@ import time
 import torch
 from torch import nn
 
-from gradaudit.zoo import ZooCase
+from gradaudit.suite.zoos import ZooCase
 
 D = torch.float64
 

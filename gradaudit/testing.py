@@ -37,7 +37,7 @@ class GradientAssertionError(AssertionError):
 def failure_message(report: Any) -> str:
     """The readable text of a failing :class:`gradaudit.Report` (or its ``to_dict()``): which check failed,
     with respect to what, how badly and where; no Jacobian dump."""
-    from .suite_reports import report_text
+    from gradaudit.suite.reports import report_text
 
     data = report if isinstance(report, dict) else report.to_dict()
     return "wrong gradients\n" + report_text(data)
@@ -51,7 +51,7 @@ def assert_gradients(fn: Any, args: Any = (), kwargs: dict | None = None, **chec
     calls ``sys.exit`` or ``os._exit`` on any call (the test fails, the session goes on); ``KeyboardInterrupt``
     stops the session as pytest's own Ctrl-C does."""
     __tracebackhide__ = True
-    from . import api
+    from gradaudit import api
 
     report = api.check(fn, args, kwargs, **check_options)
     if not report.ok:

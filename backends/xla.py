@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves, tree_map
 
-from ..case import Case
-from ..errors import AuditError
-from .base import Availability, Backend, Stats
-from .eager import EagerProgram
+from gradaudit.case import Case
+from gradaudit.errors import AuditError
+from gradaudit.backends.base import Availability, Backend, Stats
+from gradaudit.backends.eager import EagerProgram
 
 # Fallbacks that the audit's own machinery causes, not the case: reading a value back to Python (``float(t)``,
 # which the checker does for every scalar it compares) and the zero tensors autograd makes for missing

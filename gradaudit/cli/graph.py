@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import click
 
-from ..errors import AuditError
-from ..outcome import EXIT_OK, EXIT_PROBLEM, check_output_path, command_outcome, write_outputs
-from .graph import FORMATS, format_of, trace_program, write_graph
-from .hazards import static_findings
-from .localize import LOCALIZED_KINDS, apply, locate
+from gradaudit.errors import AuditError
+from gradaudit.outcome import EXIT_OK, EXIT_PROBLEM, check_output_path, command_outcome, write_outputs
+from gradaudit.analyzers.graph import FORMATS, format_of, trace_program, write_graph
+from gradaudit.analyzers.hazards import static_findings
+from gradaudit.analyzers.localize import LOCALIZED_KINDS, apply, locate
 
 __all__ = ["graph_command", "static_findings"]
 
 
 def draw(case, report, seed: int) -> tuple:
     """(graph, culprit id, culprit lines): the traced graph of the case with the first localized fault."""
-    from ..registry import usable_backend
+    from gradaudit.registry import usable_backend
 
     culprit, graph, lines = None, None, []
     with usable_backend("eager").load(case) as program:
@@ -41,8 +41,8 @@ def _graph(target: str, out: str, format: str | None, order: int, seed: int) -> 
     """Write the autograd graph of TARGET (GraphML, DOT or SVG, from the suffix of --out unless --format says);
     a failed check is localized and its culprit node highlighted."""
     import gradaudit
-    from ..case import load_target
-    from ..isolation import run_optional_phase
+    from gradaudit.case import load_target
+    from gradaudit.isolation import run_optional_phase
 
     with command_outcome():
         check_output_path(out, "--out")

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import AuditError
+from gradaudit.errors import AuditError
 
 GROUP = "gradaudit.zoos"
 D = torch.float64
@@ -71,7 +71,7 @@ def load_zoo(spec: str) -> list[ZooCase]:
     if not sep or not module_part or not attr:
         known = ", ".join(zoo_names()) or "torch.nn"
         raise AuditError(f"unknown zoo {spec!r}; registered zoos: {known} (or use path/to/file.py:NAME)")
-    from .case import _import_target_module
+    from gradaudit.case import _import_target_module
 
     namespace = _import_target_module(module_part)
     if not hasattr(namespace, attr):

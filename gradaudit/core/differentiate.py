@@ -12,8 +12,8 @@ from typing import Iterator
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from .backends.base import Program, Stats
-from .errors import Unsupported
+from gradaudit.backends.base import Program, Stats
+from gradaudit.errors import Unsupported
 
 Tensors = list[torch.Tensor]
 # Torch's own words when forward mode cannot run something ("Trying to use forward AD with X that does not

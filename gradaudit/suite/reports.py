@@ -289,7 +289,7 @@ def _jsonable(value: Any) -> Any:
 def write_json(records: Iterable[dict], path: str | os.PathLike, **meta: Any) -> Path:
     """``{"gradaudit": version, "created": ISO time, **meta, "summary": summary_counts, "records": [...]}``;
     ``path`` ``-`` writes to stdout."""
-    from . import __version__
+    from gradaudit import __version__
 
     records = list(records)
     document = {"gradaudit": __version__, "created": _now(), **_jsonable(meta),
@@ -534,7 +534,7 @@ def write_html(records: Iterable[dict], path: str | os.PathLike, title: str = "g
     (kind, message, node, op, module, source, worst index, analytical vs numerical), failing checks and
     localization pictures (``details["graph_svg"]`` path or ``details["graph_svg_text"]``, embedded inline).
     Every piece of text is HTML-escaped."""
-    from . import __version__
+    from gradaudit import __version__
 
     records = list(records)
     path = Path(path)

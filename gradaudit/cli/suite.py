@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from .errors import AuditError
-from .outcome import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, check_output_path, fail as _fail,
+from gradaudit.errors import AuditError
+from gradaudit.outcome import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, check_output_path, fail as _fail,
                       interrupted, write_outputs)
 
 
@@ -25,7 +25,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def _reports_module():
     try:
-        from . import suite_reports
+        from gradaudit.suite import reports as suite_reports
     except ImportError:
         return None
     return suite_reports
@@ -76,7 +76,7 @@ def _plain_table(records: list[dict]) -> str:
 def suite_command(zoo, backend_list, order_list, executor, address, workers, timeout, results_dir, json_path,
                   junit_path, html_path, only, seed, dtype, quiet) -> None:
     """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend."""
-    from .suite import SuiteInterrupted, run_suite, summary_counts
+    from gradaudit.suite.runner import SuiteInterrupted, run_suite, summary_counts
 
     backends = [b.strip() for b in backend_list.split(",") if b.strip()]
 
@@ -146,5 +146,5 @@ def write_reports(records: list[dict], zoo: str, backends: list[str], orders: li
     for path, writer in ((junit_path, "write_junit"), (html_path, "write_html")):
         if path:
             if reports is None:
-                _fail(f"{writer[6:]} output needs gradaudit.suite_reports, which is not installed")
+                _fail(f"{writer[6:]} output needs gradaudit.suite.reports, which is not installed")
             getattr(reports, writer)(records, path)

@@ -1,4 +1,4 @@
-"""One isolated suite job: ``python -m gradaudit.worker`` reads a JSON job on stdin, audits one zoo case on one
+"""One isolated suite job: ``python -m gradaudit.suite.worker`` reads a JSON job on stdin, audits one zoo case on one
 backend, and prints one JSON record per order on stdout (one line each, flushed as soon as it is known, so a
 crash at order 2 still leaves the order-1 record).
 
@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .outcome import as_audit_error, exit_call, exits_raise
+from gradaudit.outcome import as_audit_error, exit_call, exits_raise
 
 # An AuditError whose message matches one of these means "this backend cannot audit this case", not a bug of
 # the audit: the case is skipped there, with the message as its reason.
@@ -42,7 +42,7 @@ UNSUPPORTED = [
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """(status, one-line reason) of an exception raised by an audit."""
-    from .errors import AuditError
+    from gradaudit.errors import AuditError
 
     text = one_line(exc)
     if isinstance(exc, (AuditError, NotImplementedError, RuntimeError)) and any(
@@ -62,7 +62,7 @@ def one_line(exc: BaseException, limit: int = 400) -> str:
 def status_of(report) -> tuple[str, str | None]:
     """pass/fail and why: the first error finding (or failed check) of a report; warnings are listed on a pass.
     A pass in which the requested order could not run at all is a skip, never a silent pass."""
-    from .outcome import orders_not_run
+    from gradaudit.outcome import orders_not_run
 
     not_run = orders_not_run(report)
     if report.ok and not_run:
@@ -93,7 +93,7 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
             import torch
 
             torch.set_num_threads(int(job["threads"]))
-        from .zoo import find_case
+        from gradaudit.suite.zoos import find_case
 
         with exits_raise():  # importing the zoo runs the user's code too
             zoo_case = find_case(job["zoo"], job["case"])
@@ -129,7 +129,7 @@ def torch_already_knows(zoo_case, order: int, record: dict) -> dict[str, Any]:
     """For cases from PyTorch's own test databases: the known-failure decorators and skips torch has for this
     order, and a reason that starts with "(torch knows)" where the case did not pass, so reports tell what torch
     already knows apart from what is new."""
-    from .zoo_opinfo import torch_known
+    from gradaudit.suite.zoo_opinfo import torch_known
 
     known = torch_known(zoo_case, order)
     if not known:
@@ -142,8 +142,8 @@ def torch_already_knows(zoo_case, order: int, record: dict) -> dict[str, Any]:
 
 def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:
     import gradaudit
-    from .case import case_from_tuple
-    from .errors import AuditError
+    from gradaudit.case import case_from_tuple
+    from gradaudit.errors import AuditError
 
     try:
         with exits_raise():
@@ -167,7 +167,7 @@ def attach_pictures(case, report, seed: int) -> None:
     """The autograd graph with the culprit highlighted, as SVG text on each localized fault (the HTML report
     shows it). Drawn on eager, where ops map onto autograd nodes; best effort, crash-isolated: a crash while
     drawing must not cost the record."""
-    from .isolation import run_optional_phase
+    from gradaudit.isolation import run_optional_phase
 
     faults = [f for f in report.findings if f.node and f.kind.startswith("faulty_")]
     if not faults:
@@ -182,9 +182,9 @@ def attach_pictures(case, report, seed: int) -> None:
 
 def pictures(case, faults: list, seed: int) -> list[str | None]:
     """The SVG of each fault's localized graph (None where localization found no graph)."""
-    from .analyzers.graph import to_svg
-    from .analyzers.localize import locate
-    from .registry import usable_backend
+    from gradaudit.analyzers.graph import to_svg
+    from gradaudit.analyzers.localize import locate
+    from gradaudit.registry import usable_backend
 
     svgs = []
     with usable_backend("eager").load(case) as program:
@@ -223,7 +223,7 @@ def main() -> int:
         if not isinstance(job, dict) or "zoo" not in job or "case" not in job:
             raise ValueError("a job is a JSON object with at least 'zoo' and 'case'")
     except ValueError as exc:
-        print(f"gradaudit.worker: bad job: {one_line(exc)}", file=sys.stderr)
+        print(f"gradaudit.suite.worker: bad job: {one_line(exc)}", file=sys.stderr)
         return 2
 
     def emit(record: dict) -> None:

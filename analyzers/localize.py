@@ -47,13 +47,13 @@ import torch.autograd.forward_ad as fwAD
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..backends.base import Stats
-from ..case import is_differentiable
-from ..differentiate import gradients
-from ..numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, directional_derivative, elementwise_tolerance, eps_of,
+from gradaudit.backends.base import Stats
+from gradaudit.case import is_differentiable
+from gradaudit.core.differentiate import gradients
+from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, directional_derivative, elementwise_tolerance, eps_of,
                         inner, probe_tolerance, rademacher_like, real, step_size)
-from ..report import Finding
-from .graph import NodeInfo, Trace, trace_program
+from gradaudit.report import Finding
+from gradaudit.analyzers.graph import NodeInfo, Trace, trace_program
 
 ROOT = "__root__"
 LOCALIZED_KINDS = ("faulty_backward", "faulty_double_backward", "faulty_forward_ad")
@@ -100,7 +100,7 @@ def at_points(f: Callable) -> Callable:
 
 
 def _name(func) -> str:
-    from .graph import _op_name
+    from gradaudit.analyzers.graph import _op_name
     return _op_name(func)
 
 
@@ -582,7 +582,7 @@ def locate(program, finding: Finding, seed: int = 0) -> Localization:
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
     if result.culprit is not None:
-        from .graph import mark_culprit
+        from gradaudit.analyzers.graph import mark_culprit
         result.path = mark_culprit(result.trace.graph, result.culprit)
     result.details.update({
         "checked": localizer.checked,

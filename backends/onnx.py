@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..case import Case, InputSlots, choose_leaves, differentiated_outputs, flatten_outputs
-from ..errors import AuditError
-from .base import Availability, Backend, Leaf, Program, Stats
-from .eager import RngState, cast_tensor
+from gradaudit.case import Case, InputSlots, choose_leaves, differentiated_outputs, flatten_outputs
+from gradaudit.errors import AuditError
+from gradaudit.backends.base import Availability, Backend, Leaf, Program, Stats
+from gradaudit.backends.eager import RngState, cast_tensor
 
 RANDOM_OPS = {"Dropout", "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli",
               "Multinomial"}

@@ -16,16 +16,16 @@ from typing import Callable
 
 import torch
 
-from .backends.base import Program
-from .differentiate import ForwardFunction, GradientFunction, evaluate, jvp, twice_differentiable_attention, vjps
-from .errors import AuditError, Unsupported
-from .outcome import first_line
-from .numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, central_difference,
+from gradaudit.backends.base import Program
+from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, jvp, twice_differentiable_attention, vjps
+from gradaudit.errors import AuditError, Unsupported
+from gradaudit.outcome import first_line
+from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, NumericalDerivative, central_difference,
                        directional_derivative, elementwise_tolerance, eps_of, extrapolated_derivative, inner,
                        is_finite, ladder_top, nonsmooth_evidence, probe_tolerance,
                        rademacher_like, real, relative_floor, rounding_noise, rss_inner, RSS_SAFETY, shifted,
                        step_size, Evaluate)
-from .report import Check, Finding
+from gradaudit.report import Check, Finding
 
 Progress = Callable[[str, int, int], None]
 WORST_ELEMENT_LEAVES = 3  # failing leaves whose worst element a follow-up searches

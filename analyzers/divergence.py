@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..case import is_differentiable
-from ..differentiate import ForwardFunction, evaluate
-from ..numerics import ROUNDING_FACTOR, eps_of, real
-from ..report import Finding
+from gradaudit.case import is_differentiable
+from gradaudit.core.differentiate import ForwardFunction, evaluate
+from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, real
+from gradaudit.report import Finding
 
 
 @dataclass
@@ -111,7 +111,7 @@ def first_diverging_op(program, reference) -> Divergence | None:
     """The first recorded op (same Python code runs on both backends, so ops align one to one) whose output
     differs from the float64 reference beyond the program's precision while its inputs still agree: the op
     that creates a forward divergence, not one that passes it on."""
-    from .graph import trace_program
+    from gradaudit.analyzers.graph import trace_program
 
     ours, theirs = trace_program(program), trace_program(reference)
     eps = eps_of(program.dtype)
@@ -163,8 +163,8 @@ def _node_gradients(trace, cotangent: list[torch.Tensor]) -> tuple[list, dict]:
 def first_backward_divergence(program, reference, seed: int = 0) -> Divergence | None:
     """The node whose incoming gradient agrees with the float64 reference's but whose outgoing gradient does
     not, for the same seeded cotangent on both backends (named from the reference's trace)."""
-    from ..numerics import rademacher_like
-    from .graph import trace_program
+    from gradaudit.core.numerics import rademacher_like
+    from gradaudit.analyzers.graph import trace_program
 
     ours, theirs = trace_program(program), trace_program(reference)
     generator = torch.Generator().manual_seed(seed)
@@ -191,7 +191,7 @@ RANDOM_OPS = ("dropout", "bernoulli", "rand", "normal", "uniform", "multinomial"
 
 def random_op(program) -> str | None:
     """The first op of one traced forward that draws random numbers (with its module), or None."""
-    from .graph import trace_program
+    from gradaudit.analyzers.graph import trace_program
 
     for op in trace_program(program).ops:
         if any(word in op.name for word in RANDOM_OPS):

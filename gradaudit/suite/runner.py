@@ -1,7 +1,7 @@
 """Audit suites: every case of a zoo on several backends and orders, each case isolated in its own process.
 
 ``run_suite("torch.nn", ["eager", "xla", "onnx"])`` returns one record per (case, backend, order) — the dicts
-that ``python -m gradaudit.worker`` prints. A job is one case on one backend (its orders run in the same
+that ``python -m gradaudit.suite.worker`` prints. A job is one case on one backend (its orders run in the same
 process, one record each); it runs in a subprocess, so a segfault or a hang in a runtime becomes an ``error``
 record ("crashed: signal 11 (SIGSEGV)", "timed out after 120 s") and the suite goes on.
 
@@ -25,11 +25,11 @@ from importlib.metadata import PackageNotFoundError, version as dist_version
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import AuditError
+from gradaudit.errors import AuditError
 
 EXECUTORS = ("local", "serial", "ray")
 STATUSES = ("pass", "fail", "skip", "error")
-WORKER_COMMAND = [sys.executable, "-m", "gradaudit.worker"]
+WORKER_COMMAND = [sys.executable, "-m", "gradaudit.suite.worker"]
 # The package whose version decides a backend's results (besides torch and gradaudit).
 BACKEND_PACKAGES = {"eager": ("torch",), "xla": ("torch-xla",), "onnx": ("onnxruntime", "onnx", "onnxscript")}
 
@@ -73,7 +73,7 @@ class Workers:
 
 def run_job_in_subprocess(job: dict, timeout: float, command: list[str] | None = None,
                           cwd: str | None = None, workers: Workers | None = None) -> list[dict]:
-    """Run one job in ``python -m gradaudit.worker``; always returns one record per order of the job (none
+    """Run one job in ``python -m gradaudit.suite.worker``; always returns one record per order of the job (none
     when ``workers`` was stopped before it could start).
 
     The worker runs in its own session (its process group is killed on timeout, on Ctrl-C, and when this
@@ -162,7 +162,7 @@ def package_version(name: str) -> str | None:
 def backend_versions(backend: str) -> dict[str, str | None]:
     packages = BACKEND_PACKAGES.get(backend)
     if packages is None:  # a plugin backend: the version of the distribution that registers it
-        from .registry import _registered
+        from gradaudit.registry import _registered
 
         for ep in _registered():
             if ep.name == backend and ep.dist is not None:
@@ -173,7 +173,7 @@ def backend_versions(backend: str) -> dict[str, str | None]:
 
 def record_key(zoo: str, case: str, backend: str, order: int, seed: int, dtype: str | None,
                versions: dict | None = None) -> dict:
-    from . import __version__
+    from gradaudit import __version__
 
     return {"zoo": zoo, "case": case, "backend": backend, "order": order, "seed": seed, "dtype": dtype,
             "gradaudit": __version__, "torch": package_version("torch"),
@@ -236,7 +236,7 @@ def _zoo_spec_for_workers(spec: str) -> str:
 def plan(zoo_spec: str, backends: Iterable[str], orders: Iterable[int] = (1, 2), only=None,
          seed: int = 0, dtype: str | None = None) -> tuple[str, list, list[dict]]:
     """(resolved zoo spec, the selected cases, one job per (case, backend) with the orders each case has)."""
-    from .zoo import load_zoo
+    from gradaudit.suite.zoos import load_zoo
 
     orders = sorted(set(int(o) for o in orders))
     if not orders or not set(orders) <= {1, 2}:
@@ -244,7 +244,7 @@ def plan(zoo_spec: str, backends: Iterable[str], orders: Iterable[int] = (1, 2),
     backends = [b for b in backends if b]
     if not backends:
         raise AuditError("no backends given")
-    from .registry import get_backend
+    from gradaudit.registry import get_backend
 
     for name in backends:  # an unknown name is a typo, not a backend to skip: refuse before the first job
         get_backend(name)
@@ -404,7 +404,7 @@ def _remote_runner(ray):
     if "runner" not in _remote_cache:
         @ray.remote(num_cpus=1, max_retries=0)
         def run_remote(job: dict, timeout: float, command: list[str] | None) -> list[dict]:
-            from gradaudit.suite import run_job_in_subprocess as run_there
+            from gradaudit.suite.runner import run_job_in_subprocess as run_there
 
             return run_there(job, timeout, command)
         _remote_cache["runner"] = run_remote

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..case import Case
+from gradaudit.case import Case
 
 
 @dataclass

@@ -33,23 +33,22 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-import gradaudit
+from gradaudit.paths import OWN_DIRS
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
-_GRADAUDIT_DIR = os.path.dirname(os.path.abspath(gradaudit.__file__)) + os.sep
 _APPLY_CODE = torch.autograd.function.Function.apply.__func__.__code__
 
 
 def _is_library_frame(frame) -> bool:
     file = frame.f_code.co_filename
-    return file.startswith(_TORCH_DIR) or file.startswith(_GRADAUDIT_DIR) or file.startswith("<frozen")
+    return file.startswith(_TORCH_DIR) or file.startswith(OWN_DIRS) or file.startswith("<frozen")
 
 
 def _user_frame(frame):
     """The innermost frame of the user's code below gradaudit's call into the case; None when the case is a
     library function itself (``torch.sqrt``): never a frame of whatever called gradaudit (click, pytest)."""
     while frame is not None and _is_library_frame(frame):
-        if frame.f_code.co_filename.startswith(_GRADAUDIT_DIR) and not _is_traced_op_frame(frame):
+        if frame.f_code.co_filename.startswith(OWN_DIRS) and not _is_traced_op_frame(frame):
             return None  # reached gradaudit calling the case: no user code in between
         frame = frame.f_back
     return frame
@@ -231,7 +230,7 @@ class _Recorder(TorchDispatchMode):
         source, file, line = _where(user)
         direct = False
         caller = frame
-        while caller is not None and caller.f_code.co_filename.startswith(_GRADAUDIT_DIR):
+        while caller is not None and caller.f_code.co_filename.startswith(OWN_DIRS):
             caller = caller.f_back
         if caller is not None and caller is user:
             direct = True

@@ -12,8 +12,8 @@ from __future__ import annotations
 import networkx as nx
 import torch
 
-from ..report import Finding
-from .graph import NodeInfo, Trace, trace_program
+from gradaudit.report import Finding
+from gradaudit.analyzers.graph import NodeInfo, Trace, trace_program
 
 # ops whose result is integer, or whose derivative is zero almost everywhere: a gradient does not get through
 NONDIFFERENTIABLE_OPS = {

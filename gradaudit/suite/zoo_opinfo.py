@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .errors import AuditError
-from .zoo import ZooCase
+from gradaudit.errors import AuditError
+from gradaudit.suite.zoos import ZooCase
 
 SAMPLES_ENV = "GRADAUDIT_OPINFO_SAMPLES"
 DEFAULT_SAMPLES = 2

@@ -7,9 +7,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..case import Case, InputSlots, choose_leaves, differentiated_outputs, flatten_outputs
-from ..errors import AuditError
-from .base import Availability, Backend, Leaf, Program, Stats
+from gradaudit.case import Case, InputSlots, choose_leaves, differentiated_outputs, flatten_outputs
+from gradaudit.errors import AuditError
+from gradaudit.backends.base import Availability, Backend, Leaf, Program, Stats
 
 
 def cast_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -10,11 +10,11 @@ from contextlib import nullcontext
 
 import torch
 
-from .backends.base import Program
-from .checker import Outcome, Settings, fault_finding
-from .differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
-from .numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
-from .report import Check, Finding
+from gradaudit.backends.base import Program
+from gradaudit.core.checker import Outcome, Settings, fault_finding
+from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
+from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
+from gradaudit.report import Check, Finding
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:

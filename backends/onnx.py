@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
 import math
 import os
 import warnings
@@ -56,19 +55,21 @@ def _root_reason(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_export():
-    """The exporter logs (torchvision ops it skips), warns and prints; none of it is the audit's business."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
+    """The exporter logs (torchvision ops it skips), warns and prints; none of it is the audit's business,
+    unless gradaudit logs at debug level (``-vv``): then all of it goes to stderr (stdout may carry a report)."""
+    import sys
+
+    from gradaudit.log import quiet_loggers
+
+    with quiet_loggers("torch.onnx", "torch.export", "torch._export", "onnxscript") as quiet:
+        if not quiet:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+            return
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
                 contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 class _LeafFunction(nn.Module):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import logging
 import os
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -174,14 +173,12 @@ class XlaStats(Stats):
 
 @contextmanager
 def _quiet(logger_name: str):
-    """torch-xla warns on every precision change; the audit changes it on purpose and restores it."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    """torch-xla warns on every precision change; the audit changes it on purpose and restores it (``-vv``
+    shows the warnings)."""
+    from gradaudit.log import quiet_loggers
+
+    with quiet_loggers(logger_name):
         yield
-    finally:
-        logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------------ program

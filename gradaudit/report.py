@@ -1,9 +1,9 @@
-"""What an audit found: checks, findings, the report and its text and JSON forms."""
+"""What an audit found: checks, findings and the report, with their JSON forms (renderers: gradaudit.renderers)."""
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 FINDING_KINDS = (
@@ -40,6 +40,11 @@ class Check:
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Check":
+        """The check of a :meth:`to_dict`; missing keys take defaults (``?`` for what it is about)."""
+        return _from_dict(cls, {"order": 0, "wrt": "?", "method": "?", "ok": False, "status": "fail"}, data)
+
 
 @dataclass
 class Finding:
@@ -57,6 +62,13 @@ class Finding:
 
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Finding":
+        """The finding of a :meth:`to_dict`; missing keys take defaults."""
+        finding = _from_dict(cls, {"kind": "?", "message": ""}, data)
+        finding.details = dict(finding.details or {})
+        return finding
 
 
 @dataclass
@@ -95,8 +107,27 @@ class Report:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """The report of a :meth:`to_dict` (a stored JSON report, a suite record's). Tolerant, for reading old or
+        hand-written files: missing keys take defaults, unknown keys are ignored; ``ok`` is recomputed."""
+        return cls(target=str(data.get("target", "?")), backend=str(data.get("backend", "?")),
+                   device=str(data.get("device", "?")), dtype=str(data.get("dtype", "?")), seed=data.get("seed", "?"),
+                   checks=[Check.from_dict(c) for c in data.get("checks") or []],
+                   findings=[Finding.from_dict(f) for f in data.get("findings") or []],
+                   skipped=list(data.get("skipped") or []), stats=dict(data.get("stats") or {}),
+                   settings=dict(data.get("settings") or {}), version=str(data.get("gradaudit", "")))
+
     def __str__(self) -> str:
+        from gradaudit.renderers.text import render_text
+
         return render_text(self)
+
+
+def _from_dict(cls: type, required: dict[str, Any], data: dict[str, Any]) -> Any:
+    """``cls(**data)`` keeping only its fields, with ``required`` filling the fields it has no default for."""
+    names = {f.name for f in fields(cls)}
+    return cls(**(required | {k: v for k, v in data.items() if k in names and v is not None}))
 
 
 def _jsonable(value: Any) -> Any:
@@ -107,35 +138,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-def render_text(report: Report) -> str:
-    """The plain-text summary (also ``str(report)``): verdict, findings, failing checks, counts."""
-    verdict = "PASS" if report.ok else "FAIL"
-    lines = [f"gradaudit {verdict}: {report.target} on {report.backend}/{report.device} ({report.dtype}), "
-             f"{len(report.checks)} checks, {len(report.failed_checks)} failed, seed {report.seed}"]
-    for finding in report.findings:
-        lines.append(f"  [{finding.severity}] {finding.kind}: {finding.message}")
-        where = ", ".join(f"{k} {getattr(finding, k)}" for k in ("node", "module", "source")
-                          if getattr(finding, k))
-        if where:
-            lines.append(f"      at {where}")
-    shown = report.failed_checks[:12]
-    for check in shown:
-        index = "" if check.worst_index is None else f" at {check.worst_index}"
-        lines.append(f"  failed: order {check.order} {check.method} wrt {check.wrt}{index}: analytical "
-                     f"{fmt(check.analytical)} vs numerical {fmt(check.numerical)} "
-                     f"(|err| {fmt(check.max_abs_err)} > tol {fmt(check.tolerance)})")
-    if len(report.failed_checks) > len(shown):
-        lines.append(f"  ... and {len(report.failed_checks) - len(shown)} more failed checks")
-    for skip in report.skipped:
-        lines.append(f"  skipped: {skip['what']}: {skip['reason']}")
-    stats = report.stats
-    if stats:
-        lines.append(f"  {stats.get('seconds', 0):.2f}s, {stats.get('forward_evals', 0)} forward and "
-                     f"{stats.get('backward_evals', 0)} backward evaluations")
-    return "\n".join(lines)

@@ -26,42 +26,20 @@ def progress_bar(enabled: bool):
         yield update
 
 
-def render(report, stderr: bool, verbose: bool = False) -> None:
+def render(report, stderr: bool, verbose: bool = False, quiet: bool = False) -> None:
+    """Print the report on stdout (or stderr): the rich layout on a terminal, the plain text (never truncated)
+    when piped or redirected. ``verbose`` lists every check; ``quiet`` prints the verdict line only."""
     from rich.console import Console
-    from rich.table import Table
-
-    from gradaudit.report import fmt
 
     console = Console(stderr=stderr, highlight=False)
-    verdict = "[green]PASS[/green]" if report.ok else "[red]FAIL[/red]"
-    shown = report.checks if verbose else [c for c in report.checks if c.status != "pass"]
-    passed = sum(c.status == "pass" for c in report.checks)
-    not_run = "".join(f"; order {order} not checked ({why})" for order, why in orders_not_run(report))
-    console.print(f"{verdict} {report.target}  {report.backend}/{report.device} {report.dtype}  seed {report.seed}: "
-                  f"{passed}/{len(report.checks)} checks passed{not_run}", soft_wrap=True)
-    if shown:
-        table = Table(show_edge=False, pad_edge=False)
-        by_backend = any(c.backend for c in shown)
-        for column in ("backend",) * by_backend + ("ord", "wrt", "method", "status", "|err|", "error bar", "worst",
-                                                   "analytical", "numerical"):
-            table.add_column(column, justify="right" if column in ("|err|", "error bar") else "left")
-        for c in shown:
-            style = {"pass": "green", "fail": "red"}.get(c.status, "yellow")
-            table.add_row(*(c.backend or "",) * by_backend, str(c.order), c.wrt, c.method, f"[{style}]{c.status}[/{style}]", fmt(c.max_abs_err),
-                          fmt(c.tolerance), "" if c.worst_index is None else str(c.worst_index),
-                          fmt(c.analytical), fmt(c.numerical))
-        console.print(table)
-    for f in report.findings:
-        colour = "red" if f.severity == "error" else "yellow"
-        console.print(f"[{colour}]{f.kind}[/{colour}]: {f.message}")
-        where = ", ".join(f"{k} {getattr(f, k)}" for k in ("node", "op", "module", "source") if getattr(f, k))
-        if where:
-            console.print(f"    at {where}")
-    for s in report.skipped:
-        console.print(f"[dim]skipped {s['what']}: {s['reason']}[/dim]")
-    st = report.stats
-    console.print(f"[dim]{st.get('seconds', 0):.2f}s, {st.get('forward_evals', 0)} forward / "
-                  f"{st.get('backward_evals', 0)} backward evaluations, {st.get('compilations', 0)} compilations[/dim]")
+    if console.is_terminal:
+        from gradaudit.renderers.rich import render_rich
+
+        render_rich(report, console, verbose=verbose, quiet=quiet)
+    else:
+        from gradaudit.renderers.text import render_text
+
+        click.echo(render_text(report, verbose=verbose, quiet=quiet, max_checks=None), err=stderr)
 
 
 def exit_code_of(report, allow_skip: bool) -> int:
@@ -72,7 +50,8 @@ def exit_code_of(report, allow_skip: bool) -> int:
     return EXIT_ERROR if orders_not_run(report) and not allow_skip else EXIT_OK
 
 
-def finish(report, target: str, json_path: str | None, verbose: bool, allow_skip: bool = False) -> None:
+def finish(report, target: str, json_path: str | None, verbose: bool, allow_skip: bool = False,
+           quiet: bool = False) -> None:
     """Write the report (file, stdout) and exit with its code; write errors are exit 2, a closed pipe is not."""
     report.target = target
     code = exit_code_of(report, allow_skip)
@@ -81,7 +60,7 @@ def finish(report, target: str, json_path: str | None, verbose: bool, allow_skip
             write_text_file(json_path, report.to_json() + "\n")
         if json_path == "-":
             click.echo(report.to_json())
-        render(report, stderr=json_path == "-", verbose=verbose)
+        render(report, stderr=json_path == "-", verbose=verbose, quiet=quiet)
         if code == EXIT_ERROR:
             missing = "; ".join(f"order {order} could not run ({why})" for order, why in orders_not_run(report))
             click.echo(f"gradaudit: error: {missing}; --allow-skip accepts the partial audit", err=True)

@@ -1,0 +1,173 @@
+"""The plain-text report: ``str(report)``, the CLI when its output is not a terminal, suite records and pytest
+failure messages. Nothing is ever truncated: a number or a name is printed whole, however long the line."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+from gradaudit.outcome import orders_not_run
+from gradaudit.report import Check, Finding, Report
+
+WHERE_FIELDS = ("node", "op", "module", "source")
+
+
+def fmt(value: Any) -> str:
+    """A number in 4 significant digits (``3.185e-10``), ``-`` for None; anything else as its text."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def fmt_precise(value: Any) -> str:
+    """A number in 6 significant digits, for the analytical and numerical values of a finding."""
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{value:.6g}"
+    return fmt(value)
+
+
+def where(finding: Finding) -> str:
+    """``node BadGeluBackward, op BadGelu, module act, source bad_gelu.py:35`` (the fields that are known)."""
+    return ", ".join(f"{name} {getattr(finding, name)}" for name in WHERE_FIELDS if getattr(finding, name))
+
+
+def verdict_line(report: Report) -> str:
+    """One line: the verdict, what was audited where, and how many checks failed (or which orders did not run)."""
+    checks = report.checks
+    failed = len(report.failed_checks)
+    orders = sorted({c.order for c in checks if isinstance(c.order, int) and c.order > 0})
+    counted = f"{failed} of {len(checks)} checks failed" if failed else f"{len(checks)} checks passed"
+    not_run = "".join(f"; order {order} not checked ({why})" for order, why in orders_not_run(report))
+    return (f"gradaudit {'PASS' if report.ok else 'FAIL'}: {report.target} on {report.backend}/{report.device} "
+            f"({report.dtype}), order{'s' if len(orders) > 1 else ''} {', '.join(map(str, orders)) or '-'}, "
+            f"seed {report.seed}: {counted}{not_run}")
+
+
+def finding_head(finding: Finding) -> str:
+    """``[error] faulty_backward (order 1, wrt fc2.bias, reverse)``."""
+    facts = []
+    if finding.order is not None:
+        facts.append(f"order {finding.order}")
+    if finding.wrt:
+        facts.append(f"wrt {finding.wrt}")
+    if (finding.details or {}).get("method"):
+        facts.append(str(finding.details["method"]))
+    return f"[{finding.severity}] {finding.kind}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+def finding_lines(finding: Finding) -> list[str]:
+    """A finding as readable lines: what and with respect to which leaf, the worst element, analytical vs
+    numerical with the error bar, and where (node, op, module, source)."""
+    details = finding.details or {}
+    message = " ".join(str(finding.message or "").split())
+    lines = [f"{finding_head(finding)}: {message}"]
+    numbers = []
+    if details.get("worst_index") is not None:
+        numbers.append(f"worst element {details['worst_index']}")
+    if details.get("analytical") is not None or details.get("numerical") is not None:
+        numbers.append(f"analytical {fmt_precise(details.get('analytical'))} vs numerical "
+                       f"{fmt_precise(details.get('numerical'))}")
+    if details.get("error_bar") is not None:
+        numbers.append(f"error bar {fmt_precise(details['error_bar'])}")
+    if finding.max_abs_err is not None:
+        numbers.append(f"|err| {fmt_precise(finding.max_abs_err)}")
+    if numbers:
+        lines.append("    " + ", ".join(numbers))
+    if where(finding):
+        lines.append(f"    at {where(finding)}")
+    also = [str(w) for w in details.get("wrt_all") or [] if w != finding.wrt]
+    if also and "also wrong wrt" not in message:
+        lines.append(f"    also wrong wrt {', '.join(also)}")
+    return lines
+
+
+def check_line(check: Check) -> str:
+    """One check in a sentence: ``order 1 reverse wrt fc2.bias at [1]: fail, analytical ... (|err| ...)``."""
+    index = "" if check.worst_index is None else f" at {check.worst_index}"
+    backend = f"[{check.backend}] " if check.backend else ""
+    return (f"{backend}order {check.order} {check.method} wrt {check.wrt}{index}: {check.status}, analytical "
+            f"{fmt(check.analytical)} vs numerical {fmt(check.numerical)} (|err| {fmt(check.max_abs_err)}, "
+            f"error bar {fmt(check.tolerance)})")
+
+
+# The columns of the checks table: header, the cell of a check, and whether the column holds numbers (numbers
+# are right-aligned and never folded by the rich renderer).
+CHECK_COLUMNS: tuple[tuple[str, Callable[[Check], str], bool], ...] = (
+    ("ord", lambda c: str(c.order), True),
+    ("wrt", lambda c: str(c.wrt), False),
+    ("method", lambda c: str(c.method), False),
+    ("status", lambda c: str(c.status), False),
+    ("|err|", lambda c: fmt(c.max_abs_err), True),
+    ("error bar", lambda c: fmt(c.tolerance), True),
+    ("worst", lambda c: "" if c.worst_index is None else str(c.worst_index), True),
+    ("analytical", lambda c: fmt(c.analytical), True),
+    ("numerical", lambda c: fmt(c.numerical), True),
+)
+BACKEND_COLUMN: tuple[str, Callable[[Check], str], bool] = ("backend", lambda c: c.backend or "", False)
+
+
+def check_columns(checks: Iterable[Check]) -> tuple:
+    """The columns for these checks: a backend column first in cross-backend reports."""
+    return ((BACKEND_COLUMN,) if any(c.backend for c in checks) else ()) + CHECK_COLUMNS
+
+
+def shown_checks(report: Report, verbose: bool) -> list[Check]:
+    """Every check when verbose, else those that did not pass."""
+    return list(report.checks) if verbose else [c for c in report.checks if c.status != "pass"]
+
+
+def checks_table(checks: list[Check], indent: str = "  ") -> list[str]:
+    """An aligned plain table, each column as wide as its widest cell (nothing cut)."""
+    columns = check_columns(checks)
+    rows = [[header for header, _, _ in columns]] + [[cell(c) for _, cell, _ in columns] for c in checks]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+
+    def line(row: list[str]) -> str:
+        cells = [text.rjust(w) if numeric else text.ljust(w) for text, w, (_, _, numeric) in zip(row, widths, columns)]
+        return (indent + "  ".join(cells)).rstrip()
+    return [line(row) for row in rows]
+
+
+def skipped_lines(report: Report) -> list[str]:
+    """``skipped forward-mode AD (order 1): why``, one per capability the case lacked."""
+    return [f"skipped {s.get('what')}: {s.get('reason')}" for s in report.skipped]
+
+
+def stats_line(report: Report) -> str:
+    """Time and evaluation counts, or "" when the report has no stats."""
+    st = report.stats
+    if not st:
+        return ""
+    return (f"{float(st.get('seconds', 0) or 0):.2f}s, {st.get('forward_evals', 0)} forward / "
+            f"{st.get('backward_evals', 0)} backward evaluations, {st.get('compilations', 0)} compilations")
+
+
+def render_text(report: Report, verbose: bool = False, quiet: bool = False, max_checks: int | None = 12) -> str:
+    """The plain-text report: the verdict line; then (unless ``quiet``) findings, errors first, the checks that
+    did not pass (every check when ``verbose``; at most ``max_checks`` rows, None for all), what was skipped,
+    and the counts."""
+    lines = [verdict_line(report)]
+    if quiet:
+        return lines[0]
+    for finding in sorted(report.findings, key=lambda f: f.severity != "error"):
+        lines += ["  " + line for line in finding_lines(finding)]
+    shown = shown_checks(report, verbose)
+    if shown:
+        if verbose:
+            lines.append("  checks:")
+        else:
+            lines.append("  failed checks:" if not any(c.ok for c in shown) else "  checks that did not pass:")
+        limit = len(shown) if max_checks is None else max_checks
+        lines += checks_table(shown[:limit], indent="    ")
+        if len(shown) > limit:
+            lines.append(f"    ... and {len(shown) - limit} more")
+    lines += ["  " + line for line in skipped_lines(report)]
+    if stats_line(report):
+        lines.append("  " + stats_line(report))
+    return "\n".join(lines)
+
+
+def render_dict(report: dict, max_checks: int | None = 12) -> str:
+    """:func:`render_text` of a ``Report.to_dict()`` (a suite record's report, a stored JSON report)."""
+    return render_text(Report.from_dict(report), max_checks=max_checks)

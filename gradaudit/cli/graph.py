@@ -1,24 +1,27 @@
 """``gradaudit graph TARGET --out FILE``: the autograd graph of a case, its culprit highlighted.
 
-The main CLI registers it with ``main.add_command(graph_command)``; ``static_findings`` serves
-``gradaudit run --static-only``. Exit codes are ``gradaudit run``'s: the verdict of the audit (0 or 1), 2 when it
-could not run (or the file cannot be written), 130 on Ctrl-C. Drawing the graph is an optional phase: a crash
-there is a note on stderr and the verdict stands.
+``static_findings`` (re-exported) serves ``gradaudit run --static-only``. Exit codes are ``gradaudit run``'s: the
+verdict of the audit (0 or 1), 2 when it could not run (or the file cannot be written), 130 on Ctrl-C. Drawing the
+graph is an optional phase: a crash there is a note on stderr and the verdict stands.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from gradaudit.cli.common import (OutputPath, load_case, log_verdict, logger, order_option, seed_option,
+                                  target_argument, traceback_option, verbosity_options)
 from gradaudit.errors import AuditError
-from gradaudit.outcome import EXIT_OK, EXIT_PROBLEM, check_output_path, command_outcome, write_outputs
+from gradaudit.outcome import EXIT_OK, EXIT_PROBLEM, command_outcome, write_outputs
 from gradaudit.analyzers.graph import FORMATS, format_of, trace_program, write_graph
 from gradaudit.analyzers.hazards import static_findings
 from gradaudit.analyzers.localize import LOCALIZED_KINDS, apply, locate
 
-__all__ = ["graph_command", "static_findings"]
+__all__ = ["draw", "graph_command", "static_findings"]
 
 
-def draw(case, report, seed: int) -> tuple:
+def draw(case: Any, report: Any, seed: int) -> tuple:
     """(graph, culprit id, culprit lines): the traced graph of the case with the first localized fault."""
     from gradaudit.registry import usable_backend
 
@@ -26,6 +29,7 @@ def draw(case, report, seed: int) -> tuple:
     with usable_backend("eager").load(case) as program:
         for finding in report.findings:
             if finding.kind in LOCALIZED_KINDS and culprit is None:
+                logger.info("localizing %s wrt %s", finding.kind, finding.wrt)
                 result = locate(program, finding, seed)
                 apply(finding, result)
                 if result.culprit is not None:
@@ -33,28 +37,37 @@ def draw(case, report, seed: int) -> tuple:
                     lines.append(f"culprit: {finding.node} ({finding.op}) module {finding.module or '-'} "
                                  f"at {finding.source or '?'} [{finding.kind}, wrt {finding.wrt}]")
         if graph is None:
+            logger.info("tracing the autograd graph")
             graph = trace_program(program).graph
     return graph, culprit, lines
 
 
-def _graph(target: str, out: str, format: str | None, order: int, seed: int) -> None:
+@click.command("graph")
+@target_argument
+@click.option("--out", "out", type=OutputPath(), required=True, help="Output file: .graphml, .dot or .svg.")
+@click.option("--format", "format", type=click.Choice(FORMATS), default=None,
+              help="Graph format (default: from the suffix of --out).")
+@order_option
+@seed_option
+@traceback_option
+@verbosity_options
+def graph_command(target: str, out: str, format: str | None, order: int, seed: int, show_traceback: bool,
+                  quiet: bool, verbose: int) -> None:
     """Write the autograd graph of TARGET (GraphML, DOT or SVG, from the suffix of --out unless --format says);
     a failed check is localized and its culprit node highlighted."""
     import gradaudit
-    from gradaudit.case import load_target
     from gradaudit.isolation import run_optional_phase
 
-    with command_outcome():
-        check_output_path(out, "--out")
+    with command_outcome(show_traceback):
         try:
             format = format_of(out, format)
         except ValueError as exc:
             raise AuditError(str(exc)) from None
-        case = load_target(target)
+        case = load_case(target)
         report = gradaudit.check(case, backend="eager", order=order, seed=seed, localize=False)
+        log_verdict(report)
         drawn = run_optional_phase(lambda: draw(case, report, seed))
-    code = EXIT_OK if report.ok else EXIT_PROBLEM
-    with write_outputs(code):
+    with write_outputs(EXIT_OK if report.ok else EXIT_PROBLEM):
         if not drawn.ok:
             click.echo(f"gradaudit: note: graph export {drawn.failure}; no graph written, the verdict stands "
                        f"({'PASS' if report.ok else 'FAIL'})", err=True)
@@ -64,17 +77,5 @@ def _graph(target: str, out: str, format: str | None, order: int, seed: int) -> 
         write_graph(graph, out, format, culprit, title=title)
         nodes = sum(1 for _, d in graph.nodes(data=True) if d.get("kind") == "node")
         click.echo(f"wrote {out} ({format}, {nodes} autograd nodes)")
-        for line in lines:
+        for line in [] if quiet else lines:
             click.echo(line)
-
-
-graph_command = click.command("graph")(
-    click.argument("target")(
-        click.option("--out", "out", required=True, help="Output file: .graphml, .dot or .svg.")(
-            click.option("--format", "format", type=click.Choice(FORMATS), default=None,
-                         help="Graph format (default: from the suffix of --out).")(
-                click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
-                             help="2 checks (and localizes) first and second order.")(
-                    click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
-                                 help="Seed of the probes.")(
-                        _graph))))))

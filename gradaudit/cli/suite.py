@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import click
 
+from gradaudit.cli.common import OutputPath, dtype_option, json_option, logger, seed_option, verbosity_options
 from gradaudit.errors import AuditError
-from gradaudit.outcome import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, check_output_path, fail as _fail,
-                      interrupted, write_outputs)
+from gradaudit.outcome import EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, fail, interrupted, write_outputs
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -51,6 +52,34 @@ def _plain_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _progress_line(quiet: bool) -> Callable[[dict, int, int], None]:
+    """What the runner calls after each record: one line on stderr, none with ``-q``."""
+    def progress(record: dict, done: int, total: int) -> None:
+        logger.debug("record %s", record)
+        if quiet:
+            return
+        resumed = " (stored)" if record.get("resumed") else ""
+        reason = f": {record.get('reason')}" if record.get("status") in ("fail", "error") else ""
+        click.echo(f"[{done}/{total}] {record.get('status'):5} {record.get('case')} {record.get('backend')} "
+                   f"o{record.get('order')}{resumed}{reason}", err=True)
+    return progress
+
+
+def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) -> None:
+    """The table of cases by backend and order (not with ``-q``), then the counts line."""
+    if not quiet:
+        reports = _reports_module()
+        if reports is not None:
+            from rich.console import Console
+
+            Console(stderr=to_stderr, highlight=False, width=max(100, Console().width)).print(
+                reports.summary_table(records))
+        else:
+            click.echo(_plain_table(records), err=to_stderr)
+    click.echo(f"{len(records)} results: {counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip, "
+               f"{counts['error']} error", err=to_stderr)
+
+
 @click.command("suite")
 @click.argument("zoo")
 @click.option("--backends", "backend_list", default="eager", show_default=True,
@@ -63,44 +92,37 @@ def _plain_table(records: list[dict]) -> str:
               help="Jobs at once (default: CPU count; on Ray: the cluster's CPUs).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
               help="Seconds per case and backend before its worker is killed.")
-@click.option("--results-dir", default=None, help="Store each record here; a re-run skips records already done.")
-@click.option("--json", "json_path", default=None, help="Write all records as JSON to PATH ('-' for stdout).")
-@click.option("--junit", "junit_path", default=None, help="Write JUnit XML to PATH.")
-@click.option("--html", "html_path", default=None, help="Write a static HTML report to PATH.")
+@click.option("--results-dir", type=click.Path(file_okay=False), default=None,
+              help="Store each record here; a re-run skips records already done.")
+@json_option("all records as JSON")
+@click.option("--junit", "junit_path", type=OutputPath(), default=None, help="Write JUnit XML to PATH.")
+@click.option("--html", "html_path", type=OutputPath(), default=None, help="Write a static HTML report to PATH.")
 @click.option("--only", default=None, help="Only cases whose name contains SUBSTRING (comma-separated: any).")
-@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
-              help="Seed of the random probes.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32", "float64"]), default=None,
-              help="Cast floating inputs and parameters (default: keep the zoo's float64).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
-def suite_command(zoo, backend_list, order_list, executor, address, workers, timeout, results_dir, json_path,
-                  junit_path, html_path, only, seed, dtype, quiet) -> None:
-    """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend."""
+@seed_option
+@dtype_option("Cast floating inputs and parameters (default: keep the zoo's float64).")
+@verbosity_options
+def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, address: str | None,
+                  workers: int | None, timeout: float, results_dir: str | None, json_path: str | None,
+                  junit_path: str | None, html_path: str | None, only: str | None, seed: int, dtype: str | None,
+                  quiet: bool, verbose: int) -> None:
+    """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend.
+
+    -q prints no progress lines and no table, only the counts and errors."""
     from gradaudit.suite.runner import SuiteInterrupted, run_suite, summary_counts
 
     backends = [b.strip() for b in backend_list.split(",") if b.strip()]
-
-    def progress(record: dict, done: int, total: int) -> None:
-        if quiet:
-            return
-        resumed = " (stored)" if record.get("resumed") else ""
-        reason = f": {record.get('reason')}" if record.get("status") in ("fail", "error") else ""
-        click.echo(f"[{done}/{total}] {record.get('status'):5} {record.get('case')} {record.get('backend')} "
-                   f"o{record.get('order')}{resumed}{reason}", err=True)
-
-    outputs = {"--json": json_path, "--junit": junit_path, "--html": html_path}
+    outputs = (json_path, junit_path, html_path)
     try:
-        for option, path in outputs.items():
-            check_output_path(path, option)  # before the first job, not after the last
         orders = _int_list(order_list, "orders")
+        logger.info("suite %s on %s, orders %s, executor %s", zoo, ", ".join(backends), orders, executor)
         records = run_suite(zoo, backends, orders, executor=executor, workers=workers, timeout=timeout,
-                            results_dir=results_dir, address=address, progress=progress, only=only, seed=seed,
-                            dtype=dtype)
+                            results_dir=results_dir, address=address, progress=_progress_line(quiet), only=only,
+                            seed=seed, dtype=dtype)
     except AuditError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except SuiteInterrupted as stop:  # the workers are dead already; keep what finished
         try:
-            write_reports(stop.records, zoo, backends, orders, json_path, junit_path, html_path)
+            write_reports(stop.records, zoo, backends, orders, *outputs)
         except OSError:
             pass  # the results directory still has them
         where = f" (in {results_dir})" if results_dir else ""
@@ -111,21 +133,9 @@ def suite_command(zoo, backend_list, order_list, executor, address, workers, tim
     counts = summary_counts(records)
     audited = counts["pass"] + counts["fail"]
     code = EXIT_PROBLEM if counts["fail"] or counts["error"] else EXIT_OK
-    if not audited:
-        code = EXIT_ERROR
-    with write_outputs(code):
-        write_reports(records, zoo, backends, orders, json_path, junit_path, html_path)
-        to_stdout = json_path == "-"
-        reports = _reports_module()
-        if reports is not None:
-            from rich.console import Console
-
-            Console(stderr=to_stdout, highlight=False, width=max(100, Console().width)).print(
-                reports.summary_table(records))
-        else:
-            click.echo(_plain_table(records), err=to_stdout)
-        click.echo(f"{len(records)} results: {counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip, "
-                   f"{counts['error']} error", err=to_stdout)
+    with write_outputs(code if audited else EXIT_ERROR):
+        write_reports(records, zoo, backends, orders, *outputs)
+        _summary(records, counts, to_stderr=json_path == "-", quiet=quiet)
         if not audited:
             click.echo(f"gradaudit: error: nothing was audited ({counts['error']} errors, {counts['skip']} "
                        "skipped)", err=True)
@@ -146,5 +156,5 @@ def write_reports(records: list[dict], zoo: str, backends: list[str], orders: li
     for path, writer in ((junit_path, "write_junit"), (html_path, "write_html")):
         if path:
             if reports is None:
-                _fail(f"{writer[6:]} output needs gradaudit.suite.reports, which is not installed")
+                fail(f"{writer[6:]} output needs gradaudit.suite.reports, which is not installed")
             getattr(reports, writer)(records, path)

@@ -1,0 +1,120 @@
+"""What the commands share: option decorators defined once, the output-path type, loading the target.
+
+Each decorator adds one option (or a pair) with the same name, type, default and help on every command that has
+it, so that ``--seed`` or ``--json`` mean the same thing everywhere and configuration defaults
+(``gradaudit.config``) apply to every command with that option.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, TypeVar
+
+import click
+
+from gradaudit import log
+from gradaudit.errors import AuditError
+from gradaudit.outcome import check_output_path, fail
+
+F = TypeVar("F", bound=Callable[..., Any])
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+# torch.Generator.manual_seed takes any 64-bit seed; beyond that click says so instead of torch overflowing.
+SEED = click.IntRange(0, 2**64 - 1)
+
+logger = logging.getLogger("gradaudit.cli")
+
+
+class OutputPath(click.Path):
+    """A file the command writes (``-`` is stdout where ``allow_dash``). Refused before any work, in one line
+    and exit 2 (``gradaudit.outcome.check_output_path``): a missing directory, a directory, no permission."""
+
+    def __init__(self, allow_dash: bool = False) -> None:
+        super().__init__(dir_okay=False, writable=True, allow_dash=allow_dash)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The path as given, once ``check_output_path`` accepts it."""
+        option = param.opts[0] if param is not None and param.opts else "output"
+        try:
+            check_output_path(str(value), option)
+        except AuditError as exc:
+            fail(str(exc))
+        return super().convert(value, param, ctx)
+
+
+def target_argument(command: F) -> F:
+    """TARGET: ``path/to/file.py:NAME`` or ``dotted.module:NAME``."""
+    return click.argument("target")(command)
+
+
+def seed_option(command: F) -> F:
+    """``--seed N``: the seed of the random probes."""
+    return click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random probes.")(
+        command)
+
+
+def order_option(command: F) -> F:
+    """``--order {1,2}``."""
+    return click.option("--order", type=click.IntRange(1, 2), default=1, show_default=True,
+                        help="2 checks first and second order.")(command)
+
+
+def dtype_option(help: str = "Cast floating inputs and parameters (default: keep).") -> Callable[[F], F]:
+    """``--dtype {float16,bfloat16,float32,float64}``, default None (keep the case's dtypes)."""
+    return click.option("--dtype", type=click.Choice(DTYPES), default=None, help=help)
+
+
+def json_option(what: str = "the JSON report") -> Callable[[F], F]:
+    """``--json PATH``: write ``what`` as JSON to PATH, ``-`` for stdout."""
+    return click.option("--json", "json_path", type=OutputPath(allow_dash=True), default=None, metavar="PATH",
+                        help=f"Write {what} to PATH ('-' for stdout).")
+
+
+def no_localize_option(command: F) -> F:
+    """``--no-localize``."""
+    return click.option("--no-localize", is_flag=True, help="Skip localizing failures to an op.")(command)
+
+
+def traceback_option(command: F) -> F:
+    """``--traceback``: unexpected errors show their Python traceback (the exit code stays 2)."""
+    return click.option("--traceback", "show_traceback", is_flag=True,
+                        help="Show Python tracebacks of unexpected errors.")(command)
+
+
+def allow_skip_option(command: F) -> F:
+    """``--allow-skip``: a pass in which a requested order could not run at all is a pass (exit 0)."""
+    return click.option("--allow-skip", is_flag=True,
+                        help="Accept a pass in which a requested order could not run at all (otherwise exit 2).")(
+        command)
+
+
+def verbosity_options(command: F) -> F:
+    """``-q/--quiet`` and ``-v/--verbose`` (counted); the ``gradaudit`` logger is set up from them before the
+    command runs (``-q`` errors only, ``-v`` info, ``-vv`` debug and other libraries' messages too)."""
+    @functools.wraps(command)
+    def configured(*args: Any, **kwargs: Any) -> Any:
+        log.configure(-1 if kwargs["quiet"] else kwargs["verbose"])
+        return command(*args, **kwargs)
+
+    configured = click.option("-v", "--verbose", count=True,
+                              help="More output: -v lists every check and logs progress, -vv adds debug logs "
+                                   "(other libraries' too).")(configured)
+    return click.option("-q", "--quiet", is_flag=True, help="Print only the verdict line and errors.")(configured)
+
+
+def load_case(target: str) -> Any:
+    """The case TARGET names (``gradaudit.case.load_target``), with a log line on each side."""
+    from gradaudit.case import load_target
+
+    logger.info("loading %s", target)
+    case = load_target(target)
+    logger.info("loaded %s: %d positional and %d keyword inputs", case.label, len(case.args), len(case.kwargs))
+    return case
+
+
+def log_verdict(report: Any) -> None:
+    """Log what an audit found (info) and each finding (debug)."""
+    logger.info("audit done in %.2f s: %s, %d checks, %d findings", report.stats.get("seconds", 0.0),
+                "pass" if report.ok else "FAIL", len(report.checks), len(report.findings))
+    for finding in report.findings:
+        logger.debug("finding %s wrt %s: node %s, module %s, source %s", finding.kind, finding.wrt,
+                     finding.node or "-", finding.module or "-", finding.source or "-")

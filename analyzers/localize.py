@@ -36,7 +36,6 @@ Local probe tests re-check a point nearby before blaming a node: a built-in op p
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,8 +49,9 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from gradaudit.backends.base import Stats
 from gradaudit.case import is_differentiable
 from gradaudit.core.differentiate import gradients
-from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, directional_derivative, elementwise_tolerance, eps_of,
-                        inner, probe_tolerance, rademacher_like, real, step_size)
+from gradaudit.core.numerics import (directional_derivative, elementwise_tolerance, eps_of, inner, is_finite,
+                                     probe_tolerance, rademacher_like, real, step_size)
+from gradaudit.core.probe import Analytical, Numerics, ProbeSpace, probe_group
 from gradaudit.report import Finding
 from gradaudit.analyzers.graph import NodeInfo, Trace, trace_program
 
@@ -174,67 +174,57 @@ def _backward_function(fn: Callable, n_inputs: int) -> Callable:
 
 def local_probe(fn: Callable, xs: list[torch.Tensor], test: str, generator: torch.Generator,
                 probes: int = 2, nearby: bool = True) -> LocalResult:
-    """Probe test of one node in isolation: ``reverse`` (VJP vs finite differences), ``double`` (the same on
-    the node's backward B(a, g)) or ``forward`` (JVP vs finite differences, elementwise). A failure is
-    re-checked at a nearby point; passing there marks a kink, not a fault."""
+    """The checker's probe test (``core.probe``) on one node in isolation: ``reverse`` (VJP vs finite
+    differences), ``double`` (the same on the node's backward B(a, g)) or ``forward`` (JVP vs finite
+    differences, elementwise). A failure is re-checked at a nearby point; passing there marks a kink, not a
+    fault."""
     if test == "double":
         with torch.enable_grad():
             outs = fn([x.detach().requires_grad_() for x in xs])
         gs = [rademacher_like(o.detach(), generator) for o in outs]
         fn, xs, test = _backward_function(fn, len(xs)), list(xs) + gs, "reverse"
     dtype = min((real(x).dtype for x in xs), key=lambda d: torch.finfo(d).bits)
-    eps, h = eps_of(dtype), step_size(dtype)
-    scales = [max(1.0, float(real(x).double().pow(2).mean().sqrt())) if x.numel() else 1.0 for x in xs]
+    space = ProbeSpace(list(xs), [f"input {i}" for i in range(len(xs))], dtype, generator)
 
     def evaluate(zs):
         with torch.enable_grad():
             return [o.detach() for o in fn([z.detach().requires_grad_() for z in zs])]
+    numerics = Numerics(at_points(evaluate), space)
 
     def at(point) -> LocalResult:
-        worst = LocalResult(False, 0.0)
-        with torch.enable_grad():
-            leaves = [x.detach().requires_grad_() for x in point]
-            outs = fn(leaves)
-            w = [rademacher_like(o.detach(), generator) for o in outs]
-            pairs = [(o, v) for o, v in zip(outs, w) if o.requires_grad]
-            grads = torch.autograd.grad([o for o, _ in pairs], leaves, [v for _, v in pairs],
-                                        allow_unused=True) if pairs else [None] * len(leaves)
-            grads = [torch.zeros_like(x) if g is None else g.detach() for g, x in zip(grads, leaves)]
-        for _ in range(probes):
-            u = [rademacher_like(x, generator) * s for x, s in zip(point, scales)]
-            numerical = directional_derivative(at_points(evaluate), point, u, h, eps)
-            if test == "reverse":
-                a, n = inner(grads, u), inner(w, numerical.value)
-                tol = probe_tolerance(numerical, w, grads, u, eps)
-                excess = abs(a - n) / tol if math.isfinite(a - n) else math.inf
-                if excess >= worst.excess:
-                    worst = LocalResult(excess >= 1.0, excess, a, n, tol)
-            else:
-                with fwAD.dual_level(), torch.enable_grad():
-                    duals = [fwAD.make_dual(x.detach().requires_grad_(), t) for x, t in zip(point, u)]
-                    outs = fn(duals)
-                    tangents = [fwAD.unpack_dual(o).tangent for o in outs]
-                    tangents = [torch.zeros_like(o) if t is None else t.detach() for t, o in zip(tangents, outs)]
-                for t, n, tol in zip(tangents, numerical.value, elementwise_tolerance(numerical, eps)):
-                    if not n.numel():
-                        continue
-                    errors = (real(t).double() - n).abs() / tol
-                    k = int(torch.argmax(errors.flatten()))
-                    excess = float(errors.flatten()[k])
-                    if excess >= worst.excess:
-                        worst = LocalResult(excess >= 1.0, excess, float(real(t).double().flatten()[k]),
-                                            float(n.flatten()[k]), float(tol.flatten()[k]))
-        return worst
+        analytical = _local_analytical(fn, point, generator, forward=test == "forward")
+        outcome = probe_group(numerics, analytical, point, list(range(len(point))), probes)[
+            "forward" if test == "forward" else "reverse"]
+        return LocalResult(outcome.failed, outcome.excess, outcome.analytical, outcome.numerical, outcome.tolerance)
 
     result = at(xs)
     if result.failed and nearby:
-        shifted = [x + 30 * h * s * torch.randn(real(x).shape, generator=generator, dtype=real(x).dtype)
-                   .to(x.device).reshape(real(x).shape).to(x.dtype) if not x.is_complex() else x
-                   for x, s in zip(xs, scales)]
-        again = at(shifted)
-        if not again.failed:
+        shifted = space.nearby_point(lambda point: is_finite(evaluate(point)))
+        if shifted is not None and not at(shifted).failed:
             result.failed, result.kink = False, True
     return result
+
+
+def _local_analytical(fn: Callable, point: list[torch.Tensor], generator: torch.Generator,
+                      forward: bool) -> Analytical:
+    """The analytical side of a node's function at a point: one VJP, and JVPs when the test is forward mode."""
+    with torch.enable_grad():
+        leaves = [x.detach().requires_grad_() for x in point]
+        outs = fn(leaves)
+        w = [rademacher_like(o.detach(), generator) for o in outs]
+        pairs = [(o, v) for o, v in zip(outs, w) if o.requires_grad]
+        grads = torch.autograd.grad([o for o, _ in pairs], leaves, [v for _, v in pairs],
+                                    allow_unused=True) if pairs else [None] * len(leaves)
+        grads = [torch.zeros_like(x) if g is None else g.detach() for g, x in zip(grads, leaves)]
+
+    def tangents(u: list) -> list[torch.Tensor]:
+        with fwAD.dual_level(), torch.enable_grad():
+            duals = [fwAD.make_dual(x.detach().requires_grad_(), t if t is not None else torch.zeros_like(x))
+                     for x, t in zip(point, u)]
+            outs = fn(duals)
+            found = [fwAD.unpack_dual(o).tangent for o in outs]
+            return [torch.zeros_like(o) if t is None else t.detach() for t, o in zip(found, outs)]
+    return Analytical([w], [grads], tangents if forward else (lambda u: None))
 
 
 # ------------------------------------------------------------------------------------------ the localizer

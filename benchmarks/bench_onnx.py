@@ -23,7 +23,7 @@ from torch import nn
 
 from gradaudit.backends.onnx import OnnxBackend
 from gradaudit.case import Case
-from gradaudit.core.checker import Auditor, Settings
+from gradaudit.core.checks import Auditor, Settings
 from gradaudit.registry import usable_backend
 
 
@@ -31,7 +31,7 @@ class SequentialAuditor(Auditor):
     """The audit with every finite-difference point in a session run of its own: what the checker would do
     for a backend without ``evaluate_batch`` (the baseline the batched default is measured against)."""
 
-    def numeric_function(self, f):
+    def numeric_values(self, f):
         leaves = self.numeric.leaves
         return lambda points: [self.numeric([zi.to(dtype=leaf.value.dtype, device=leaf.value.device)
                                              for zi, leaf in zip(z, leaves)]) for z in points]

@@ -10,7 +10,11 @@ import torch
 from gradaudit import __version__
 from gradaudit.api import numeric_backend_audit, parse_dtype, same_rng_for_each_program
 from gradaudit.case import as_case
-from gradaudit.core.checker import Auditor, Settings
+from gradaudit.core.checks import Settings
+from gradaudit.core.differentiate import ForwardFunction, evaluate
+from gradaudit.core.findings import kink_convention_finding
+from gradaudit.core.followups import kink_elements
+from gradaudit.core.probe import Numerics, ProbeSpace
 from gradaudit.errors import AuditError
 from gradaudit.isolation import annotate_isolated
 from gradaudit.outcome import user_code_boundary
@@ -118,24 +122,17 @@ def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
     names = [leaf.name for leaf in reference.leaves]
     if finding.wrt not in names:
         return finding
-    from gradaudit.core.differentiate import ForwardFunction, evaluate
-    from gradaudit.core.numerics import rademacher_like
-
-    auditor = Auditor(reference, settings)
+    space = ProbeSpace.seeded([leaf.value for leaf in reference.leaves], names, reference.dtype, settings.seed)
     f = ForwardFunction(reference)
-    generator = torch.Generator().manual_seed(settings.seed)
-    cotangent = [rademacher_like(y, generator) for y in evaluate(f, auditor.x)]
+    numerics = Numerics(lambda points: [evaluate(f, z) for z in points], space)
+    cotangent = space.random_like(evaluate(f, space.x))
     leaf = names.index(finding.wrt)
-    kinks = auditor.kink_elements(f, leaf, cotangent)["elements"] or []
-    flat = finding.details["worst_index"][0]
-    index = auditor.element_index(leaf, flat)
+    kinks = kink_elements(numerics, leaf, cotangent, settings.kink_scan_limit)["elements"] or []
+    index = space.element_index(leaf, finding.details["worst_index"][0])
     if index not in kinks:
         return finding
-    return Finding("nondifferentiable_point", order=1, wrt=finding.wrt, severity="warning",
-                   message=f"{finding.wrt} element {index} sits on a kink where backends follow different "
-                           f"one-sided conventions ({finding.details.get('analytical'):.6g} vs "
-                           f"{finding.details.get('numerical'):.6g}); not a backend bug",
-                   details={"kink_elements": {finding.wrt: kinks}, "convention": True})
+    return kink_convention_finding(finding.wrt, index, kinks, finding.details.get("analytical"),
+                                   finding.details.get("numerical"))
 
 
 def refuse_random_ops(reference) -> None:

@@ -10,11 +10,18 @@ from contextlib import nullcontext
 
 import torch
 
-from gradaudit.backends.base import Program
-from gradaudit.core.checker import Outcome, Settings, fault_finding
+from typing import TYPE_CHECKING
+
+from gradaudit.core.checks import Settings
+from gradaudit.core.findings import fault_finding, to_check
+from gradaudit.core.kinds import CheckStatus, FaultKind
+from gradaudit.core.probe import Outcome
 from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
 from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
 from gradaudit.report import Check, Finding
+
+if TYPE_CHECKING:  # the core sees a backend only through the Program interface
+    from gradaudit.backends.base import Program
 
 
 def _cpu(tensor: torch.Tensor) -> torch.Tensor:
@@ -85,12 +92,9 @@ PRECISION_LOSS_LIMIT = {name: eps_of(dtype) ** 0.5 for name, dtype in
 
 
 def _check(order: int, wrt: str, method: str, outcome: Outcome, dtype: torch.dtype, worst: int | None) -> Check:
-    check = Check(order=order, wrt=wrt, method=method, ok=not outcome.failed,
-                  status="fail" if outcome.failed else "pass", max_abs_err=outcome.abs_err,
-                  max_rel_err=outcome.rel_err, tolerance=outcome.tolerance, analytical=outcome.analytical,
-                  numerical=outcome.numerical, probes=1, dtype=str(dtype).replace("torch.", ""))
-    if outcome.failed:
-        check.worst_index = [worst]
+    status = CheckStatus.FAIL if outcome.failed else CheckStatus.PASS
+    check = to_check(order, wrt, method, outcome, status, {"worst_index": [worst]}, str(dtype).replace("torch.", ""))
+    check.probes = 1
     return check
 
 
@@ -141,7 +145,7 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
                 finding.message = (f"{dtype} gradients disagree with the float64 computation beyond {dtype} "
                                    "noise: " + finding.message)
             else:
-                finding.kind = "backward_divergence"
+                finding.kind = FaultKind.BACKWARD_DIVERGENCE
                 finding.message = (f"{native.device} gradients disagree with eager float64 on CPU beyond {dtype} "
                                    "noise: " + finding.message)
             findings.append(finding)

@@ -1,0 +1,320 @@
+"""The audit of one Program: probe tests at first and second order, then follow-ups on what fails.
+
+For each group of leaves (``total``: all of them, then each leaf alone) and several signed random directions u,
+the probe test (``core.probe``) compares the numerical J·u with reverse mode and, where it runs, forward mode.
+A failing group is followed up (``core.followups``): re-checked at nearby points (a kink at the evaluation point
+is a ``nondifferentiable_point``, not a faulty backward), else narrowed to its worst element. The checking modes
+(probe, full Jacobian) are functions of one signature: an ``OrderState`` in, checks out.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+from gradaudit.core.differentiate import (ForwardFunction, GradientFunction, evaluate, jvp,
+                                          twice_differentiable_attention, vjps)
+from gradaudit.core.findings import nondeterminism_finding, order_findings, to_check
+from gradaudit.core.followups import at_kink, worst_element
+from gradaudit.core.kinds import CheckStatus, Method
+from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
+                                     rademacher_like, real, rounding_noise)
+from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group
+from gradaudit.errors import AuditError, Unsupported
+from gradaudit.outcome import first_line
+from gradaudit.report import Check, Finding
+
+if TYPE_CHECKING:  # the core sees a backend only through the Program interface
+    from gradaudit.backends.base import Program
+
+Progress = Callable[[str, int, int], None]
+WORST_ELEMENT_LEAVES = 3  # failing leaves whose worst element a follow-up searches
+# torch's own words for "this op has no second derivative" (not a failure of the user's code).
+NO_DOUBLE_BACKWARD = re.compile(r"derivative for \S+ is not implemented|marked with @once_differentiable")
+
+
+@dataclass
+class Settings:
+    """How an audit runs; ``gradaudit.check``'s options."""
+
+    order: int = 1
+    mode: str = "auto"  # auto: probes + follow-ups; fast: probes only; full: full Jacobians
+    probes: int = 3  # directions per group, and cotangents per order
+    seed: int = 0
+    repeats: int = 2  # extra backward passes that measure non-determinism
+    per_element_limit: int = 16  # the worst element: every element up to this size, bisection above it
+    kink_scan_limit: int = 256  # elements scanned for kinks (one-sided derivatives) per leaf
+    full_jacobian_limit: int = 200_000  # full mode refuses Jacobians with more entries than this
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Group:
+    name: str  # 'total' or a leaf name
+    members: list[int]
+    results: dict = field(default_factory=dict)  # method -> Outcome
+
+
+@dataclass
+class OrderState:
+    """One order's function f at x, ready to check: its numerics, the analytical side, the settings."""
+
+    f: ForwardFunction | GradientFunction
+    numerics: Numerics
+    analytical: Analytical
+    analytical_at: Callable[[list[torch.Tensor]], Analytical]  # the analytical side at another point
+    settings: Settings
+    tick: Callable[[str], None]
+
+    @property
+    def space(self) -> ProbeSpace:
+        return self.numerics.space
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.space.dtype).replace("torch.", "")
+
+
+# ------------------------------------------------------------------------------------------ the modes
+def probe_mode(state: OrderState) -> list[Check]:
+    """Signed random probe tests of every group, then follow-ups on the failing groups (unless mode is fast)."""
+    space, order = state.space, state.f.order
+    names = space.names
+    groups = ([Group("total", list(range(len(names))))] if len(names) > 1 else []) + \
+        [Group(name, [i]) for i, name in enumerate(names)]
+    for group in groups:
+        group.results = probe_group(state.numerics, state.analytical, space.x, group.members, state.settings.probes)
+        state.tick(f"order {order} wrt {group.name}")
+    verdicts = follow_up(state, groups) if state.settings.mode != "fast" else {}
+    checks = []
+    for group in groups:
+        status, detail = verdicts.get(group.name, (CheckStatus.FAIL, {}))
+        for method, outcome in group.results.items():
+            checks.append(to_check(order, group.name, method, outcome,
+                                   status if outcome.failed else CheckStatus.PASS, detail, state.dtype_name))
+    return checks
+
+
+def follow_up(state: OrderState, groups: list[Group]) -> dict[str, tuple[CheckStatus, dict]]:
+    """Status and details of the failing groups, worst first. A faulty backward also fails near x, a kink
+    does not: once one group is a real fault, the groups failing with it need no nearby re-check. The
+    worst element is searched in the few worst leaves only (deep networks fail in dozens of leaves)."""
+    failing = sorted((g for g in groups if any(o.failed for o in g.results.values())),
+                     key=lambda g: -max(o.excess for o in g.results.values()))
+    cotangents, grads = state.analytical.cotangents, state.analytical.grads
+    verdicts, fault_seen, searched = {}, False, 0
+    for group in failing:
+        kinks = None if fault_seen else at_kink(state.numerics, state.analytical_at, group.members,
+                                                state.settings.kink_scan_limit, cotangents[0])
+        if kinks is not None:
+            verdicts[group.name] = (CheckStatus.NONDIFFERENTIABLE_POINT, {"kink_elements": kinks})
+            continue
+        fault_seen, detail = True, {}
+        reverse = group.results[Method.REVERSE]
+        if len(group.members) == 1 and reverse.failed and searched < WORST_ELEMENT_LEAVES:
+            searched += 1
+            leaf, k = group.members[0], reverse.cotangent if reverse.cotangent is not None else 0
+            detail = worst_element(state.numerics, leaf, cotangents[k], grads[k][leaf],
+                                   state.settings.per_element_limit)
+        verdicts[group.name] = (CheckStatus.FAIL, detail)
+    return verdicts
+
+
+def full_jacobian_mode(state: OrderState) -> list[Check]:
+    """Every Jacobian entry: one-hot cotangents against one-hot directions (small cases only)."""
+    f, space, outputs = state.f, state.space, evaluate(state.f, state.space.x)
+    rows = sum(real(y).numel() for y in outputs)
+    columns = sum(real(x).numel() for x in space.x)
+    if rows * columns > state.settings.full_jacobian_limit:
+        raise AuditError(f"--mode full needs a {rows}x{columns} Jacobian, more than "
+                         f"{state.settings.full_jacobian_limit} entries; use --mode auto")
+    labels, basis = one_hot_cotangents(outputs, f.output_names)
+    rows_analytical = [[real(g).double().cpu().reshape(-1) for g in row] for row in vjps(f, space.x, basis)]
+    checks = []
+    for leaf, name in enumerate(space.names):
+        outcome, worst = Outcome(), None
+        for j in range(real(space.x[leaf]).numel()):
+            numerical = directional_derivative(state.numerics.values, space.x, space.basis(leaf, j), space.h,
+                                               space.eps)
+            column = torch.cat([real(n).cpu().reshape(-1) for n in numerical.value]) / space.scales[leaf]
+            errors = torch.cat([e.cpu().reshape(-1) for e in numerical.error]) / space.scales[leaf]
+            for r, label in enumerate(labels):
+                a, n = float(rows_analytical[r][leaf][j]), float(column[r])
+                tol = ERROR_BAR_SAFETY * float(errors[r]) + ROUNDING_FACTOR * space.eps * (abs(a) + abs(n))
+                before = outcome.excess
+                outcome.absorb(a, n, tol + 1e-300, output=label)
+                if outcome.excess > before or worst is None:
+                    worst = space.element_index(leaf, j)
+        state.tick(f"order {f.order} wrt {name}")
+        status = CheckStatus.FAIL if outcome.failed else CheckStatus.PASS
+        checks.append(to_check(f.order, name, Method.FULL_JACOBIAN, outcome, status, {"worst_index": worst},
+                               state.dtype_name))
+    return checks
+
+
+def one_hot_cotangents(outputs: Tensors, output_names: list[str]) -> tuple[list[str], list[list]]:
+    """One one-hot cotangent per real output element, with its label (``out[3]``)."""
+    labels, basis = [], []
+    for i, y in enumerate(outputs):
+        for j in range(real(y).numel()):
+            flat = torch.zeros(real(y).numel(), dtype=real(y).dtype)  # built on the CPU, then moved
+            flat[j] = 1
+            t = flat.reshape(real(y).shape).to(y.device)
+            labels.append(f"{output_names[i]}[{j}]")
+            basis.append([torch.view_as_complex(t) if y.is_complex() else t if m == i else
+                          torch.zeros_like(outputs[m]) for m in range(len(outputs))])
+    return labels, basis
+
+
+CHECK_MODES: dict[str, Callable[[OrderState], list[Check]]] = {
+    "auto": probe_mode, "fast": probe_mode, "full": full_jacobian_mode}
+
+
+# ------------------------------------------------------------------------------------------ measurements
+def measure_noise(values: Evaluate, space: ProbeSpace, f, seed: int) -> list[torch.Tensor] | None:
+    """The rounding noise of f's outputs near x, along one direction moving every leaf (see
+    numerics.rounding_noise), from a generator of its own so the probes stay those of the seed."""
+    generator = torch.Generator().manual_seed(seed + 7919 * f.order)
+    u = [rademacher_like(xi, generator) * s * m for xi, s, m in zip(space.x, space.scales, space.movable)]
+    # A short line (steps of sqrt(eps)): long enough for rounding to decorrelate, short enough to rarely
+    # reach a jump of a piecewise-constant function (round, floor), which would pass for noise.
+    delta, noise = space.eps ** 0.5, None
+    for _ in range(DOMAIN_SHRINKS):
+        # The line starts next to x, on one side: a kink at x itself must not pass for noise.
+        noise = rounding_noise(values, space.x, u, delta) or rounding_noise(values, space.x, u, -delta)
+        if noise is not None:
+            break
+        delta /= 8
+    if not isinstance(f, GradientFunction):
+        return noise
+    # A gradient is computed from the forward's values: it is known no better than eps times them over the
+    # leaf's scale, even where it rounds to a constant (tanh saturated to +-1 makes 1 - t^2 exactly 0, and
+    # no measurement along a line can see that resolution).
+    ingredients = space.eps * sum(float((real(v).double().abs() * real(y).double().abs()).sum())
+                                  for v, y in zip(f.cotangent, evaluate(f.inner, space.x)))
+    floors = [torch.full(real(xi).shape, ingredients / s, dtype=torch.float64)
+              for xi, s in zip(space.x, space.scales)]
+    return floors if noise is None else [torch.maximum(n, fl.to(n.device)) for n, fl in zip(noise, floors)]
+
+
+def nondeterminism(f, x: Tensors, cotangent: Tensors, reference: Tensors, repeats: int) -> Finding | None:
+    """Backward passes repeated with the same cotangent must give the same gradients."""
+    spread = 0.0
+    for again in vjps(f, x, [cotangent] * repeats):
+        for a, b in zip(again, reference):
+            if a.numel():
+                spread = max(spread, float((real(a).double() - real(b).double()).abs().max()))
+    if spread == 0:
+        return None
+    scale = max(float(real(g).double().abs().max()) for g in reference if g.numel())
+    return nondeterminism_finding(f.order, spread, scale, repeats)
+
+
+# ------------------------------------------------------------------------------------------ the auditor
+class Auditor:
+    """Runs the checks of one program at orders 1 (and 2), collecting checks, findings and skipped parts."""
+
+    def __init__(self, program: Program, settings: Settings, progress: Progress | None = None,
+                 numeric: Program | None = None, model_error: float = 0.0) -> None:
+        """``program`` gives the analytical side (torch autograd); ``numeric``, when given, is a backend without
+        autograd (an exported graph in a runtime) whose finite differences are judged against it."""
+        self.program, self.settings, self.progress = program, settings, progress
+        self.model_error = model_error  # see numerics.model_error_of
+        self.numeric = numeric if numeric is not None else program
+        # The precision finite differences run in sets steps and error bars.
+        self.space = ProbeSpace.seeded([leaf.value for leaf in program.leaves],
+                                       [leaf.name for leaf in program.leaves], self.numeric.dtype, settings.seed)
+        self.checks: list[Check] = []
+        self.findings: list[Finding] = []
+        self.skipped: list[dict] = []
+        # Forward mode checks the program's own JVPs; against another backend's finite differences a
+        # mismatch would be that backend's divergence, which the reverse-mode tests already report.
+        self.forward_ad = program.supports_forward_ad and self.numeric is program
+        self._done, self._steps = 0, 0
+
+    def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
+        first = ForwardFunction(self.program)
+        self._numeric_first = first if self.numeric is self.program else ForwardFunction(self.numeric)
+        self._steps = (len(self.space.x) + (len(self.space.x) > 1)) * self.settings.order
+        self.check_order(first)
+        if self.settings.order >= 2:
+            if not self.program.supports_double_backward or self.numeric is not self.program:
+                self.skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
+            else:
+                self.second_order(GradientFunction(first, self.space.random_like(evaluate(first, self.space.x)),
+                                                   self.space.names))
+        return self.checks, self.findings, self.skipped
+
+    def second_order(self, second: GradientFunction) -> None:
+        try:
+            self.check_order(second)
+        except RuntimeError as exc:  # fails at the first double backward, before any check is kept
+            if "not implemented" in str(exc) and "attention" in str(exc):
+                with twice_differentiable_attention(self.skipped):
+                    self.check_order(second)
+            elif NO_DOUBLE_BACKWARD.search(str(exc)):
+                self.skipped.append({"what": "order 2", "reason": "torch has no double backward here: "
+                                     + first_line(exc)})
+            else:
+                raise AuditError(f"the order-2 check could not run: differentiating the gradient raised "
+                                 f"{type(exc).__name__}: {first_line(exc)}") from exc
+
+    def check_order(self, f) -> None:
+        x, order = self.space.x, f.order
+        outputs = evaluate(f, x)
+        for name, out in zip(f.output_names, outputs):
+            if not torch.isfinite(out).all():  # (order 1's outputs were checked when the program loaded)
+                self.skipped.append({"what": f"order {order}", "reason": f"the order-{order - 1} gradient {name} "
+                                     "is NaN or Inf at this point, so it cannot be differentiated"})
+                return
+        values = self.numeric_values(f)
+        numerics = Numerics(values, self.space, measure_noise(values, self.space, f, self.settings.seed),
+                            self.model_error)
+        cotangents = [self.space.random_like(outputs) for _ in range(self.settings.probes)]
+        grads = vjps(f, x, cotangents)
+        finding = nondeterminism(f, x, cotangents[0], grads[0], self.settings.repeats)
+        self.findings += [finding] if finding else []
+
+        def analytical_at(point: list[torch.Tensor], grads: list | None = None) -> Analytical:
+            return Analytical(cotangents, grads or vjps(f, point, cotangents),
+                              lambda u: self.tangents(f, point, u), f.output_names)
+
+        state = OrderState(f, numerics, analytical_at(x, grads), analytical_at, self.settings, self._tick)
+        self.checks += CHECK_MODES[self.settings.mode](state)
+        self.findings += order_findings(self.checks, order)
+
+    def tangents(self, f, x: Tensors, u: list) -> Tensors | None:
+        """The JVP along u at x, while forward mode runs; torch saying it cannot turns it off, with a note."""
+        if not self.forward_ad:
+            return None
+        try:
+            return jvp(f, x, u)
+        except Unsupported as exc:
+            self.forward_ad = False
+            self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(exc)})
+            return None
+
+    def numeric_values(self, f) -> Evaluate:
+        """``points -> [f(z) for z in points]`` evaluated where finite differences run: the audited program
+        itself, or the numeric backend with the points moved to its dtype and device (in one batched run
+        where it can)."""
+        if self.numeric is self.program:
+            return lambda points: [evaluate(f, z) for z in points]
+        leaves = self.numeric.leaves
+
+        def move(z):
+            return [zi.to(dtype=leaf.value.dtype, device=leaf.value.device) for zi, leaf in zip(z, leaves)]
+        batch = getattr(self.numeric, "evaluate_batch", None)
+        if batch is not None:
+            return lambda points: batch([move(z) for z in points])
+        return lambda points: [evaluate(self._numeric_first, move(z)) for z in points]
+
+    def _tick(self, what: str) -> None:
+        self._done += 1
+        if self.progress:
+            self.progress(what, self._done, self._steps)
+

@@ -1,0 +1,104 @@
+"""From probe outcomes to the report's records: a ``Check`` per (order, group, method), a ``Finding`` per problem.
+Every finding the checker makes is built here, so its wording and details have one source."""
+from __future__ import annotations
+
+from gradaudit.core.kinds import CheckStatus, FaultKind, Method, Severity, fault_kind
+from gradaudit.core.probe import Outcome
+from gradaudit.report import Check, Finding
+
+METHOD_WORDS = {Method.REVERSE: "reverse-mode gradient", Method.FORWARD: "forward-mode derivative (JVP)",
+                Method.FULL_JACOBIAN: "Jacobian"}
+OTHERS_SHOWN = 6  # leaves named besides the worst one in a fault's message
+
+
+def to_check(order: int, wrt: str, method: str, outcome: Outcome, status: CheckStatus, detail: dict,
+             dtype: str) -> Check:
+    """The check of one outcome; a failure's worst element (when the follow-up found one) replaces the probe's
+    scalars, which say less."""
+    check = Check(order=order, wrt=wrt, method=method, ok=status != CheckStatus.FAIL, status=status,
+                  max_abs_err=outcome.abs_err, max_rel_err=outcome.rel_err, tolerance=outcome.tolerance,
+                  analytical=outcome.analytical, numerical=outcome.numerical, probes=outcome.tests,
+                  dtype=dtype, output=outcome.output)
+    if status == CheckStatus.FAIL and detail.get("worst_index") is not None:
+        check.worst_index = detail["worst_index"]
+        if method == Method.REVERSE:
+            check.analytical, check.numerical = detail["analytical"], detail["numerical"]
+            check.max_abs_err = abs(detail["analytical"] - detail["numerical"])
+            check.max_rel_err = check.max_abs_err / max(abs(detail["numerical"]), 1e-300)
+            check.tolerance = detail["element_tolerance"]
+    if status == CheckStatus.NONDIFFERENTIABLE_POINT:
+        check.kink_elements = detail["kink_elements"]
+    return check
+
+
+def order_findings(checks: list[Check], order: int) -> list[Finding]:
+    """One finding per (order, method) that failed, naming the most specific failing leaves, and one for kinks."""
+    mine = [c for c in checks if c.order == order]
+    findings = []
+    for method in dict.fromkeys(c.method for c in mine):
+        failing = [c for c in mine if c.method == method and c.status == CheckStatus.FAIL]
+        if failing:
+            findings.append(fault_finding(order, method, failing))
+    kinks = [c for c in mine if c.status == CheckStatus.NONDIFFERENTIABLE_POINT and c.method == Method.REVERSE]
+    if kinks:
+        findings.append(kink_finding(order, kinks))
+    return findings
+
+
+def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
+    """A wrong derivative: the worst failing leaf (``total`` only when no single leaf fails), the others named."""
+    partial = [c for c in failing if c.wrt != "total"] or failing
+    worst = max(partial, key=lambda c: c.max_abs_err / max(c.tolerance, 1e-300))
+    what = METHOD_WORDS.get(method, method)
+    where = f" at element {worst.worst_index}" if worst.worst_index is not None else ""
+    if worst.output:
+        where += f" (output {worst.output})"
+    others = [c.wrt for c in partial if c is not worst]
+    if len(others) > OTHERS_SHOWN:
+        others = others[:OTHERS_SHOWN] + [f"{len(others) - OTHERS_SHOWN} more"]
+    message = (f"order-{order} {what} wrt {worst.wrt} is wrong{where}: analytical {worst.analytical:.6g} vs "
+               f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}, error bar {worst.tolerance:.3g})")
+    if others:
+        message += f"; also wrong wrt {', '.join(others)}"
+    return Finding(fault_kind(order, method), message, order=order, wrt=worst.wrt, max_abs_err=worst.max_abs_err,
+                   details={"method": method, "wrt_all": [c.wrt for c in partial],
+                            "worst_index": worst.worst_index, "analytical": worst.analytical,
+                            "numerical": worst.numerical, "error_bar": worst.tolerance})
+
+
+def kink_finding(order: int, checks: list[Check]) -> Finding:
+    """A check that fails only at x, which is not differentiable: a warning naming the kink's elements."""
+    parts, elements, evidence = [], {}, None
+    for check in checks:
+        for entry in check.kink_elements or []:
+            evidence = evidence or entry.get("evidence")
+            if entry["wrt"] in elements:
+                continue
+            elements[entry["wrt"]] = entry["elements"]
+            if entry["elements"]:
+                shown = ", ".join(str(e) for e in entry["elements"][:8])
+                more = f" and {len(entry['elements']) - 8} more" if len(entry["elements"]) > 8 else ""
+                parts.append(f"{entry['wrt']} elements {shown}{more}")
+    located = "; ".join(parts) if parts else "not pinned to single input elements"
+    wrts = [c.wrt for c in checks if c.wrt != "total"] or [c.wrt for c in checks]
+    return Finding(FaultKind.NONDIFFERENTIABLE_POINT, order=order, wrt=wrts[0], severity=Severity.WARNING,
+                   message=f"order-{order} check wrt {', '.join(wrts)} fails only at this point, which is not "
+                           f"differentiable: {evidence} ({located}); gradients agree at nearby points",
+                   details={"kink_elements": elements, "evidence": evidence})
+
+
+def kink_convention_finding(wrt: str, index: list[int], kinks: list, analytical: float | None,
+                            numerical: float | None) -> Finding:
+    """Two backends that pick different one-sided derivatives on a kink of the reference: a convention."""
+    return Finding(FaultKind.NONDIFFERENTIABLE_POINT, order=1, wrt=wrt, severity=Severity.WARNING,
+                   message=f"{wrt} element {index} sits on a kink where backends follow different one-sided "
+                           f"conventions ({analytical:.6g} vs {numerical:.6g}); not a backend bug",
+                   details={"kink_elements": {wrt: kinks}, "convention": True})
+
+
+def nondeterminism_finding(order: int, spread: float, scale: float, repeats: int) -> Finding:
+    """Identical backward runs that disagree: a warning with the spread."""
+    return Finding(FaultKind.NONDETERMINISTIC_BACKWARD, order=order, max_abs_err=spread, severity=Severity.WARNING,
+                   message=f"order-{order} gradients differ between identical backward runs by up to "
+                           f"{spread:.3g} ({spread / max(scale, 1e-300):.2g} of their largest value)",
+                   details={"spread": spread, "repeats": repeats})

@@ -1,0 +1,62 @@
+"""The names a report uses, as enums: what kind of problem a finding is, how a check ended, how serious a finding
+is. They are ``str`` enums, so a report compares and serializes them as the plain strings of the JSON contract."""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class _Name(str, Enum):
+    """A str enum that prints as its value (``enum.StrEnum`` needs Python 3.11)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+class FaultKind(_Name):
+    """``Finding.kind``: what was found."""
+
+    FAULTY_BACKWARD = "faulty_backward"
+    FAULTY_DOUBLE_BACKWARD = "faulty_double_backward"
+    FAULTY_FORWARD_AD = "faulty_forward_ad"
+    NONDIFFERENTIABLE_POINT = "nondifferentiable_point"
+    NONDETERMINISTIC_BACKWARD = "nondeterministic_backward"
+    FORWARD_DIVERGENCE = "forward_divergence"
+    BACKWARD_DIVERGENCE = "backward_divergence"
+    HAZARD = "hazard"
+
+
+# The kinds that say a derivative is wrong (localization looks for their op).
+FAULTS = (FaultKind.FAULTY_BACKWARD, FaultKind.FAULTY_DOUBLE_BACKWARD, FaultKind.FAULTY_FORWARD_AD)
+
+
+class CheckStatus(_Name):
+    """``Check.status``: how one comparison ended."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    NONDIFFERENTIABLE_POINT = "nondifferentiable_point"
+
+
+class Severity(_Name):
+    """``Finding.severity``: an error fails the audit, a warning is reported only."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class Method(_Name):
+    """``Check.method``: how the analytical side was compared."""
+
+    REVERSE = "reverse"
+    FORWARD = "forward"
+    FULL_JACOBIAN = "full_jacobian"
+    DTYPE_PARITY = "dtype_parity"
+
+
+def fault_kind(order: int, method: str) -> FaultKind:
+    """The kind of a failed check: forward mode, or reverse mode at order 1 or 2."""
+    if method == Method.FORWARD:
+        return FaultKind.FAULTY_FORWARD_AD
+    return FaultKind.FAULTY_BACKWARD if order == 1 else FaultKind.FAULTY_DOUBLE_BACKWARD

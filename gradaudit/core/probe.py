@@ -1,0 +1,250 @@
+"""The probe test, the one comparison every part of gradaudit makes: along a signed random direction u, the
+numerical J·u (Richardson extrapolation with an error bar) against the analytical side,
+  * reverse mode: ``<v_k, J·u>`` against ``<v_k^T J, u>`` for each cotangent v_k;
+  * forward mode: the JVP along u, elementwise.
+The checker runs it on the whole program, the localizer on one op, compare on another backend's numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from gradaudit.core.numerics import (Evaluate, NumericalDerivative, Tensors, elementwise_tolerance, eps_of,
+                                     extrapolated_derivative, inner, is_finite, ladder_top, probe_tolerance,
+                                     rademacher_like, real, shifted, step_size)
+
+RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
+DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
+NEARBY_STEPS = 30  # a nearby point lies this many finite-difference steps (times the leaf's scale) away
+
+
+@dataclass
+class Outcome:
+    """The worst of the tests run for one (order, group, method)."""
+
+    excess: float = 0.0  # |error| / tolerance; 1 or more is a failure
+    abs_err: float = 0.0
+    rel_err: float = 0.0
+    tolerance: float = 0.0
+    analytical: float | None = None
+    numerical: float | None = None
+    output: str | None = None
+    cotangent: int | None = None
+    tests: int = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.excess >= 1.0
+
+    def merge(self, other: "Outcome") -> None:
+        """Keep the worse of the two, counting the tests of both."""
+        tests = self.tests + other.tests
+        if other.tests and (other.excess >= self.excess or self.analytical is None):
+            self.__dict__.update(other.__dict__)
+        self.tests = tests
+
+    def absorb(self, analytical: float, numerical: float, tolerance: float, output: str | None = None,
+               cotangent: int | None = None) -> None:
+        """Count one test; keep it if it is the worst so far."""
+        self.tests += 1
+        error = abs(analytical - numerical)
+        excess = error / tolerance if math.isfinite(error) else math.inf
+        if excess >= self.excess or self.analytical is None:
+            self.excess, self.abs_err, self.tolerance = excess, error, tolerance
+            self.rel_err = error / max(abs(numerical), 1e-300)
+            self.analytical, self.numerical, self.output, self.cotangent = analytical, numerical, output, cotangent
+
+
+def leaf_scale(x: torch.Tensor) -> float:
+    """The root mean square of a leaf's finite elements, at least 1: probe steps are relative to it. (On the
+    CPU: a boolean mask on an XLA tensor would be a data-dependent shape, a CPU fallback.)"""
+    values = x.detach().cpu()
+    values = real(values[torch.isfinite(values)]).double()
+    return max(1.0, float(values.pow(2).mean().sqrt())) if values.numel() else 1.0
+
+
+def dot(gradient: torch.Tensor, u: torch.Tensor) -> float:
+    """``<gradient, u>`` over the elements u moves only: a NaN gradient elsewhere must not leak in (NaN * 0)."""
+    u = u.to(gradient.device)
+    # torch.where, not boolean indexing: a data-dependent shape would be a CPU fallback on XLA.
+    return float(torch.where(u != 0, gradient * u, torch.zeros_like(gradient)).sum())
+
+
+@dataclass
+class ProbeSpace:
+    """The point x a function is probed at: its leaves, their step scales, the arithmetic's precision, and the one
+    random generator every direction, cotangent and nearby point is drawn from (so a seed fixes them all)."""
+
+    x: list[torch.Tensor]
+    names: list[str]
+    dtype: torch.dtype  # the precision the finite differences run in
+    generator: torch.Generator
+    eps: float = field(init=False)
+    h: float = field(init=False)  # the plain central-difference step
+    top: float = field(init=False)  # the probes' largest step (see numerics.extrapolated_derivative)
+    scales: list[float] = field(init=False)
+    movable: list[torch.Tensor] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.eps, self.h, self.top = eps_of(self.dtype), step_size(self.dtype), ladder_top(self.dtype)
+        # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
+        # Infinite elements (-inf in an attention mask) cannot be moved by a finite step: every direction leaves
+        # them where they are, and they do not count in the scale.
+        self.movable = [torch.isfinite(x) for x in self.x]
+        self.scales = [leaf_scale(x) for x in self.x]
+
+    @classmethod
+    def seeded(cls, x: list[torch.Tensor], names: list[str], dtype: torch.dtype, seed: int) -> "ProbeSpace":
+        return cls(x, names, dtype, torch.Generator().manual_seed(seed))
+
+    @property
+    def retry_divisor(self) -> int:
+        """How much smaller a retry's step is: float64 affords a much smaller step before rounding swamps it."""
+        return 64 if self.eps < 1e-10 else 4
+
+    def random_like(self, tensors: Tensors) -> list[torch.Tensor]:
+        return [rademacher_like(t, self.generator) for t in tensors]
+
+    def direction(self, members: list[int], x: list[torch.Tensor] | None = None) -> list:
+        """Signed random steps of each member leaf's scale (None for the other leaves)."""
+        x = self.x if x is None else x
+        return [rademacher_like(x[i], self.generator) * self.scales[i] * self.movable[i] if i in members else None
+                for i in range(len(x))]
+
+    def leaf_direction(self, leaf: int, u_flat: torch.Tensor) -> list:
+        """A direction that moves one leaf along ``u_flat`` (its real view, flattened) by its scale."""
+        x = self.x[leaf]
+        u = u_flat.to(real(x).dtype).reshape(real(x).shape).to(x.device)
+        u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
+        u = u * self.movable[leaf]
+        return [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]
+
+    def basis(self, leaf: int, j: int) -> list:
+        """The direction of element j (of the leaf's real view) alone."""
+        return self.leaf_direction(leaf, unit(real(self.x[leaf]).numel(), j))
+
+    def element_index(self, leaf: int, j: int) -> list[int]:
+        """The multi-index of flat element j of a leaf's real view."""
+        shape = real(self.x[leaf]).shape
+        if len(shape) == 0:
+            return []
+        return [int(i) for i in torch.unravel_index(torch.tensor(j), shape)]
+
+    def nearby_point(self, defined: Callable[[list[torch.Tensor]], bool]) -> list[torch.Tensor] | None:
+        """A random point a few steps from x where the function is ``defined`` (x + shift, else x - shift)."""
+        shift = [NEARBY_STEPS * self.h * s * torch.randn(xi.shape, generator=self.generator,
+                                                         dtype=real(xi).dtype).to(xi.device).to(xi.dtype)
+                 for xi, s in zip(self.x, self.scales)]
+        for sign in (1.0, -1.0):
+            point = [xi + sign * d for xi, d in zip(self.x, shift)]
+            if defined(point):
+                return point
+        return None
+
+
+def unit(count: int, j: int) -> torch.Tensor:
+    u = torch.zeros(count, dtype=torch.float64)
+    u[j] = 1.0
+    return u
+
+
+@dataclass
+class Analytical:
+    """The analytical side at one point: the VJPs ``v_k^T J`` of the cotangents, and (when forward mode runs)
+    a function giving the JVP along a direction."""
+
+    cotangents: list[Tensors]
+    grads: list[Tensors]
+    tangents: Callable[[list], Tensors | None] = lambda u: None
+    output_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Numerics:
+    """Where and how finite differences run: the function's values at a list of points, the rounding noise
+    measured at x (or None), and an extra relative error of the model for backends that compute in another
+    precision than the analytical side (see numerics.model_error_of)."""
+
+    values: Evaluate
+    space: ProbeSpace
+    noise: Tensors | None = None
+    model_error: float = 0.0
+
+    def derivative(self, x: Tensors, u: list, top: float) -> NumericalDerivative:
+        return extrapolated_derivative(self.values, x, u, top, self.space.eps, self.noise)
+
+    def derivative_in_domain(self, x: Tensors, u: list) -> tuple[NumericalDerivative, float]:
+        """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at
+        1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure."""
+        top = self.space.top
+        for _ in range(DOMAIN_SHRINKS):
+            if all(is_finite(y) for y in self.values([shifted(x, u, top), shifted(x, u, -top)])):
+                break
+            top /= 8
+        return self.derivative(x, u, top), top
+
+
+def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,
+               retry: bool = True) -> tuple[Outcome, Outcome]:
+    """(reverse, forward) outcomes of one direction u at x.
+
+    A direction that fails is retried with a smaller step (64x in float64, 4x below): a kink a hair away from x
+    (closer than the step) fools the error bar of the first stencil but not the second, while a real fault or a
+    kink at x itself fails at both steps. A retry whose error bar is much wider than the first's (rounding
+    dominates at the small step) cannot clear a failure: it would only hide it."""
+    tangents = analytical.tangents(u)
+    numerical, top = numerics.derivative_in_domain(x, u)
+    attempts = [judge(numerics, analytical, numerical, u, tangents)]
+    if retry and any(o.failed for o in attempts[0]):
+        numerical = numerics.derivative(x, u, top / numerics.space.retry_divisor)
+        attempts.append(judge(numerics, analytical, numerical, u, tangents))
+    first_bar = attempts[0][0].tolerance
+    usable = [a for a in attempts if a[0].tolerance <= RETRY_BAR_LIMIT * first_bar] or attempts[:1]
+    return min(usable, key=lambda pair: max(pair[0].excess, pair[1].excess))
+
+
+def judge(numerics: Numerics, analytical: Analytical, numerical: NumericalDerivative, u: list,
+          tangents: Tensors | None) -> tuple[Outcome, Outcome]:
+    """The reverse-mode (one test per cotangent) and forward-mode outcomes against one numerical J·u."""
+    eps = numerics.space.eps
+    reverse, forward = Outcome(), Outcome()
+    for k, (v, g) in enumerate(zip(analytical.cotangents, analytical.grads)):
+        reverse.absorb(inner(g, u), inner(v, numerical.value),
+                       probe_tolerance(numerical, v, g, u, eps, numerics.model_error, numerics.noise), cotangent=k)
+    if tangents is not None:
+        compare_tangents(tangents, numerical, eps, numerics.model_error, analytical.output_names, forward)
+    return reverse, forward
+
+
+def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: float, model_error: float,
+                     output_names: list[str], outcome: Outcome) -> None:
+    """Forward mode: each output's JVP against the numerical J·u, elementwise; the worst element is kept."""
+    tolerances = elementwise_tolerance(numerical, eps, model_error)
+    names = output_names or [f"output[{i}]" for i in range(len(tangents))]
+    for name, t, n, tol in zip(names, tangents, numerical.value, tolerances):
+        if n.numel() == 0:
+            continue
+        # Index on the CPU: a Python index into a device tensor would compile a graph per index on XLA.
+        t, n, tol = real(t).double().cpu(), n.cpu(), tol.cpu()
+        errors = (t - n).abs() / tol
+        worst = int(torch.argmax(errors.flatten()))
+        index = list(torch.unravel_index(torch.tensor(worst), n.shape))
+        where = f"{name}[{', '.join(str(int(i)) for i in index)}]"
+        outcome.absorb(float(t.flatten()[worst]), float(n.flatten()[worst]), float(tol.flatten()[worst]),
+                       output=where)
+
+
+def probe_group(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int],
+                directions: int) -> dict[str, Outcome]:
+    """Probe tests of one group of leaves along several signed random directions: the worst outcome per method.
+    Once a direction failed at both steps, later ones skip the retry: no retry can clear the group then."""
+    reverse, forward = Outcome(), Outcome()
+    for _ in range(directions):
+        u = numerics.space.direction(members, x)
+        rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed))
+        reverse.merge(rev)
+        forward.merge(fwd)
+    return {"reverse": reverse, "forward": forward} if forward.tests else {"reverse": reverse}

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from gradaudit.backends.base import Program, Stats
 from gradaudit.errors import Unsupported
+
+if TYPE_CHECKING:  # the core sees a backend only through the Program interface
+    from gradaudit.backends.base import Program, Stats
 
 Tensors = list[torch.Tensor]
 # Torch's own words when forward mode cannot run something ("Trying to use forward AD with X that does not

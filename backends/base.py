@@ -1,65 +1,161 @@
-"""The small interface every backend implements: a Backend loads a Case into a Program that evaluates it.
+"""The interface every backend implements: a Backend loads a Case into a Program that evaluates it.
 
-The checker only needs a Program to map leaf values to output tensors (on which torch autograd works); the
-backend owns device placement, dtype casting, compilation, and restoring whatever it touched.
+Loading is one template for every backend (:meth:`Program._load`): the shared loader
+(:func:`gradaudit.case.prepare_case`) makes the private copy of the case (module copied, lazy parameters
+initialized, tensors cast, leaves chosen and validated), then the backend only places it (device transfer,
+export, compilation: :meth:`Program._place`) and evaluates it (:meth:`Program._evaluate`). What a program can do
+beyond evaluating is declared in its :class:`Capabilities`, so the core and the analyzers never guess from
+attributes or backend names.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
+from torch import nn
 
-from gradaudit.case import Case
+from gradaudit.case import Case, Leaf, PreparedCase, prepare_case
+from gradaudit.errors import Unsupported
 
-
-@dataclass
-class Leaf:
-    """A differentiated tensor: a positional/keyword input or a named parameter."""
-
-    name: str  # 'args[0]', 'kwargs[mask]', 'fc1.weight'
-    value: torch.Tensor
-    kind: str  # 'input' | 'parameter'
+__all__ = ["Availability", "Backend", "Capabilities", "Leaf", "Program", "Stats"]
 
 
 @dataclass
 class Stats:
+    """How much work an audit cost on a program: evaluations of the case, backward passes, compilations."""
+
     forward_evals: int = 0
     backward_evals: int = 0
     compilations: int = 0
 
     def to_dict(self) -> dict:
+        """The report's ``stats`` keys."""
         return {"forward_evals": self.forward_evals, "backward_evals": self.backward_evals,
                 "compilations": self.compilations}
 
 
 @dataclass
 class Availability:
+    """Whether a backend can run here (``usable``), why or why not (``reason``), and on which devices."""
+
     usable: bool
     reason: str = ""
     devices: list[str] = field(default_factory=list)
 
 
-class Program(ABC):
-    """A case loaded on a backend: ``program(values) -> outputs`` with every evaluation identical
-    (RNG frozen, mutable state restored), so finite differences see one deterministic function."""
+@dataclass(frozen=True)
+class Capabilities:
+    """What a program can do besides evaluating the case at leaf values.
 
-    leaves: list[Leaf]
-    output_names: list[str]
-    device: str
-    stats: Stats
-    supports_forward_ad: bool = True
-    supports_double_backward: bool = True
-    # False for backends that only evaluate (an exported graph in a runtime): their outputs carry no torch
-    # autograd graph, so the audit judges their finite differences against eager float64 gradients.
-    supports_autograd: bool = True
+    ``autograd``: its outputs carry a torch autograd graph (False for an exported graph in a runtime: the audit
+    then takes finite differences through it and judges them against eager float64 gradients).
+    ``forward_ad`` / ``double_backward``: forward-mode AD and second-order reverse mode work through it.
+    ``reference``: it runs PyTorch's own eager kernels, the reference other backends are held against (no
+    forward parity check against eager float64 is needed).
+    ``batch_evaluation``: :meth:`Program.evaluate_batch` runs many points in fewer runs than one per point.
+    ``module_outputs`` / ``node_modules``: :meth:`Program.module_outputs` and :meth:`Program.node_modules` map
+    its computation back to the module paths of the case.
+    ``fallback_ops``: :attr:`Program.fallback_counts` counts ops that ran on the CPU instead of the device.
+    """
+
+    autograd: bool = True
+    forward_ad: bool = True
+    double_backward: bool = True
+    reference: bool = False
+    batch_evaluation: bool = False
+    module_outputs: bool = False
+    node_modules: bool = False
+    fallback_ops: bool = False
+
+
+class Program(ABC):
+    """A case loaded on a backend: ``program(values) -> outputs`` with every evaluation identical (RNG frozen,
+    mutable state restored), so finite differences see one deterministic function.
+
+    A subclass calls ``super().__init__(device)``, sets up what its :meth:`close` needs, then calls
+    :meth:`_load`; it implements :meth:`_place` and :meth:`_evaluate`, and declares ``capabilities``.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.stats = Stats()
+        self.leaves: list[Leaf] = []  # parameters first, then inputs, as the shared loader orders them
+        self.output_names: list[str] = []  # 'out', 'out[0]', 'out[1][h]': the differentiated outputs
+        self.notes: list[dict] = []  # {"what", "reason"}: what the audit left out or changed, for the report
+        self.module: nn.Module | None = None  # the private copy of the case's module (None for a function)
+
+    # -- the loading template -------------------------------------------------------------------------------
+    def _load(self, case: Case, dtype: torch.dtype | None) -> None:
+        """Prepare the case with the shared loader, then place it; on failure, :meth:`close` gives back what
+        the program had changed before the error propagates."""
+        try:
+            prepared = self._prepare(case, dtype)
+            self._place(prepared)
+            self.notes += prepared.notes
+        except BaseException:
+            self.close()
+            raise
+
+    def _prepare(self, case: Case, dtype: torch.dtype | None) -> PreparedCase:
+        """The private copy of the case on this program's device; backends refine it (XLA initializes lazy
+        modules on the CPU first) but do not redo it."""
+        return prepare_case(case, dtype, self.device)
 
     @abstractmethod
+    def _place(self, prepared: PreparedCase) -> None:
+        """Put the prepared case where this backend runs it (device transfer, export, compilation) and set
+        ``leaves``, ``output_names`` and ``module``."""
+
+    @abstractmethod
+    def _evaluate(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The differentiable outputs with the leaves replaced by ``values``."""
+
+    # -- using it -------------------------------------------------------------------------------------------
     def __call__(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
         """Evaluate the case with the leaves replaced by ``values``; returns its differentiable outputs."""
+        return self._evaluate(values)
+
+    def evaluate_batch(self, points: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """Outputs at many points (each a list of leaf values); one evaluation per point unless the backend
+        declares ``capabilities.batch_evaluation``."""
+        return [self(point) for point in points]
+
+    def module_outputs(self, values: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The value each module path ends with, at ``values`` (default: the leaves), where
+        ``capabilities.module_outputs`` says the backend can tell."""
+        raise Unsupported(f"the {type(self).__name__} cannot tell module outputs apart")
+
+    def node_modules(self) -> list[tuple[str, str, str, str | None]]:
+        """(node name, op type, module path, source ``file:line``) of each node of the backend's graph, where
+        ``capabilities.node_modules`` says it has one."""
+        raise Unsupported(f"the {type(self).__name__} has no graph of nodes to map onto modules")
+
+    @property
+    def fallback_counts(self) -> dict[str, int]:
+        """Ops that ran on the CPU instead of the device, and how often (``capabilities.fallback_ops``)."""
+        return {}
+
+    @property
+    def supports_autograd(self) -> bool:
+        """``capabilities.autograd`` (kept for callers of the older attribute)."""
+        return self.capabilities.autograd
+
+    @property
+    def supports_forward_ad(self) -> bool:
+        """``capabilities.forward_ad`` (kept for callers of the older attribute)."""
+        return self.capabilities.forward_ad
+
+    @property
+    def supports_double_backward(self) -> bool:
+        """``capabilities.double_backward`` (kept for callers of the older attribute)."""
+        return self.capabilities.double_backward
 
     def close(self) -> None:
-        """Restore global state (RNG, precision flags) the program changed."""
+        """Restore global state (RNG, precision flags, buffers) the program changed."""
 
     def __enter__(self) -> "Program":
         return self
@@ -75,7 +171,8 @@ class Program(ABC):
 
 
 class Backend(ABC):
-    """A plugin: registered under the ``gradaudit.backends`` entry point group."""
+    """A plugin, registered under the ``gradaudit.backends`` entry point group: says whether it can run here
+    and loads cases into Programs."""
 
     name: str = ""
     description: str = ""
@@ -85,7 +182,8 @@ class Backend(ABC):
         """Whether this backend can run here, and why not."""
 
     @abstractmethod
-    def default_device(self) -> str: ...
+    def default_device(self) -> str:
+        """The device ``load`` uses when none is given."""
 
     @abstractmethod
     def load(self, case: Case, device: str | None = None, dtype: torch.dtype | None = None) -> Program:

@@ -16,7 +16,6 @@ point). onnx, onnxruntime and onnxscript are imported lazily, inside the functio
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 import os
@@ -26,20 +25,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gradaudit.case import Case, InputSlots, choose_leaves, differentiated_outputs, flatten_outputs
-from gradaudit.errors import AuditError
-from gradaudit.backends.base import Availability, Backend, Leaf, Program, Stats
-from gradaudit.backends.eager import RngState, cast_tensor
+from gradaudit.case import Case, Leaf, PreparedCase, flatten_outputs, prepare_case
+from gradaudit.errors import AuditError, Unsupported
+from gradaudit.outcome import one_line
+from gradaudit.rng import preserved_rng
+from gradaudit.backends.base import Availability, Backend, Capabilities, Program
 
 RANDOM_OPS = {"Dropout", "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli",
               "Multinomial"}
 BATCH_PREFIX = "gradaudit_batched__"
 MAX_BATCH_ELEMENTS = 1 << 25  # elements of stacked inputs + outputs per session run before splitting a batch
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _root_reason(exc: BaseException) -> str:
@@ -49,7 +44,7 @@ def _root_reason(exc: BaseException) -> str:
     while inner.__cause__ is not None and id(inner) not in seen:
         seen.add(id(inner))
         inner = inner.__cause__
-    reason = f"{type(inner).__name__}: {_one_line(inner)}"
+    reason = f"{type(inner).__name__}: {one_line(inner)}"
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
@@ -75,27 +70,17 @@ def _quiet_export():
 class _LeafFunction(nn.Module):
     """``forward(*leaves) -> flat differentiable outputs``: the case with every leaf as an argument."""
 
-    def __init__(self, module: nn.Module | None, fn, param_names: list[str], inputs: InputSlots,
-                 keep: list[bool] | None = None) -> None:
+    def __init__(self, prepared: PreparedCase, keep: list[bool]) -> None:
         super().__init__()
-        self.inner = module  # registered: its buffers become initializers of the graph
-        self.fn = fn
-        self.param_names = param_names
-        self.inputs = inputs
-        self.keep = keep  # which outputs are differentiated (None: all)
+        self.inner = prepared.module  # registered: its buffers become initializers of the graph
+        self.prepared = prepared
+        self.keep = keep  # which outputs are differentiated
         self.record = _Record()  # not a pytree: export forbids changing a module's attributes in forward
 
     def forward(self, *leaves):
-        n = len(self.param_names)
-        args, kwargs = self.inputs.rebuild(list(leaves[n:]))
-        if self.inner is None:
-            output = self.fn(*args, **kwargs)
-        else:
-            output = torch.func.functional_call(self.inner, dict(zip(self.param_names, leaves[:n])), args, kwargs)
-        tensors, names = flatten_outputs(output)
-        keep = self.keep or [True] * len(tensors)
-        self.record.output_names = [name for name, k in zip(names, keep) if k]
-        return tuple(t for t, k in zip(tensors, keep) if k)
+        tensors, names = flatten_outputs(self.prepared.call(list(leaves)))
+        self.record.output_names = [name for name, k in zip(names, self.keep) if k]
+        return tuple(t for t, k in zip(tensors, self.keep) if k)
 
 
 class _Record:
@@ -116,144 +101,82 @@ def _numpy_dtype(dtype: torch.dtype):
 
 
 class OnnxProgram(Program):
-    supports_autograd = False
-    supports_forward_ad = False
-    supports_double_backward = False
+    """The case exported to ONNX and run in onnxruntime (see the module docstring): it only evaluates."""
+
+    capabilities = Capabilities(autograd=False, forward_ad=False, double_backward=False, batch_evaluation=True,
+                                module_outputs=True, node_modules=True)
 
     def __init__(self, case: Case, device: str, dtype: torch.dtype | None, providers: list[str]) -> None:
-        self.device = device
-        self.stats = Stats()
-        self.notes: list[dict] = []  # {"what", "reason"}, ready for a report's ``skipped``
+        super().__init__(device)
         self.session_runs = 0
         self.points_evaluated = 0
+        self.precision: torch.dtype | None = None  # what the exported graph runs in
         self._providers = providers
         self._batched = None
-        self._user_rng = RngState(cuda=False)
-        try:
-            self._setup(case, dtype)
-        finally:
-            self._user_rng.restore()  # tracing must not move the caller's RNG
+        self._shapes: list[tuple] | None = None
+        with preserved_rng(cuda=False):  # tracing must not move the caller's RNG
+            self._load(case, dtype)
 
     # -- loading -----------------------------------------------------------------------------------------
-    def _setup(self, case: Case, dtype: torch.dtype | None) -> None:
-        def move(t):
-            return cast_tensor(t.detach().cpu(), dtype) if isinstance(t, torch.Tensor) else t
-        args = tuple(torch.utils._pytree.tree_map(move, case.args))
-        kwargs = torch.utils._pytree.tree_map(move, case.kwargs)
-        module = None
-        if isinstance(case.fn, nn.Module):
-            try:
-                module = copy.deepcopy(case.fn).cpu()
-            except Exception as exc:
-                raise AuditError(f"cannot copy module {type(case.fn).__name__} for auditing: {exc}") from exc
-            if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):
-                rng = RngState(cuda=False)
-                original = torch.utils._pytree.tree_map(
-                    lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, (case.args, case.kwargs))
-                with torch.no_grad():
-                    module(*original[0], **original[1])  # lazy modules infer their shapes on the first call
-                rng.restore()
-            if dtype is not None:
-                module._apply(lambda t: cast_tensor(t, dtype))
-        choice = choose_leaves(case)
-        inputs = InputSlots.of(args, kwargs, set(choice.inputs))
-        params = [] if module is None else [(n, p) for n, p in module.named_parameters() if n in choice.parameters]
-        values = [p.detach().clone() for _, p in params] + [inputs.values[s].detach().clone() for s in inputs.slots]
-        names = [n for n, _ in params] + list(inputs.names)
-        kinds = ["parameter"] * len(params) + ["input"] * len(inputs.slots)
-        if not values:
-            raise AuditError("nothing to differentiate: no floating-point or complex tensor in args/kwargs "
-                             "and no trainable parameter")
-        for name, value in zip(names, values):
-            if value.is_complex():
-                raise AuditError(f"{name} is complex; the onnx backend exports real tensors only")
-            if not torch.isfinite(value).all():
-                raise AuditError(f"{name} contains NaN or Inf; gradients cannot be checked there")
-        self._case_label = case.label
-        self._param_names = [n for n, _ in params]
-        self.module, self._fn, self._inputs = module, case.fn, inputs
-        self._refuse_train_mode_batch_norm(module)
-        self._keep = self._differentiated_outputs(values)
+    def _prepare(self, case: Case, dtype: torch.dtype | None) -> PreparedCase:
+        return prepare_case(case, dtype, "cpu")  # onnxruntime is fed from CPU arrays, whatever its provider
 
-        lowest = min((v.dtype for v in values), key=lambda d: torch.finfo(d).bits)
-        tries = [lowest] + ([torch.float32] if lowest != torch.float32 else [])
-        failures = []
-        for precision in tries:
-            cast = [v.to(precision) for v in values]
-            try:
-                exported = self._export(cast, precision)
-                outputs = self._run(exported, [v.numpy() for v in cast])
-            except _RuntimeGap as exc:  # onnxruntime lacks a kernel in this precision: try the next one
-                failures.append((precision, str(exc)))
-                continue
-            break
-        else:
-            precision, reason = failures[-1]
-            raise AuditError(f"onnxruntime cannot run the exported graph in {str(precision)[6:]}: {reason}")
-        if failures:
-            self.notes.append({"what": f"onnx {str(failures[0][0])[6:]}",
-                               "reason": f"onnxruntime could not run the graph in {str(failures[0][0])[6:]} "
-                                         f"({failures[0][1]}); the whole graph ran in {str(precision)[6:]}, "
-                                         "judged against eager float64 gradients"})
-        self.precision = precision
-        self._exported = exported
-        self.leaves = [Leaf(n, v.to(precision), k) for n, v, k in zip(names, values, kinds)]
-        self.output_names = exported.case_output_names
+    def _place(self, prepared: PreparedCase) -> None:
+        refuse_unexportable(prepared)
+        self.module, self._label = prepared.module, prepared.label
+        # Which outputs require grad when the leaves do (one eager call, on a copy: train-mode batch norm would
+        # update the running stats): the others are not differentiated and not exported.
+        with preserved_rng(cuda=False):
+            first = prepared.private_copy().first_outputs()
+        self.notes += first.notes
+        self._keep = first.keep
+        self.precision, self._exported, outputs = self._export_in_lowest_precision(prepared)
+        self.leaves = [Leaf(leaf.name, leaf.value.to(self.precision), leaf.kind) for leaf in prepared.leaves]
+        self.output_names = self._exported.case_output_names
         if not outputs:
-            raise AuditError(f"{case.label} returned no floating-point or complex tensor to differentiate")
+            raise AuditError(f"{self._label} returned no floating-point or complex tensor to differentiate")
         for name, out in zip(self.output_names, outputs):
             if not torch.isfinite(out).all():
-                raise AuditError(f"the exported graph of {case.label} produced NaN or Inf in {name}")
+                raise AuditError(f"the exported graph of {self._label} produced NaN or Inf in {name}")
         self._check_deterministic(outputs)
         self.session_runs = self.stats.forward_evals = 0  # the load's own runs are not the audit's
         self.points_evaluated = 0
 
-    def _differentiated_outputs(self, values: list[torch.Tensor]) -> list[bool]:
-        """Which outputs require grad when the leaves do (one eager call): the others are not differentiated
-        and not exported."""
-        module = copy.deepcopy(self.module)  # train-mode batch norm would update the running stats
-        wrapper = _LeafFunction(module, self._fn, self._param_names, self._inputs)
-        rng = RngState(cuda=False)
-        try:
-            with torch.enable_grad():
-                tensors = wrapper(*[v.detach().requires_grad_() for v in values])
-        except Exception as exc:
-            raise AuditError(f"calling the case raised {type(exc).__name__}: {_one_line(exc)}") from exc
-        finally:
-            rng.restore()
-        _, keep, notes = differentiated_outputs(list(tensors), wrapper.record.output_names, self._case_label)
-        self.notes += notes
-        return keep
+    def _export_in_lowest_precision(self, prepared: PreparedCase) -> tuple[torch.dtype, _Exported, list]:
+        """Export and run in the leaves' lowest precision; where onnxruntime lacks a kernel in it (float64 Conv,
+        Erf...), the whole graph in float32, and a note says so."""
+        values = [leaf.value for leaf in prepared.leaves]
+        lowest = min((v.dtype for v in values), key=lambda d: torch.finfo(d).bits)
+        failures = []
+        for precision in [lowest] + ([torch.float32] if lowest != torch.float32 else []):
+            cast = [v.to(precision) for v in values]
+            try:
+                exported = self._export(prepared, cast, precision)
+                outputs = self._run(exported, [v.numpy() for v in cast])
+            except _RuntimeGap as exc:  # onnxruntime lacks a kernel in this precision: try the next one
+                failures.append((precision, str(exc)))
+                continue
+            if failures:
+                failed, why = str(failures[0][0])[6:], failures[0][1]
+                self.notes.append({"what": f"onnx {failed}",
+                                   "reason": f"onnxruntime could not run the graph in {failed} ({why}); the whole "
+                                             f"graph ran in {str(precision)[6:]}, judged against eager float64 "
+                                             "gradients"})
+            return precision, exported, outputs
+        precision, reason = failures[-1]
+        raise Unsupported(f"onnxruntime cannot run the exported graph in {str(precision)[6:]}: {reason}")
 
-    def _refuse_train_mode_batch_norm(self, module: nn.Module | None) -> None:
-        if module is None:
-            return
-        norms = [name for name, m in module.named_modules()
-                 if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        if norms:  # refused like train-mode dropout: a divergence the export itself causes is no finding
-            raise AuditError(f"{', '.join(norms)} of {self._case_label} in training mode: the exporter writes "
-                             "batch norm in inference form (running statistics, not the batch statistics eager "
-                             "uses), so the exported graph is another function; audit the module in eval() mode")
-
-    def _export(self, values: list[torch.Tensor], precision: torch.dtype) -> _Exported:
-        module = copy.deepcopy(self.module) if self.module is not None else None  # the exporter may touch it
-        if module is not None:
-            module._apply(lambda t: cast_tensor(t, precision))
-        inputs = copy.copy(self._inputs)
-        inputs.values = [cast_tensor(v, precision) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                         for v in inputs.values]
-        wrapper = _LeafFunction(module, self._fn, self._param_names, inputs, self._keep)
-        rng = RngState(cuda=False)
-        try:
-            with _quiet_export():
-                onnx_program = torch.onnx.export(wrapper, tuple(values), dynamo=True, verbose=False,
-                                                 optimize=True)
-        except AuditError:
-            raise
-        except Exception as exc:
-            raise AuditError(f"torch.onnx.export failed for {self._case_label}: {_root_reason(exc)}") from None
-        finally:
-            rng.restore()
+    def _export(self, prepared: PreparedCase, values: list[torch.Tensor], precision: torch.dtype) -> _Exported:
+        wrapper = _LeafFunction(prepared.private_copy(precision), self._keep)  # the exporter may touch the module
+        with preserved_rng(cuda=False):
+            try:
+                with _quiet_export():
+                    onnx_program = torch.onnx.export(wrapper, tuple(values), dynamo=True, verbose=False,
+                                                     optimize=True)
+            except AuditError:
+                raise
+            except Exception as exc:
+                raise Unsupported(f"torch.onnx.export failed for {self._label}: {_root_reason(exc)}") from None
         self.stats.compilations += 1
         model = onnx_program.model_proto
         graph_inputs = [i.name for i in model.graph.input]
@@ -263,15 +186,12 @@ class OnnxProgram(Program):
         case_names = list(wrapper.record.output_names)
         if len(graph_outputs) != len(case_names):  # mutated buffers come first, user outputs last
             graph_outputs = graph_outputs[len(graph_outputs) - len(case_names):]
-        constant = {init.name for init in model.graph.initializer}
-        used = {name for node in _all_nodes(model) for name in node.input} | set(graph_outputs)
-        frozen = [n for n in self._param_names if f"inner.{n}" in constant and f"inner.{n}" in used]
+        frozen = constant_parameters(model, prepared.param_names, graph_outputs)
         if frozen:
-            raise AuditError(f"the exported graph of {self._case_label} reads {', '.join(frozen)} as constants, "
-                             "not as the graph inputs the audit perturbs (torch.export did not route "
-                             "torch.func.functional_call to them); the onnx backend cannot check this module")
-        session = self._session(model)
-        return _Exported(model, session, graph_inputs, graph_outputs, case_names)
+            raise Unsupported(f"the exported graph of {self._label} reads {', '.join(frozen)} as constants, not "
+                              "as the graph inputs the audit perturbs (torch.export did not route "
+                              "torch.func.functional_call to them); the onnx backend cannot check this module")
+        return _Exported(model, self._session(model), graph_inputs, graph_outputs, case_names)
 
     def _session(self, model):
         import onnxruntime as ort
@@ -281,7 +201,22 @@ class OnnxProgram(Program):
         try:
             return ort.InferenceSession(model.SerializeToString(), options, providers=self._providers)
         except Exception as exc:
-            raise _RuntimeGap(_one_line(exc).replace("[ONNXRuntimeError] : ", "")) from None
+            raise _RuntimeGap(one_line(exc).replace("[ONNXRuntimeError] : ", "")) from None
+
+    def _check_deterministic(self, first: list[torch.Tensor]) -> None:
+        """A graph that draws random numbers (train-mode dropout) is not the function eager audits: torch's
+        masks cannot be reproduced in onnxruntime, and its own masks may change on every run."""
+        random = _random_nodes(self._exported.model)
+        if not random:
+            return
+        second = self._run(self._exported, self._arrays([leaf.value for leaf in self.leaves]))
+        changes = not all(torch.equal(a, b) for a, b in zip(first, second))
+        where = sorted({_node_info(node)[0] or node.name for node in random})
+        ops = ", ".join(sorted({node.op_type for node in random}))
+        raise Unsupported(f"the exported graph of {self._label} is random: {ops} in training mode at "
+                          f"{', '.join(where)} ({'draws new numbers on every onnxruntime run' if changes else 'onnxruntime draws its own masks'}"
+                          "; torch's masks cannot be reproduced), so finite differences through it do not "
+                          "measure the eager function: audit the module in eval() mode")
 
     # -- running -----------------------------------------------------------------------------------------
     def _run(self, exported: _Exported, arrays: list, session=None, input_names=None, output_names=None):
@@ -290,7 +225,7 @@ class OnnxProgram(Program):
         try:
             results = session.run(output_names or exported.output_names, feed)
         except Exception as exc:
-            raise _RuntimeGap(_one_line(exc).replace("[ONNXRuntimeError] : ", "")) from None
+            raise _RuntimeGap(one_line(exc).replace("[ONNXRuntimeError] : ", "")) from None
         self.session_runs += 1
         self.stats.forward_evals += 1
         return [torch.from_numpy(r.copy() if not r.flags.writeable else r) for r in results]
@@ -299,7 +234,7 @@ class OnnxProgram(Program):
         dtype = _numpy_dtype(self.precision)
         return [v.detach().cpu().to(self.precision).numpy().astype(dtype, copy=False) for v in values]
 
-    def __call__(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _evaluate(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(values) != len(self.leaves):
             raise AuditError(f"expected {len(self.leaves)} leaf values, got {len(values)}")
         self.points_evaluated += 1
@@ -317,11 +252,8 @@ class OnnxProgram(Program):
     def evaluate_batch(self, points: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
         """Outputs at many points (each a list of leaf values), in as few session runs as possible: the points
         are stacked along a new leading axis and run through a Scan over the exported graph."""
-        if not points:
-            return []
-        if len(points) == 1:
-            return [self(points[0])]
-        batched = self._batched_session()
+        if len(points) <= 1:
+            return [self(point) for point in points]
         per_point = sum(v.numel() for v in points[0]) + sum(math.prod(s) for s in self._output_shapes())
         chunk = max(1, MAX_BATCH_ELEMENTS // max(per_point, 1))
         results: list[list[torch.Tensor]] = []
@@ -330,7 +262,7 @@ class OnnxProgram(Program):
             stacked = [torch.stack([p[i].detach().cpu().to(self.precision) for p in part]).numpy()
                        for i in range(len(self.leaves))]
             try:
-                outputs = self._run(self._exported, stacked, session=batched,
+                outputs = self._run(self._exported, stacked, session=self._batched_session(),
                                     input_names=[BATCH_PREFIX + n for n in self._exported.input_names],
                                     output_names=[BATCH_PREFIX + str(k) for k in range(len(self.output_names))])
             except _RuntimeGap as exc:
@@ -340,7 +272,7 @@ class OnnxProgram(Program):
         return results
 
     def _output_shapes(self) -> list[tuple]:
-        if not hasattr(self, "_shapes"):
+        if self._shapes is None:
             self._shapes = [tuple(out.shape) for out in self([leaf.value for leaf in self.leaves])]
             self.session_runs -= 1
             self.stats.forward_evals -= 1
@@ -352,20 +284,31 @@ class OnnxProgram(Program):
             self._batched = self._session(scan_model(self._exported.model, self._exported.output_names))
         return self._batched
 
-    def _check_deterministic(self, first: list[torch.Tensor]) -> None:
-        """A graph that draws random numbers (train-mode dropout) is not the function eager audits: torch's
-        masks cannot be reproduced in onnxruntime, and its own masks may change on every run."""
-        random = _random_nodes(self._exported.model)
-        if not random:
-            return
-        second = self._run(self._exported, self._arrays([leaf.value for leaf in self.leaves]))
-        changes = not all(torch.equal(a, b) for a, b in zip(first, second))
-        where = sorted({_node_info(node)[0] or node.name for node in random})
-        ops = ", ".join(sorted({node.op_type for node in random}))
-        raise AuditError(f"the exported graph of {self._case_label} is random: {ops} in training mode at "
-                         f"{', '.join(where)} ({'draws new numbers on every onnxruntime run' if changes else 'onnxruntime draws its own masks'}"
-                         "; torch's masks cannot be reproduced), so finite differences through it do not "
-                         "measure the eager function: audit the module in eval() mode")
+
+def refuse_unexportable(prepared: PreparedCase) -> None:
+    """What the onnx backend cannot audit: complex or infinite leaves, and train-mode batch norm (the exporter
+    writes it in inference form, so the exported graph is another function: refused like train-mode dropout,
+    since a divergence the export itself causes is no finding)."""
+    for leaf in prepared.leaves:
+        if leaf.value.is_complex():
+            raise Unsupported(f"{leaf.name} is complex; the onnx backend exports real tensors only")
+        if not torch.isfinite(leaf.value).all():
+            raise AuditError(f"{leaf.name} contains NaN or Inf; gradients cannot be checked there")
+    if prepared.module is None:
+        return
+    norms = [name for name, m in prepared.module.named_modules()
+             if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if norms:
+        raise Unsupported(f"{', '.join(norms)} of {prepared.label} in training mode: the exporter writes batch norm "
+                          "in inference form (running statistics, not the batch statistics eager uses), so the "
+                          "exported graph is another function; audit the module in eval() mode")
+
+
+def constant_parameters(model, param_names: list[str], graph_outputs: list[str]) -> list[str]:
+    """Parameters the exported graph reads as constant initializers instead of from its inputs."""
+    constant = {init.name for init in model.graph.initializer}
+    used = {name for node in _all_nodes(model) for name in node.input} | set(graph_outputs)
+    return [n for n in param_names if f"inner.{n}" in constant and f"inner.{n}" in used]
 
 
 def _random_nodes(model) -> list:

@@ -24,11 +24,12 @@ from types import SimpleNamespace
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_leaves
 
-from gradaudit.case import Case
-from gradaudit.errors import AuditError
-from gradaudit.backends.base import Availability, Backend, Stats
+from gradaudit.case import Case, PreparedCase, prepare_case
+from gradaudit.errors import AuditError, Unsupported
+from gradaudit.outcome import one_line as _one_line
+from gradaudit.backends.base import Availability, Backend, Capabilities, Stats
 from gradaudit.backends.eager import EagerProgram
 
 # Fallbacks that the audit's own machinery causes, not the case: reading a value back to Python (``float(t)``,
@@ -37,7 +38,7 @@ from gradaudit.backends.eager import EagerProgram
 MACHINERY_FALLBACKS = frozenset({"aten::_local_scalar_dense", "aten::_efficientzerotensor"})
 
 _xla: SimpleNamespace | None = None  # the torch_xla modules, once imported
-_import_error: str | None = None
+_import_error: AuditError | None = None  # why the import failed, raised again on every later try
 
 
 def _version_mismatch() -> str | None:
@@ -59,7 +60,7 @@ def import_xla() -> SimpleNamespace:
     if _xla is not None:
         return _xla
     if _import_error is not None:
-        raise AuditError(_import_error)
+        raise type(_import_error)(str(_import_error))
     try:
         mismatch = _version_mismatch()
         if mismatch:
@@ -77,7 +78,7 @@ def import_xla() -> SimpleNamespace:
                 backends = None
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] == "torch_xla":
-                raise AuditError("torch-xla is not installed (pip install 'gradaudit[xla]')") from exc
+                raise Unsupported("torch-xla is not installed (pip install 'gradaudit[xla]')") from exc
             raise AuditError(f"torch-xla failed to import: {_one_line(exc)}") from exc
         except Exception as exc:  # undefined symbols from a torch mismatch, a broken PJRT plugin...
             raise AuditError(f"torch-xla failed to import: {type(exc).__name__}: {_one_line(exc)}") from exc
@@ -88,17 +89,12 @@ def import_xla() -> SimpleNamespace:
             raise AuditError(f"torch-xla has no usable device (PJRT_DEVICE={os.environ.get('PJRT_DEVICE')}): "
                              f"{type(exc).__name__}: {_one_line(exc)}") from exc
     except AuditError as exc:
-        _import_error = str(exc)
+        _import_error = exc
         raise
     _xla = SimpleNamespace(torch_xla=torch_xla, xm=xm, metrics=metrics, backends=backends,
                            device=device, device_type=device_type,
                            version=getattr(torch_xla, "__version__", "?"))
     return _xla
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _tangent(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -181,9 +177,21 @@ def _quiet(logger_name: str):
         yield
 
 
+def refuse_sparse_gradients(fn) -> None:
+    """torch-xla has no sparse gradients: an embedding with ``sparse=True`` cannot be audited there."""
+    if isinstance(fn, nn.Module):
+        sparse = [name for name, m in fn.named_modules()
+                  if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
+        if sparse:
+            raise Unsupported(f"torch-xla has no sparse gradients; {sparse[0] or type(fn).__name__} uses "
+                              "sparse=True (audit it on the eager backend)")
+
+
 # ------------------------------------------------------------------------------------------------ program
 class XlaProgram(EagerProgram):
     """An :class:`EagerProgram` whose tensors live on an XLA device (see the module docstring)."""
+
+    capabilities = Capabilities(fallback_ops=True)
 
     def __init__(self, case: Case, device: torch.device, dtype: torch.dtype | None, xla: SimpleNamespace) -> None:
         # Everything close() needs exists before EagerProgram.__init__ runs _setup (which may fail).
@@ -213,24 +221,15 @@ class XlaProgram(EagerProgram):
                    + [saved for _, saved in self._buffers])
 
     # -- hooks into EagerProgram ---------------------------------------------------------------------------
-    def _private_module(self, fn, device, dtype, args, kwargs):
-        if isinstance(fn, nn.Module):
-            sparse = [name for name, m in fn.named_modules()
-                      if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse]
-            if sparse:
-                raise AuditError(f"torch-xla has no sparse gradients; {sparse[0] or type(fn).__name__} uses "
-                                 "sparse=True (audit it on the eager backend)")
-            if any(isinstance(t, nn.parameter.UninitializedTensorMixin)
-                   for t in list(fn.parameters()) + list(fn.buffers())):
-                # Moved to XLA, an uninitialized parameter becomes an empty tensor that lazy modules then
-                # reject: infer the shapes on the CPU (from the CPU generator, as eager does), then move.
-                to_cpu = lambda t: t.cpu() if isinstance(t, torch.Tensor) else t  # noqa: E731
-                fn = super()._private_module(fn, torch.device("cpu"), None, tree_map(to_cpu, args),
-                                             tree_map(to_cpu, kwargs))
-        module = super()._private_module(fn, device, dtype, args, kwargs)
-        self._set_seed(self._user_seed)  # lazy modules initialize their parameters from the XLA generator
+    def _prepare(self, case: Case, dtype: torch.dtype | None) -> PreparedCase:
+        refuse_sparse_gradients(case.fn)
+        # Moved to XLA, an uninitialized parameter becomes an empty tensor that lazy modules then reject: they
+        # infer their shapes on the CPU (from the CPU generator, as eager does), then move.
+        prepared = prepare_case(case, dtype, self._torch_device, lazy_init_device=torch.device("cpu"))
+        self._set_seed(self._user_seed)  # preparing leaves the XLA generator as the user had it
+        module = prepared.module
         self._sync(list(module.parameters()) + list(module.buffers()) if module is not None else [])
-        return module
+        return prepared
 
     def _call_case(self, values, first: bool = False):
         self._ledger.switch(self)

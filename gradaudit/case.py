@@ -1,6 +1,8 @@
 """Cases (what gets audited), loading them from TARGET strings, and naming their differentiable leaves."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import fnmatch
 import importlib
 import importlib.util
@@ -11,9 +13,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 from torch.utils import _pytree as pytree
 
 from gradaudit.errors import AuditError
+from gradaudit.outcome import first_line, one_line as _one_line
+from gradaudit.rng import preserved_rng
 
 
 @dataclass
@@ -165,11 +170,6 @@ def _import_target_module(module_part: str):
         raise AuditError(f"cannot import {module_part}: {type(exc).__name__}: {_one_line(exc)}") from exc
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 def is_differentiable(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex())
 
@@ -296,6 +296,161 @@ def differentiated_outputs(tensors: list[torch.Tensor], names: list[str],
               "reason": "not differentiated: they do not require grad (non-differentiable outputs, or "
                         "detached from the inputs)"}] if left_out else []
     return [name for name, k in zip(names, keep) if k], keep, notes
+
+
+# ------------------------------------------------------------------------------------------ the shared loader
+@dataclass
+class Leaf:
+    """A differentiated tensor: a positional/keyword input or a named parameter."""
+
+    name: str  # 'args[0]', 'kwargs[mask]', 'fc1.weight'
+    value: torch.Tensor
+    kind: str  # 'input' | 'parameter'
+
+
+def cast_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """Cast a floating tensor to ``dtype`` and a complex one to the complex type of the same precision."""
+    if dtype is None:
+        return tensor
+    if tensor.is_complex():
+        return tensor.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+    if tensor.is_floating_point():
+        return tensor.to(dtype)
+    return tensor
+
+
+def _cast_any(value: Any, dtype: torch.dtype | None) -> Any:
+    return cast_tensor(value, dtype) if isinstance(value, torch.Tensor) else value
+
+
+def complex_precision_notes(leaves: list[Leaf], dtype: torch.dtype | None) -> list[dict]:
+    """torch has no complex half or bfloat16: complex leaves run in complex64 then, and the report says so."""
+    complex_leaves = [leaf.name for leaf in leaves if leaf.value.is_complex()]
+    if dtype not in (torch.float16, torch.bfloat16) or not complex_leaves:
+        return []
+    return [{"what": f"{str(dtype)[6:]} for complex tensors",
+             "reason": f"torch has no complex {str(dtype)[6:]}: {', '.join(complex_leaves)} ran in complex64 "
+                       "(float32 precision)"}]
+
+
+def is_lazy(module: nn.Module) -> bool:
+    """Whether a module still has uninitialized (lazy) parameters or buffers."""
+    return any(isinstance(t, nn.parameter.UninitializedTensorMixin)
+               for t in list(module.parameters()) + list(module.buffers()))
+
+
+def private_module(fn: Any, device: torch.device, dtype: torch.dtype | None, args: tuple, kwargs: dict,
+                   lazy_init_device: torch.device | None = None) -> nn.Module | None:
+    """A copy of the user's module on ``device`` and ``dtype``, lazy parameters initialized (on
+    ``lazy_init_device`` when given, from its generator, which is given back afterwards): the user's own
+    module, parameters and buffers are never touched. None for a plain function."""
+    if not isinstance(fn, nn.Module):
+        return None
+    try:
+        module = copy.deepcopy(fn)
+    except Exception as exc:
+        raise AuditError(f"cannot copy module {type(fn).__name__} for auditing: {exc}") from exc
+    if is_lazy(module):
+        init_device = lazy_init_device or device
+        module.to(init_device)
+        move = lambda t: t.to(init_device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        with preserved_rng(cuda=init_device.type == "cuda"), torch.no_grad():
+            module(*pytree.tree_map(move, args), **pytree.tree_map(move, kwargs))  # shapes from the first call
+    module.to(device)
+    if dtype is not None:
+        module._apply(lambda t: cast_tensor(t, dtype))
+    return module
+
+
+def call_failed(exc: BaseException) -> AuditError:
+    """The error for a case whose very first call raised: the case itself is broken, not its gradients."""
+    return AuditError(f"calling the case raised {type(exc).__name__}: {first_line(exc)}")
+
+
+@dataclass
+class FirstOutputs:
+    """What one evaluation with the leaves requiring grad tells about a case's outputs."""
+
+    names: list[str]  # of the differentiated outputs
+    keep: list[bool]  # over every floating output: is it differentiated?
+    values: list[torch.Tensor]  # the differentiated outputs, detached
+    notes: list[dict]  # the outputs left out, for the report
+
+
+@dataclass
+class PreparedCase:
+    """A case ready for any backend, made by :func:`prepare_case`: a private copy of the module, the inputs,
+    the differentiated leaves (parameters first, then inputs), and ``call(values)``, the case with the leaves
+    replaced by ``values``."""
+
+    label: str
+    fn: Callable[..., Any]
+    module: nn.Module | None
+    inputs: InputSlots
+    param_names: list[str]
+    leaves: list[Leaf]
+    notes: list[dict] = field(default_factory=list)
+
+    def call(self, values: list) -> Any:
+        """The case's raw output with the leaves replaced by ``values``."""
+        n = len(self.param_names)
+        args, kwargs = self.inputs.rebuild(list(values[n:]))
+        if self.module is None:
+            return self.fn(*args, **kwargs)
+        return torch.func.functional_call(self.module, dict(zip(self.param_names, values[:n])), args, kwargs)
+
+    def private_copy(self, dtype: torch.dtype | None = None) -> "PreparedCase":
+        """Another copy whose module can be called, exported or mutated without touching this one's, with its
+        module and inputs cast to ``dtype`` when given."""
+        module = None if self.module is None else copy.deepcopy(self.module)
+        if module is not None and dtype is not None:
+            module._apply(lambda t: cast_tensor(t, dtype))
+        inputs = dataclasses.replace(self.inputs, values=[_cast_any(v, dtype) for v in self.inputs.values])
+        return dataclasses.replace(self, module=module, inputs=inputs)
+
+    def first_outputs(self, call: Callable[[list], Any] | None = None) -> FirstOutputs:
+        """Evaluate once (with ``call``, default :meth:`call`) with the leaves requiring grad, to learn the
+        outputs' names and which of them are differentiable: outputs that do not require grad (torch's
+        non-differentiable outputs such as native_layer_norm's mean, or detached ones) are left out, as
+        gradcheck does, and the notes say so."""
+        try:
+            with torch.enable_grad():
+                values = [leaf.value.detach().requires_grad_() for leaf in self.leaves]
+                tensors, names = flatten_outputs((call or self.call)(values))
+        except AuditError:
+            raise
+        except Exception as exc:
+            raise call_failed(exc) from exc
+        kept, keep, notes = differentiated_outputs(tensors, names, self.label)
+        return FirstOutputs(kept, keep, [t.detach() for t, k in zip(tensors, keep) if k], notes)
+
+
+def prepare_case(case: Case, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+                 lazy_init_device: torch.device | None = None) -> PreparedCase:
+    """The one loader every backend uses: choose the leaves (on the user's tensors, whose ``requires_grad``
+    flags the copies lose), copy the module and the inputs onto ``device`` (lazy modules initialized in the
+    module's own dtype), cast floating and complex tensors to ``dtype``, and refuse what cannot be audited."""
+    choice = choose_leaves(case)
+    device = torch.device(device)
+    place = lambda t: t.detach().to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    args, kwargs = tuple(pytree.tree_map(place, case.args)), pytree.tree_map(place, case.kwargs)
+    # Lazy modules infer their shapes from the inputs in the module's own dtype, before both are cast.
+    module = private_module(case.fn, device, dtype, args, kwargs, lazy_init_device)
+    cast = lambda t: _cast_any(t, dtype)  # noqa: E731
+    inputs = InputSlots.of(tuple(pytree.tree_map(cast, args)), pytree.tree_map(cast, kwargs), set(choice.inputs))
+    params = [] if module is None else [
+        (name, p) for name, p in module.named_parameters() if name in choice.parameters]
+    leaves = [Leaf(name, p.detach().clone(), "parameter") for name, p in params]
+    leaves += [Leaf(name, inputs.values[slot].detach().clone(), "input")
+               for name, slot in zip(inputs.names, inputs.slots)]
+    if not leaves:
+        raise AuditError("nothing to differentiate: no floating-point or complex tensor in args/kwargs "
+                         "and no trainable parameter")
+    for leaf in leaves:
+        if torch.isnan(leaf.value).any():
+            raise AuditError(f"{leaf.name} contains NaN; gradients cannot be checked there")
+    return PreparedCase(case.label, case.fn, module, inputs, [name for name, _ in params], leaves,
+                        complex_precision_notes(leaves, dtype))
 
 
 def source_of(fn: Callable) -> str | None:

@@ -5,5 +5,7 @@ class AuditError(ValueError):
     """Bad input or a missing dependency: reported as one line, never as a traceback."""
 
 
-class Unsupported(RuntimeError):
-    """A capability (forward-mode AD, double backward, ...) that the function or backend lacks."""
+class Unsupported(AuditError, RuntimeError):
+    """What this backend or function cannot do (forward-mode AD, double backward, sparse gradients on XLA,
+    complex tensors in ONNX, a backend not installed here): a suite skips the case there instead of calling it an
+    error. An AuditError too, so an audit that needs the capability stops with its one-line message (exit 2)."""

@@ -132,8 +132,16 @@ def where_it_happened(exc: BaseException) -> str:
 
 
 def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message ("" when it has none)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return lines[0] if lines else ""
+
+
+def one_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message, or its type's name when it has none; cut to ``limit``
+    characters (ending in ``...``) when given."""
+    text = first_line(exc) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def exit_call(exc: SystemExit) -> str:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import networkx as nx
 import torch
@@ -46,17 +45,17 @@ import torch.autograd.forward_ad as fwAD
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from gradaudit.backends.base import Stats
-from gradaudit.case import is_differentiable
-from gradaudit.core.differentiate import gradients
-from gradaudit.core.numerics import (directional_derivative, elementwise_tolerance, eps_of, inner, is_finite,
-                                     probe_tolerance, rademacher_like, real, step_size)
-from gradaudit.core.probe import Analytical, Numerics, ProbeSpace, probe_group
+from gradaudit.analyzers.graph import NodeInfo
+from gradaudit.analyzers.local_probe import LocalResult, at_points, local_function, local_probe
+from gradaudit.analyzers.trace import Trace, trace_program
+from gradaudit.core.kinds import FAULTS, FaultKind
+from gradaudit.core.numerics import (directional_derivative, elementwise_tolerance, eps_of, inner, probe_tolerance,
+                                     rademacher_like, real, step_size)
 from gradaudit.report import Finding
-from gradaudit.analyzers.graph import NodeInfo, Trace, trace_program
+from gradaudit.rng import preserved_rng
 
 ROOT = "__root__"
-LOCALIZED_KINDS = ("faulty_backward", "faulty_double_backward", "faulty_forward_ad")
+LOCALIZED_KINDS = FAULTS
 
 
 # ------------------------------------------------------------------------------------------ perturbed runs
@@ -94,137 +93,9 @@ class _Diverged(RuntimeError):
     """A re-run did not follow the traced op sequence (data-dependent control flow)."""
 
 
-def at_points(f: Callable) -> Callable:
-    """A one-point function as the many-point evaluator the numerics take."""
-    return lambda points: [f(z) for z in points]
-
-
 def _name(func) -> str:
     from gradaudit.analyzers.graph import _op_name
     return _op_name(func)
-
-
-# ------------------------------------------------------------------------------------------ local probes
-@dataclass
-class LocalResult:
-    failed: bool
-    excess: float
-    analytical: float | None = None
-    numerical: float | None = None
-    tolerance: float | None = None
-    kink: bool = False
-
-    def to_dict(self) -> dict:
-        return {"failed": self.failed, "excess": self.excess, "analytical": self.analytical,
-                "numerical": self.numerical, "error_bar": self.tolerance, "kink": self.kink}
-
-
-def _recorded_inputs(args, kwargs, versions: list[int], requires_grad: list[bool]):
-    """(flat inputs, spec, positions of the differentiable ones) of a recorded call; None when an input was
-    changed in place since (its version moved) or nothing is differentiable."""
-    flat, spec = tree_flatten((args, kwargs))
-    tensors = [(k, v) for k, v in enumerate(flat) if isinstance(v, torch.Tensor)]
-    if [v._version for _, v in tensors] != versions:
-        return None
-    positions = [k for (k, v), rg in zip(tensors, requires_grad) if rg and is_differentiable(v)]
-    return (flat, spec, positions) if positions else None
-
-
-def local_function(info: NodeInfo) -> tuple[Callable, list[torch.Tensor]] | None:
-    """The node as a function of its differentiable forward inputs, and the recorded inputs; None when the node
-    cannot be evaluated in isolation (inputs changed in place since, or not recorded)."""
-    if info.function is not None:
-        call = info.function
-        recorded = _recorded_inputs(call.args, call.kwargs, call.versions, call.requires_grad)
-        cls, all_outputs = call.cls, True
-        invoke = lambda a, kw: cls.apply(*a, **kw)
-    elif info.record is not None and info.category in ("op", "custom_op"):
-        record = info.record
-        recorded = _recorded_inputs(record.args, record.kwargs, record.arg_versions, record.arg_requires_grad)
-        mutable, func, all_outputs = record.mutable, record.func, info.category == "custom_op"
-        invoke = lambda a, kw: func(*a, **kw)
-        if mutable:
-            base = invoke
-            invoke = lambda a, kw: base(*[x.clone() if isinstance(x, torch.Tensor) else x for x in a], **kw)
-    else:
-        return None
-    if recorded is None:
-        return None
-    flat, spec, positions = recorded
-    constants = [v.detach() if isinstance(v, torch.Tensor) else v for v in flat]
-
-    def fn(xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        values = list(constants)
-        for k, x in zip(positions, xs):
-            values[k] = x
-        args, kwargs = tree_unflatten(values, spec)
-        outs = [o for o in tree_flatten(invoke(args, kwargs))[0] if is_differentiable(o)]
-        return outs if all_outputs else outs[:1]
-
-    return fn, [flat[k].detach().clone() for k in positions]
-
-
-def _backward_function(fn: Callable, n_inputs: int) -> Callable:
-    """(a, g) -> J(a)^T g with create_graph: the node's backward as a function of inputs and incoming grad."""
-    def backward(zs: list[torch.Tensor]) -> list[torch.Tensor]:
-        xs = [z if z.requires_grad else z.detach().requires_grad_() for z in zs[:n_inputs]]
-        return gradients(fn(xs), xs, zs[n_inputs:], Stats(), create_graph=True)
-    return backward
-
-
-def local_probe(fn: Callable, xs: list[torch.Tensor], test: str, generator: torch.Generator,
-                probes: int = 2, nearby: bool = True) -> LocalResult:
-    """The checker's probe test (``core.probe``) on one node in isolation: ``reverse`` (VJP vs finite
-    differences), ``double`` (the same on the node's backward B(a, g)) or ``forward`` (JVP vs finite
-    differences, elementwise). A failure is re-checked at a nearby point; passing there marks a kink, not a
-    fault."""
-    if test == "double":
-        with torch.enable_grad():
-            outs = fn([x.detach().requires_grad_() for x in xs])
-        gs = [rademacher_like(o.detach(), generator) for o in outs]
-        fn, xs, test = _backward_function(fn, len(xs)), list(xs) + gs, "reverse"
-    dtype = min((real(x).dtype for x in xs), key=lambda d: torch.finfo(d).bits)
-    space = ProbeSpace(list(xs), [f"input {i}" for i in range(len(xs))], dtype, generator)
-
-    def evaluate(zs):
-        with torch.enable_grad():
-            return [o.detach() for o in fn([z.detach().requires_grad_() for z in zs])]
-    numerics = Numerics(at_points(evaluate), space)
-
-    def at(point) -> LocalResult:
-        analytical = _local_analytical(fn, point, generator, forward=test == "forward")
-        outcome = probe_group(numerics, analytical, point, list(range(len(point))), probes)[
-            "forward" if test == "forward" else "reverse"]
-        return LocalResult(outcome.failed, outcome.excess, outcome.analytical, outcome.numerical, outcome.tolerance)
-
-    result = at(xs)
-    if result.failed and nearby:
-        shifted = space.nearby_point(lambda point: is_finite(evaluate(point)))
-        if shifted is not None and not at(shifted).failed:
-            result.failed, result.kink = False, True
-    return result
-
-
-def _local_analytical(fn: Callable, point: list[torch.Tensor], generator: torch.Generator,
-                      forward: bool) -> Analytical:
-    """The analytical side of a node's function at a point: one VJP, and JVPs when the test is forward mode."""
-    with torch.enable_grad():
-        leaves = [x.detach().requires_grad_() for x in point]
-        outs = fn(leaves)
-        w = [rademacher_like(o.detach(), generator) for o in outs]
-        pairs = [(o, v) for o, v in zip(outs, w) if o.requires_grad]
-        grads = torch.autograd.grad([o for o, _ in pairs], leaves, [v for _, v in pairs],
-                                    allow_unused=True) if pairs else [None] * len(leaves)
-        grads = [torch.zeros_like(x) if g is None else g.detach() for g, x in zip(grads, leaves)]
-
-    def tangents(u: list) -> list[torch.Tensor]:
-        with fwAD.dual_level(), torch.enable_grad():
-            duals = [fwAD.make_dual(x.detach().requires_grad_(), t if t is not None else torch.zeros_like(x))
-                     for x, t in zip(point, u)]
-            outs = fn(duals)
-            found = [fwAD.unpack_dual(o).tangent for o in outs]
-            return [torch.zeros_like(o) if t is None else t.detach() for t, o in zip(found, outs)]
-    return Analytical([w], [grads], tangents if forward else (lambda u: None))
 
 
 # ------------------------------------------------------------------------------------------ the localizer
@@ -243,6 +114,9 @@ class Localization:
 
 
 class Localizer:
+    """What every localization shares: re-runs of the program like the trace's (perturbed or captured),
+    local probes of single nodes, and the choice among candidates."""
+
     def __init__(self, program, seed: int = 0) -> None:
         self.program = program
         self.generator = torch.Generator().manual_seed(seed)
@@ -254,7 +128,6 @@ class Localizer:
         self.local_evals = 0
         self.status: dict[str, bool | None] = {}
 
-    # -- helpers ---------------------------------------------------------------------------------------------
     def fresh(self, values=None) -> list[torch.Tensor]:
         return [v.detach().clone().requires_grad_() for v in (values or self.leaf_values)]
 
@@ -292,7 +165,76 @@ class Localizer:
         info = trace.infos[node_id]
         return info.kind == "leaf" or (info.kind == "node" and bool(info.producers))
 
-    # -- order 1 ---------------------------------------------------------------------------------------------
+    def choose(self, trace: Trace, candidates: list[str], test: str, details: dict) -> Localization:
+        """One candidate: it (confirmed by a local probe where one can run). Several: those failing a local probe;
+        if none can tell, custom Functions and ops before built-in ones."""
+        probes = {}
+        for node_id in candidates:
+            result = self.probe_node(trace.infos[node_id], test)
+            if result is not None:
+                probes[node_id] = result
+        failing = [n for n in candidates if n in probes and probes[n].failed]
+        if failing:
+            culprit = failing[0]
+        elif candidates:
+            culprit = sorted(candidates, key=lambda n: (not trace.infos[n].custom,
+                                                        trace.infos[n].category == "op"))[0]
+        else:
+            culprit = None
+        details = dict(details, candidates=[trace.infos[n].name for n in candidates],
+                       local_probes={trace.infos[n].name: r.to_dict() for n, r in probes.items()},
+                       confirmed=bool(culprit in probes and probes[culprit].failed))
+        return Localization(trace, culprit, details=details)
+
+    def probe_node(self, info: NodeInfo, test: str) -> LocalResult | None:
+        local = local_function(info)
+        if local is None:
+            return None
+        fn, xs = local
+        try:
+            return local_probe(fn, xs, test, self.generator)
+        except Exception:  # an op that cannot run alone, or has no formula for this test
+            return None
+        finally:
+            self.local_evals += 1
+
+    def by_local_probes(self, trace: Trace, test: str, leaf: str | None, limit: int = 400) -> Localization:
+        """Probe nodes one by one in isolation: custom Functions and ops first, then the rest, closest to the
+        output first; the first that fails is the culprit."""
+        graph = trace.graph
+        rooted = graph.copy()
+        rooted.add_edges_from((ROOT, n) for n, d in graph.nodes(data=True) if d["kind"] == "output")
+        distance = nx.single_source_shortest_path_length(rooted, ROOT)
+        nodes = [n for n, d in graph.nodes(data=True) if d["kind"] == "node" and n in distance]
+        if leaf is not None and leaf in graph:
+            upstream = nx.ancestors(graph, leaf)
+            nodes = [n for n in nodes if n in upstream]
+        nodes.sort(key=lambda n: (not trace.infos[n].custom, distance[n], n))
+        probed = {}
+        for node_id in nodes[:limit]:
+            result = self.probe_node(trace.infos[node_id], test)
+            if result is None:
+                continue
+            probed[trace.infos[node_id].name] = result.to_dict()
+            if result.failed:
+                return Localization(trace, node_id, details={"method": "local_probe", "probed": len(probed),
+                                                             "local_probes": {trace.infos[node_id].name:
+                                                                              result.to_dict()},
+                                                             "confirmed": True})
+        return Localization(trace, None, details={"method": "local_probe", "probed": len(probed),
+                                                  "note": "no node failed its local probe test"})
+
+    def localize_double(self, finding: Finding) -> Localization:
+        trace = trace_program(self.program, self.fresh())
+        leaf = trace.leaf_id(finding.wrt) if finding.wrt and finding.wrt != "total" else None
+        return self.by_local_probes(trace, "double", leaf)
+
+
+class ReverseLocalizer(Localizer):
+    """Order 1, reverse mode: the gradient flowing into nodes and leaves against finite differences of
+    perturbed re-runs; bisection along the failing leaf's dominators, then a walk up to the first
+    disagreement."""
+
     def reverse_pass(self):
         values = self.fresh()
         trace = trace_program(self.program, values)
@@ -430,72 +372,11 @@ class Localizer:
                 return current, unknown + agree
             current = moved
 
-    def choose(self, trace: Trace, candidates: list[str], test: str, details: dict) -> Localization:
-        """One candidate: it (confirmed by a local probe where one can run). Several: those failing a local probe;
-        if none can tell, custom Functions and ops before built-in ones."""
-        probes = {}
-        for node_id in candidates:
-            result = self.probe_node(trace.infos[node_id], test)
-            if result is not None:
-                probes[node_id] = result
-        failing = [n for n in candidates if n in probes and probes[n].failed]
-        if failing:
-            culprit = failing[0]
-        elif candidates:
-            culprit = sorted(candidates, key=lambda n: (not trace.infos[n].custom,
-                                                        trace.infos[n].category == "op"))[0]
-        else:
-            culprit = None
-        details = dict(details, candidates=[trace.infos[n].name for n in candidates],
-                       local_probes={trace.infos[n].name: r.to_dict() for n, r in probes.items()},
-                       confirmed=bool(culprit in probes and probes[culprit].failed))
-        return Localization(trace, culprit, details=details)
 
-    def probe_node(self, info: NodeInfo, test: str) -> LocalResult | None:
-        local = local_function(info)
-        if local is None:
-            return None
-        fn, xs = local
-        try:
-            return local_probe(fn, xs, test, self.generator)
-        except Exception:  # an op that cannot run alone, or has no formula for this test
-            return None
-        finally:
-            self.local_evals += 1
+class ForwardLocalizer(Localizer):
+    """Forward mode: every intermediate's tangent against Richardson differences of captured re-runs; the
+    earliest node whose output tangent disagrees while its inputs' agree."""
 
-    def by_local_probes(self, trace: Trace, test: str, leaf: str | None, limit: int = 400) -> Localization:
-        """Probe nodes one by one in isolation: custom Functions and ops first, then the rest, closest to the
-        output first; the first that fails is the culprit."""
-        graph = trace.graph
-        rooted = graph.copy()
-        rooted.add_edges_from((ROOT, n) for n, d in graph.nodes(data=True) if d["kind"] == "output")
-        distance = nx.single_source_shortest_path_length(rooted, ROOT)
-        nodes = [n for n, d in graph.nodes(data=True) if d["kind"] == "node" and n in distance]
-        if leaf is not None and leaf in graph:
-            upstream = nx.ancestors(graph, leaf)
-            nodes = [n for n in nodes if n in upstream]
-        nodes.sort(key=lambda n: (not trace.infos[n].custom, distance[n], n))
-        probed = {}
-        for node_id in nodes[:limit]:
-            result = self.probe_node(trace.infos[node_id], test)
-            if result is None:
-                continue
-            probed[trace.infos[node_id].name] = result.to_dict()
-            if result.failed:
-                return Localization(trace, node_id, details={"method": "local_probe", "probed": len(probed),
-                                                             "local_probes": {trace.infos[node_id].name:
-                                                                              result.to_dict()},
-                                                             "confirmed": True})
-        return Localization(trace, None, details={"method": "local_probe", "probed": len(probed),
-                                                  "note": "no node failed its local probe test"})
-
-    # -- order 2 ---------------------------------------------------------------------------------------------
-    def localize_double(self, finding: Finding) -> Localization:
-        trace = trace_program(self.program, self.fresh())
-        leaf = trace.leaf_id(finding.wrt) if finding.wrt and finding.wrt != "total" else None
-        return self.by_local_probes(trace, "double", leaf)
-
-    # -- forward mode ----------------------------------------------------------------------------------------
     def localize_forward(self, finding: Finding) -> Localization:
         wanted = [w for w in (finding.details.get("wrt_all") or [finding.wrt]) if w and w != "total"]
         index = self.names.index(wanted[0]) if wanted and wanted[0] in self.names else 0
@@ -554,23 +435,17 @@ class Localizer:
 # ------------------------------------------------------------------------------------------ public API
 def locate(program, finding: Finding, seed: int = 0) -> Localization:
     """Find the culprit of a failed check; returns the trace (with its graph) and the culprit's graph id."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     stats = program.stats
     before = (stats.forward_evals, stats.backward_evals)
     started = time.perf_counter()
-    localizer = Localizer(program, seed)
-    try:
-        if finding.kind == "faulty_double_backward":
-            result = localizer.localize_double(finding)
-        elif finding.kind == "faulty_forward_ad":
-            result = localizer.localize_forward(finding)
-        else:
-            result = localizer.localize_reverse(finding)
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+    if finding.kind == FaultKind.FAULTY_DOUBLE_BACKWARD:
+        localizer, how = Localizer(program, seed), Localizer.localize_double
+    elif finding.kind == FaultKind.FAULTY_FORWARD_AD:
+        localizer, how = ForwardLocalizer(program, seed), ForwardLocalizer.localize_forward
+    else:
+        localizer, how = ReverseLocalizer(program, seed), ReverseLocalizer.localize_reverse
+    with preserved_rng():
+        result = how(localizer, finding)
     if result.culprit is not None:
         from gradaudit.analyzers.graph import mark_culprit
         result.path = mark_culprit(result.trace.graph, result.culprit)

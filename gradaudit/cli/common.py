@@ -14,7 +14,7 @@ import click
 
 from gradaudit import log
 from gradaudit.errors import AuditError
-from gradaudit.outcome import check_output_path, fail
+from gradaudit.outcome import EXIT_ERROR, check_output_path, fail
 
 F = TypeVar("F", bound=Callable[..., Any])
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -24,9 +24,20 @@ SEED = click.IntRange(0, 2**64 - 1)
 logger = logging.getLogger("gradaudit.cli")
 
 
+class OutputPathError(click.ClickException):
+    """An output file the command could not write. Not a usage error: one line and exit 2, like every error
+    that stops an audit before it starts."""
+
+    exit_code = EXIT_ERROR
+
+    def show(self, file: Any = None) -> None:
+        """The one line of ``gradaudit.outcome.fail`` (which exits 2 at once, as click would next)."""
+        fail(self.format_message())
+
+
 class OutputPath(click.Path):
-    """A file the command writes (``-`` is stdout where ``allow_dash``). Refused before any work, in one line
-    and exit 2 (``gradaudit.outcome.check_output_path``): a missing directory, a directory, no permission."""
+    """A file the command writes (``-`` is stdout where ``allow_dash``). Refused before any work
+    (``gradaudit.outcome.check_output_path``, its messages): a missing directory, a directory, no permission."""
 
     def __init__(self, allow_dash: bool = False) -> None:
         super().__init__(dir_okay=False, writable=True, allow_dash=allow_dash)
@@ -37,7 +48,7 @@ class OutputPath(click.Path):
         try:
             check_output_path(str(value), option)
         except AuditError as exc:
-            fail(str(exc))
+            raise OutputPathError(str(exc)) from None
         return super().convert(value, param, ctx)
 
 

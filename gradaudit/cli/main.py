@@ -9,18 +9,31 @@ from __future__ import annotations
 
 import click
 
+from gradaudit import config
 from gradaudit.cli.backends import backends
 from gradaudit.cli.compare import compare
 from gradaudit.cli.graph import graph_command
 from gradaudit.cli.run import run
 from gradaudit.cli.suite import suite_command
-from gradaudit.outcome import InterruptibleGroup
+from gradaudit.errors import AuditError
+from gradaudit.outcome import InterruptibleGroup, fail
 
 
 @click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="gradaudit")
-def main() -> None:
-    """Check that the gradients of PyTorch code are right, on every backend."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Check that the gradients of PyTorch code are right, on every backend.
+
+    Option defaults come from [tool.gradaudit] in pyproject.toml and GRADAUDIT_* environment variables
+    (GRADAUDIT_BACKEND=xla); the command line wins."""
+    if ctx.invoked_subcommand is None:
+        return
+    try:
+        defaults = config.default_map(main, ctx.invoked_subcommand)
+    except AuditError as exc:
+        fail(str(exc))
+    ctx.default_map = {**(ctx.default_map or {}), ctx.invoked_subcommand: defaults}
 
 
 for _command in (run, compare, graph_command, suite_command, backends):

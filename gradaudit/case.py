@@ -4,13 +4,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
-import importlib
 import importlib.util
 import inspect
+import os
+import pkgutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -118,14 +120,12 @@ def _describe(value: Any) -> str:
 
 
 def load_target(target: str) -> Case:
-    """Load ``path/to/file.py:NAME`` or ``dotted.module:NAME`` and call NAME to get the case."""
+    """Load ``path/to/file.py:NAME`` or ``dotted.module:NAME`` and call NAME to get the case (NAME may be dotted,
+    ``Class.factory``, as in ``pkgutil.resolve_name``)."""
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
         raise AuditError(f"target {target!r} is not of the form path/to/file.py:NAME or dotted.module:NAME")
-    namespace = _import_target_module(module_part)
-    if not hasattr(namespace, attr):
-        raise AuditError(f"{module_part} has no attribute {attr!r}")
-    factory = getattr(namespace, attr)
+    factory = _import_target_module(module_part, attr)
     if isinstance(factory, Case):
         return factory
     if not callable(factory):
@@ -140,34 +140,66 @@ def load_target(target: str) -> Case:
     return case
 
 
-def _import_target_module(module_part: str):
-    is_file = module_part.endswith(".py") or "/" in module_part or "\\" in module_part
+def _import_target_module(module_part: str, attr: str) -> Any:
+    """Import the target's module, a file or a dotted module (``pkgutil.resolve_name``), and return what
+    ``attr`` names in it. Any failure is one :class:`AuditError` line."""
     try:
-        if is_file:
-            path = Path(module_part)
-            if not path.is_file():
-                raise AuditError(f"no such file: {module_part}")
-            module_name = f"gradaudit_target_{abs(hash(str(path.resolve())))}"
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module  # dataclasses and pickling look modules up here
-            sys.path.insert(0, str(path.resolve().parent))  # so the file can import its neighbours
-            try:
-                spec.loader.exec_module(module)
-            finally:
-                sys.path.remove(str(path.resolve().parent))
-            return module
-        if "" not in sys.path and "." not in sys.path:
-            sys.path.insert(0, "")
-        return importlib.import_module(module_part)
+        if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
+            return _attribute(_exec_file(module_part), attr, module_part)
+        # A console script's sys.path lacks the working directory (python -m has it): add it for this import only.
+        with _on_sys_path(os.getcwd()):
+            return pkgutil.resolve_name(f"{module_part}:{attr}")
     except AuditError:
         raise
+    except AttributeError as exc:
+        if module_part in sys.modules:  # the module imported fine: NAME is not in it
+            raise AuditError(f"{module_part} has no attribute {attr!r}") from None
+        raise AuditError(f"cannot import {module_part}: AttributeError: {_one_line(exc)}") from exc
     except ModuleNotFoundError as exc:
         raise AuditError(f"cannot import {module_part}: {_one_line(exc)}") from exc
     except SyntaxError as exc:
         raise AuditError(f"cannot import {module_part}: SyntaxError at line {exc.lineno}: {exc.msg}") from exc
     except Exception as exc:
         raise AuditError(f"cannot import {module_part}: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+def _exec_file(module_part: str) -> Any:
+    """Run a target file as a module of its own (registered in ``sys.modules``: dataclasses and pickling look
+    modules up there), its folder importable while it runs so that it can import its neighbours."""
+    path = Path(module_part)
+    if not path.is_file():
+        raise AuditError(f"no such file: {module_part}")
+    module_name = f"gradaudit_target_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    with _on_sys_path(str(path.resolve().parent)):
+        spec.loader.exec_module(module)
+    return module
+
+
+def _attribute(namespace: Any, attr: str, module_part: str) -> Any:
+    """``namespace.attr``, ``attr`` dotted or not."""
+    value = namespace
+    for part in attr.split("."):
+        if not hasattr(value, part):
+            raise AuditError(f"{module_part} has no attribute {attr!r}")
+        value = getattr(value, part)
+    return value
+
+
+@contextmanager
+def _on_sys_path(folder: str) -> Iterator[None]:
+    """``folder`` importable while inside, unless sys.path has it already; sys.path as it was on leaving."""
+    if folder in (os.path.abspath(entry) for entry in sys.path):
+        yield
+        return
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
 
 
 def is_differentiable(value: Any) -> bool:

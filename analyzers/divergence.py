@@ -43,9 +43,11 @@ def eager_module_outputs(reference) -> dict[str, torch.Tensor]:
 
 
 def first_divergence(program, reference) -> Divergence | None:
-    """Compare module outputs of an ONNX program (``gradaudit.backends.onnx.module_outputs``) with eager ones
-    within the program's precision; None when no module output differs (or the case has no modules)."""
-    if getattr(reference, "module", None) is None or not hasattr(program, "module_outputs"):
+    """Compare module outputs of a program that can tell them (``capabilities.module_outputs``, an exported
+    ONNX graph) with eager ones within the program's precision; None when no module output differs (or the case
+    has no modules, or the program cannot tell its module outputs)."""
+    capabilities = program.capabilities
+    if reference.module is None or not (capabilities.module_outputs and capabilities.node_modules):
         return None
     exported = program.module_outputs()
     eps = eps_of(program.dtype)

@@ -213,10 +213,11 @@ class OnnxProgram(Program):
         changes = not all(torch.equal(a, b) for a, b in zip(first, second))
         where = sorted({_node_info(node)[0] or node.name for node in random})
         ops = ", ".join(sorted({node.op_type for node in random}))
+        how = "draws new numbers on every onnxruntime run" if changes else "onnxruntime draws its own masks"
         raise Unsupported(f"the exported graph of {self._label} is random: {ops} in training mode at "
-                          f"{', '.join(where)} ({'draws new numbers on every onnxruntime run' if changes else 'onnxruntime draws its own masks'}"
-                          "; torch's masks cannot be reproduced), so finite differences through it do not "
-                          "measure the eager function: audit the module in eval() mode")
+                          f"{', '.join(where)} ({how}; torch's masks cannot be reproduced), so finite "
+                          "differences through it do not measure the eager function: audit the module in eval() "
+                          "mode")
 
     # -- running -----------------------------------------------------------------------------------------
     def _run(self, exported: _Exported, arrays: list, session=None, input_names=None, output_names=None):

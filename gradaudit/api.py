@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from gradaudit import __version__
 from gradaudit.case import as_case
-from gradaudit.core.checker import Auditor, Settings
+from gradaudit.core.checks import Auditor, Settings
 from gradaudit.errors import AuditError
 from gradaudit.isolation import annotate_isolated, collect_isolated
 from gradaudit.outcome import user_code_boundary
 from gradaudit.core.numerics import eps_of, model_error_of
 from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
 from gradaudit.registry import usable_backend
+from gradaudit.rng import preserved_rng
 from gradaudit.backends.base import Program
 from gradaudit.report import Check, Finding, Report
 
@@ -33,20 +34,11 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 @contextmanager
-def same_rng_for_each_program():
+def same_rng_for_each_program() -> Iterator[Callable[[], None]]:
     """Every program loaded inside starts from the caller's RNG state (same dropout masks in the float64
-    shadow as in the audited dtype); the caller gets that state back at the end."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-
-    def rewind() -> None:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-    try:
-        yield rewind
-    finally:
-        rewind()
+    shadow as in the audited dtype): the block gets ``rewind()``; the caller gets that state back at the end."""
+    with preserved_rng() as snapshot:
+        yield snapshot.restore
 
 
 @user_code_boundary("gradaudit.check")
@@ -81,7 +73,7 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     with same_rng_for_each_program() as rewind:
         with chosen.load(case, device, parse_dtype(dtype)) as program:
             reference = None
-            if not program.supports_autograd and not static_only:
+            if not program.capabilities.autograd and not static_only:
                 rewind()
                 reference = usable_backend("eager").load(case, "cpu", torch.float64)
             elif shadow and program.dtype != torch.float64 and not static_only:
@@ -92,11 +84,11 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                     skipped.append({"what": "float64 shadow", "reason": f"{type(exc).__name__}: {exc}; "
                                     f"checked in {program.dtype} with its own error bars"})
             try:
-                skipped += getattr(program, "notes", [])
+                skipped += program.notes
                 if static_only:
                     checks, findings = [], static_hazards(program)
-                elif program.supports_autograd:
-                    checks, findings = autograd_backend_audit(chosen.name, case, program, reference, settings,
+                elif program.capabilities.autograd:
+                    checks, findings = autograd_backend_audit(case, program, reference, settings,
                                                               progress, skipped, localize, rewind)
                 else:
                     checks, findings = numeric_backend_audit(program, reference, settings, progress, skipped,
@@ -125,14 +117,15 @@ def random_op(program: Program) -> str | None:
     return first_random_op(program)
 
 
-def autograd_backend_audit(backend: str, case, program: Program, reference: Program | None, settings: Settings,
+def autograd_backend_audit(case, program: Program, reference: Program | None, settings: Settings,
                            progress, skipped: list[dict], localize: bool,
                            rewind: Callable[[], None]) -> tuple[list[Check], list[Finding]]:
-    """Checks of a backend with torch autograd (eager, XLA). A backend other than eager is also held against
-    eager float64 on CPU: its forward (order-0 checks; how accurate its elementary functions are sets the
-    checker's model error) and, for localization, its gradients node by node."""
+    """Checks of a backend with torch autograd (eager, XLA). A backend that is not the eager reference itself
+    (``capabilities.reference``) is also held against eager float64 on CPU: its forward (order-0 checks; how
+    accurate its elementary functions are sets the checker's model error) and, for localization, its gradients
+    node by node."""
     checks, findings, model_error, eager = [], [], 0.0, None
-    if backend != "eager":
+    if not program.capabilities.reference:
         rewind()
         eager = usable_backend("eager").load(case, "cpu", torch.float64)
     try:
@@ -191,7 +184,7 @@ def localize_findings(program: Program, findings: list[Finding], seed: int, eage
 
 
 def static_hazards(program: Program) -> list[Finding]:
-    if not program.supports_autograd:
+    if not program.capabilities.autograd:
         return []
     from gradaudit.analyzers.hazards import static_findings
 
@@ -230,4 +223,4 @@ def fallback_hazards(program: Program) -> list[Finding]:
     device and CPU semantics may differ."""
     return [Finding("hazard", f"{op} fell back to the CPU on {program.device}", op=op, severity="warning",
                     details={"hazard": "cpu_fallback", "count": count})
-            for op, count in getattr(program, "fallback_counts", {}).items()]
+            for op, count in program.fallback_counts.items()]

@@ -77,7 +77,7 @@ def compare_program(program, reference, settings: Settings,
     """Forward parity, then gradient parity (autograd backends) or the finite-difference audit that
     ``gradaudit run`` gives a backend without autograd (exported graphs)."""
     notes: list[dict] = []
-    if not program.supports_autograd:
+    if not program.capabilities.autograd:
         checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
         return checks, findings, notes
     checks, drift = forward_checks(program, reference)

@@ -23,7 +23,7 @@ import os
 import pickle
 import signal
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from gradaudit.outcome import TargetExit, claim_exit_guard, describe, real_exit
@@ -144,9 +144,9 @@ def _backward_runs() -> bool:
     return True
 
 
-def _counters(program: Any) -> dict | None:
-    stats = getattr(program, "stats", None)
-    return None if stats is None else {f.name: getattr(stats, f.name) for f in fields(stats)}
+def _counters(program: Any) -> dict:
+    """A program's evaluation counters (``Program.stats``), to carry back from a forked child."""
+    return program.stats.to_dict()
 
 
 def _in_child(work: Callable[[], Any], programs: list) -> PhaseResult | None:

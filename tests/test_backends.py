@@ -1,0 +1,129 @@
+"""The backend contract: the shared loader (PreparedCase), declared capabilities, RNG snapshots, and entry
+points checked on load."""
+
+import pytest
+import torch
+from torch import nn
+
+import fixtures as fx
+from gradaudit.backends.base import Capabilities, Program
+from gradaudit.backends.eager import EagerProgram
+from gradaudit.case import Case, prepare_case
+from gradaudit.errors import AuditError, Unsupported
+from gradaudit.registry import get_backend
+from gradaudit.rng import RngSnapshot, preserved_rng
+
+
+# ------------------------------------------------------------------ the shared loader
+def test_prepared_case_is_a_private_copy_with_leaves_in_order():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Tanh()).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    prepared = prepare_case(Case(model, (x,)), torch.float32)
+    assert prepared.module is not model
+    assert [leaf.name for leaf in prepared.leaves] == ["0.weight", "0.bias", "args[0]"]
+    assert [leaf.kind for leaf in prepared.leaves] == ["parameter", "parameter", "input"]
+    assert all(leaf.value.dtype == torch.float32 for leaf in prepared.leaves)
+    assert model[0].weight.dtype == torch.float64  # the user's module is untouched
+    out = prepared.call([leaf.value for leaf in prepared.leaves])
+    assert torch.allclose(out.double(), model(x), atol=1e-5)
+
+
+def test_prepared_case_initializes_lazy_modules_without_moving_the_rng():
+    torch.manual_seed(0)
+    model, x = nn.LazyLinear(2), torch.randn(3, 4)
+    state = torch.get_rng_state()
+    prepared = prepare_case(Case(model, (x,)))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert prepared.module.weight.shape == (2, 4)
+    assert isinstance(model.weight, nn.parameter.UninitializedParameter)  # the user's one stays lazy
+
+
+@pytest.mark.parametrize("case, message", [
+    (Case(torch.sin, (torch.arange(3),)), "nothing to differentiate"),
+    (Case(torch.sin, (torch.tensor([float("nan")]),)), "contains NaN"),
+])
+def test_prepared_case_refuses_what_cannot_be_audited(case, message):
+    with pytest.raises(AuditError, match=message):
+        prepare_case(case)
+
+
+def test_first_outputs_leaves_out_outputs_without_grad_and_names_a_broken_case():
+    prepared = prepare_case(Case(lambda x: (x.sin(), x.detach()), (torch.randn(3),)))
+    first = prepared.first_outputs()
+    assert first.names == ["out[0]"] and first.keep == [True, False] and first.notes
+
+    def broken(x):
+        raise RuntimeError("boom\nmore")
+    with pytest.raises(AuditError, match="calling the case raised RuntimeError: boom$"):
+        prepare_case(Case(broken, (torch.randn(3),))).first_outputs()
+
+
+def test_private_copy_casts_and_does_not_share_buffers():
+    prepared = prepare_case(Case(nn.BatchNorm1d(3).double(), (torch.randn(4, 3, dtype=torch.float64),)))
+    copy = prepared.private_copy(torch.float32)
+    assert copy.module is not prepared.module
+    assert copy.module.running_mean.dtype == torch.float32
+    copy.call([leaf.value.float() for leaf in prepared.leaves])  # train mode: updates the copy's stats only
+    assert torch.equal(prepared.module.running_mean, torch.zeros(3, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ capabilities
+def test_eager_declares_itself_the_reference_with_the_defaults_of_program():
+    with get_backend("eager").load(Case(*fx.groupnorm_gelu())) as program:
+        assert program.capabilities == Capabilities(reference=True)
+        assert program.capabilities.autograd and program.supports_autograd
+        assert program.notes == [] and program.fallback_counts == {}
+        assert program.module is not None
+        with pytest.raises(Unsupported):
+            program.module_outputs()
+        with pytest.raises(Unsupported):
+            program.node_modules()
+        point = [leaf.value for leaf in program.leaves]
+        batched = program.evaluate_batch([point, point])
+        assert len(batched) == 2 and all(torch.equal(a, b) for a, b in zip(batched[0], program(point)))
+
+
+def test_capabilities_are_frozen():
+    with pytest.raises(Exception):
+        Capabilities().autograd = False  # type: ignore[misc]
+
+
+def test_a_program_implements_place_and_evaluate_only():
+    class Doubling(Program):
+        def __init__(self, case):
+            super().__init__("cpu")
+            self._load(case, None)
+
+        def _place(self, prepared):
+            self.leaves, self.output_names, self._call = prepared.leaves, ["out"], prepared.call
+
+        def _evaluate(self, values):
+            return [2 * self._call(values)]
+
+    program = Doubling(Case(torch.sin, (torch.zeros(2),)))
+    assert program.capabilities == Capabilities()
+    assert program([torch.ones(2)])[0].tolist() == pytest.approx([2 * 0.8414709848] * 2)
+
+
+def test_a_failed_load_closes_the_program():
+    closed = []
+
+    class Failing(EagerProgram):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    with pytest.raises(AuditError, match="contains NaN"):
+        Failing(Case(torch.sin, (torch.tensor([float("nan")]),)), torch.device("cpu"), None)
+    assert closed
+
+
+# ------------------------------------------------------------------ rng
+def test_rng_snapshot_rewinds_and_preserved_rng_restores():
+    torch.manual_seed(1)
+    with preserved_rng() as snapshot:
+        first = torch.rand(3)
+        snapshot.restore()
+        assert torch.equal(torch.rand(3), first)
+    assert torch.equal(torch.rand(3), first)  # given back: the caller draws what it would have drawn
+    assert not RngSnapshot().cuda or torch.cuda.is_initialized()

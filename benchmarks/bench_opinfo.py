@@ -8,7 +8,7 @@ Run from the repository root (needs the ``opinfo`` extra: ``pip install -e '.[op
     .venv/bin/python benchmarks/bench_opinfo.py --shard 1/4 ...            # every 4th case, from the first
     .venv/bin/python benchmarks/bench_opinfo.py --summarize ROWS.jsonl...  # the table of finished rows/shards
 
-Cases are the ``torch.ops`` / ``torch.modules`` zoos (``gradaudit/zoo_opinfo.py``): the first ``--samples``
+Cases are the ``torch.ops`` / ``torch.modules`` zoos (``gradaudit/suite/zoos/torch_ops.py``): the first ``--samples``
 sample inputs of every op with float64 autograd on the CPU (every float64 module, train mode, and eval mode
 where torch says the modes differ), float64, at each of ``--orders``; order 2 only where torch supports
 double backward. A row is one (case, order); each tool gets freshly built inputs.
@@ -108,7 +108,7 @@ def tag_value(case, prefix: str) -> str | None:
 
 
 def load_cases(modules: bool, samples: int, only: str | None, shard: tuple[int, int] | None, both_modes: bool):
-    from gradaudit.suite import zoo_opinfo
+    from gradaudit.suite.zoos import torch_ops as zoo_opinfo
 
     cases = (zoo_opinfo.module_zoo(samples, both_modes=both_modes) if modules
              else zoo_opinfo.opinfo_zoo(samples))
@@ -126,7 +126,7 @@ def torch_function(case, modules: bool) -> tuple[Callable, tuple, dict]:
     the settings its gradient tests use for this op or module."""
     import torch
     from torch.utils import _pytree as pytree
-    from gradaudit.suite import zoo_opinfo
+    from gradaudit.suite.zoos import torch_ops as zoo_opinfo
 
     if modules:
         return module_torch_function(case)
@@ -151,7 +151,7 @@ def torch_function(case, modules: bool) -> tuple[Callable, tuple, dict]:
 def module_torch_function(case) -> tuple[Callable, tuple, dict]:
     import torch
     from torch.utils import _pytree as pytree
-    from gradaudit.suite import zoo_opinfo
+    from gradaudit.suite.zoos import torch_ops as zoo_opinfo
 
     info = zoo_opinfo.find_module(tag_value(case, "module:"))
     training = "train" in case.tags
@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import gradaudit
-    from gradaudit.suite import zoo_opinfo
+    from gradaudit.suite.zoos import torch_ops as zoo_opinfo
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(max(1, args.threads))

@@ -27,7 +27,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "suite.json"
 
 
 def subset_names(count: int, stride: int) -> list[str]:
-    from gradaudit.suite.zoos import torch_nn_zoo
+    from gradaudit.suite.zoos.torch_nn import torch_nn_zoo
 
     cases = torch_nn_zoo()
     return [c.name for c in cases[::stride]][:count]
@@ -49,7 +49,8 @@ def timed_run(names: list[str], executor: str, workers: int | None, backends: li
 
 def coverage() -> dict:
     from gradaudit.registry import describe_backends
-    from gradaudit.suite.zoos import module_types, torch_nn_zoo
+    from gradaudit.suite.zoos import module_types
+    from gradaudit.suite.zoos.torch_nn import torch_nn_zoo
 
     cases = torch_nn_zoo()
     return {"zoo_cases": len(cases), "module_types": len(module_types(cases)),

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import gradaudit
-from gradaudit.suite import zoo_opinfo
-from gradaudit.suite.zoos import load_zoo, zoo_names
+from gradaudit.suite.zoos import torch_ops as zoo_opinfo
+from gradaudit.suite.zoos import zoo_names
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("expecttest", reason="the opinfo extra is not installed")
@@ -112,7 +112,7 @@ def test_a_fresh_process_draws_the_same_samples_and_keeps_its_argv_rng_and_flags
     of that may leak; and a worker process rebuilding a case by name gets the same tensors as this one."""
     code = ("import sys, torch; sys.argv = ['prog', '--seed', 'not-a-number', '--help']; torch.manual_seed(7)\n"
             "state = torch.get_rng_state()\n"
-            "from gradaudit.suite.zoo_opinfo import op_case, find_op\n"
+            "from gradaudit.suite.zoos.torch_ops import op_case, find_op\n"
             "fn, args, kw = op_case(find_op('atan2'), 1)\n"
             "assert sys.argv == ['prog', '--seed', 'not-a-number', '--help'], sys.argv\n"
             "assert torch.equal(torch.get_rng_state(), state)\n"

@@ -8,10 +8,12 @@ import torch
 from click.testing import CliRunner
 
 from gradaudit.errors import AuditError
-from gradaudit.suite.runner import run_job_in_subprocess, run_suite
+from gradaudit.suite.executors import run_job_in_subprocess
+from gradaudit.suite.runner import run_suite
 from gradaudit.cli.suite import suite_command
 from gradaudit.suite.worker import classify, run_job
-from gradaudit.suite.zoos import ZooCase, load_zoo, module_types, torch_nn_zoo
+from gradaudit.suite.zoos import ZooCase, load_zoo, module_types
+from gradaudit.suite.zoos.torch_nn import torch_nn_zoo
 
 DATA = Path(__file__).parent / "data"
 PLANTED = f"{DATA / 'suite_zoo.py'}:zoo"
@@ -95,7 +97,7 @@ def test_worker_records_pass_fail_and_classifies_errors():
 def test_a_segfaulting_worker_becomes_an_error_record():
     job = {"zoo": PLANTED, "case": "segfault", "backend": "eager", "orders": [1, 2]}
     records = run_job_in_subprocess(job, timeout=TIMEOUT)
-    assert [(r["order"], r["status"], r["reason"]) for r in records] == [
+    assert [(r.order, r.status, r.reason) for r in records] == [
         (1, "error", "crashed: signal 11 (SIGSEGV)"), (2, "error", "crashed: signal 11 (SIGSEGV)")]
 
 
@@ -146,6 +148,38 @@ def test_resume_skips_jobs_already_done(planted_run):
     stored = list(results.glob("*.json"))
     assert len(stored) == 11
     assert json.loads(stored[0].read_text())["key"]["torch"] == torch.__version__.split("+")[0]
+
+
+@pytest.mark.slow
+def test_editing_the_zoo_file_runs_its_jobs_again(tmp_path):
+    zoo_file = tmp_path / "my_zoo.py"
+    zoo_file.write_text((DATA / "suite_zoo.py").read_text())
+    count, results = tmp_path / "launches.txt", tmp_path / "results"
+
+    def again() -> list[dict]:
+        return run_suite(f"{zoo_file}:zoo", ["eager"], (1,), timeout=TIMEOUT, results_dir=results,
+                         command=counting_command(count), only="good")
+    assert [r["status"] for r in again()] == ["pass"] and launches(count) == 1
+    assert again()[0].get("resumed") and launches(count) == 1  # unchanged: the stored record
+    zoo_file.write_text(zoo_file.read_text() + "\n# edited\n")
+    rerun = again()
+    assert launches(count) == 2 and not rerun[0].get("resumed")  # edited: the job ran again
+    assert len(list(results.glob("*.json"))) == 2
+
+
+def test_records_round_trip_and_tolerate_hand_written_ones():
+    from gradaudit.suite.records import SuiteRecord, SuiteStatus
+
+    job = {"zoo": "z.py:zoo", "case": "c", "backend": "eager", "seed": 3, "dtype": None}
+    record = SuiteRecord.of_job(job, 2, "fail", "why", {"ok": False}, 1.5, module="Linear")
+    data = record.to_dict()
+    assert list(data) == ["zoo", "case", "backend", "order", "seed", "dtype", "module", "status", "reason",
+                          "report", "seconds"]
+    assert data["status"] == "fail" and json.loads(json.dumps(data)) == data
+    assert SuiteRecord.from_dict(data) == record
+    odd = SuiteRecord.from_dict({"case": "x", "status": "weird", "order": "?", "seconds": float("nan")})
+    assert (odd.status, odd.order, odd.seconds, odd.backend) == (SuiteStatus.ERROR, 1, 0.0, "?")
+    assert "torch_known" not in data and "resumed" not in data
 
 
 @pytest.mark.slow

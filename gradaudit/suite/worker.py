@@ -5,9 +5,9 @@ crash at order 2 still leaves the order-1 record).
 Job: ``{"zoo": SPEC, "case": NAME, "backend": "eager", "order": 1 | "orders": [1, 2], "seed": 0,
 "dtype": null, "mode": "auto", "probes": 3, "threads": null}``.
 
-Record: ``{"case", "backend", "order", "status": "pass"|"fail"|"skip"|"error", "reason", "report", "seconds"}``
-(plus ``zoo``, ``module``, ``seed``, ``dtype``, and ``torch_known`` for cases of PyTorch's own databases).
-``skip``: the backend is not usable here or does not support the case; ``error``: the audit could not run for
+Record: :class:`~gradaudit.suite.records.SuiteRecord` as a dict (``case``, ``backend``, ``order``, ``status``,
+``reason``, ``report``, ``seconds``, ``zoo``, ``module``, ``seed``, ``dtype``, and ``torch_known`` for cases of
+PyTorch's own databases). ``skip``: the backend is not usable here or does not support the case; ``error``: the audit could not run for
 another reason (one-line ``reason``).
 """
 from __future__ import annotations
@@ -18,75 +18,75 @@ import re
 import sys
 import time
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
 from gradaudit.outcome import as_audit_error, exit_call, exits_raise
+from gradaudit.suite.plan import orders_of, unsupported_order
+from gradaudit.suite.records import SuiteRecord, SuiteStatus, exception_line
 
-# An AuditError whose message matches one of these means "this backend cannot audit this case", not a bug of
-# the audit: the case is skipped there, with the message as its reason.
-UNSUPPORTED = [
-    r"is not usable here",
-    r"not installed",
-    r"has no sparse gradients",
-    r"exports real tensors only",
-    r"torch\.onnx\.export failed",
-    r"onnxruntime cannot run the exported graph",
-    r"the exported graph of .* is random",
-    r"reads .* as constants",
+# What a backend or the audit cannot do is raised as errors.Unsupported and classified by its type. Torch's own
+# messages for what it cannot do (an op without a derivative formula, an op or dtype it does not support) come as
+# plain RuntimeError/NotImplementedError text (or an AuditError quoting it), with no type to tell them by: for
+# those only, the message text decides, and the case is skipped with the message as its reason.
+TORCH_UNSUPPORTED = [
     r"derivative for .* is not implemented",
     r"does not support",
     r"not supported",
-    r"in inference form",
 ]
 
 
-def classify(exc: BaseException) -> tuple[str, str]:
-    """(status, one-line reason) of an exception raised by an audit."""
-    from gradaudit.errors import AuditError
+def classify(exc: BaseException) -> tuple[SuiteStatus, str]:
+    """(status, one-line reason) of an exception raised by an audit: ``skip`` for what the backend or the case
+    cannot do (:class:`gradaudit.errors.Unsupported`, or torch saying so), ``error`` for anything else."""
+    from gradaudit.errors import AuditError, Unsupported
 
     text = one_line(exc)
+    if isinstance(exc, Unsupported):
+        return SuiteStatus.SKIP, text
     if isinstance(exc, (AuditError, NotImplementedError, RuntimeError)) and any(
-            re.search(pattern, str(exc)) for pattern in UNSUPPORTED):
-        return "skip", text if isinstance(exc, AuditError) else f"{type(exc).__name__}: {text}"
+            re.search(pattern, str(exc)) for pattern in TORCH_UNSUPPORTED):
+        return SuiteStatus.SKIP, text if isinstance(exc, AuditError) else f"{type(exc).__name__}: {text}"
     if isinstance(exc, AuditError):
-        return "error", text
-    return "error", f"{type(exc).__name__}: {text}"
+        return SuiteStatus.ERROR, text
+    return SuiteStatus.ERROR, f"{type(exc).__name__}: {text}"
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """The first line of an exception's message (its type's name if it has none), at most ``limit`` long."""
+    return exception_line(exc, limit, mark="...")
 
 
-def status_of(report) -> tuple[str, str | None]:
+def status_of(report) -> tuple[SuiteStatus, str | None]:
     """pass/fail and why: the first error finding (or failed check) of a report; warnings are listed on a pass.
     A pass in which the requested order could not run at all is a skip, never a silent pass."""
     from gradaudit.outcome import orders_not_run
 
     not_run = orders_not_run(report)
     if report.ok and not_run:
-        return "skip", "; ".join(f"order {order} could not run: {why}" for order, why in not_run)
+        return SuiteStatus.SKIP, "; ".join(f"order {order} could not run: {why}" for order, why in not_run)
     if report.ok:
         warnings = sorted({f.kind for f in report.findings})
-        return "pass", (f"warnings: {', '.join(warnings)}" if warnings else None)
+        return SuiteStatus.PASS, (f"warnings: {', '.join(warnings)}" if warnings else None)
     errors = [f for f in report.findings if f.severity == "error"]
     if errors:
         first = errors[0]
         where = f" (at {first.node or first.module})" if (first.node or first.module) else ""
         more = f"; {len(errors) - 1} more" if len(errors) > 1 else ""
-        return "fail", f"{first.kind}: {one_line(Exception(first.message), 300)}{where}{more}"
+        return SuiteStatus.FAIL, f"{first.kind}: {one_line(Exception(first.message), 300)}{where}{more}"
     failed = report.failed_checks
     first = failed[0]
-    return "fail", (f"order {first.order} {first.method} check wrt {first.wrt} failed "
+    return SuiteStatus.FAIL, (f"order {first.order} {first.method} check wrt {first.wrt} failed "
                     f"(|err| {first.max_abs_err:.3g} > {first.tolerance:.3g}); {len(failed)} failed checks")
 
 
+def _classified(exc: BaseException) -> tuple[SuiteStatus, str]:
+    """classify() of anything a case raised or exited with (exits and Ctrl-C become AuditErrors first)."""
+    return classify(exc if isinstance(exc, Exception) else as_audit_error(exc, "the worker"))
+
+
 def run_job(job: dict, emit: Callable[[dict], None]) -> None:
-    """Audit the job's case at each of its orders, emitting one record per order."""
-    orders = job.get("orders") or [job.get("order", 1)]
-    base = {"zoo": job.get("zoo"), "case": job.get("case"), "backend": job.get("backend", "eager"),
-            "seed": int(job.get("seed", 0)), "dtype": job.get("dtype")}
+    """Audit the job's case at each of its orders, emitting one record (a dict) per order."""
+    orders = orders_of(job)
     started = time.perf_counter()
     try:
         if job.get("threads"):
@@ -97,50 +97,55 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
 
         with exits_raise():  # importing the zoo runs the user's code too
             zoo_case = find_case(job["zoo"], job["case"])
-        base["module"] = zoo_case.module_type
     except BaseException as exc:  # noqa: B036 - a worker only ever answers with records
-        status, reason = classify(exc if isinstance(exc, Exception) else as_audit_error(exc, "the worker"))
+        status, reason = _classified(exc)
         for order in orders:
-            emit(base | {"order": order, "status": status, "reason": reason, "report": None,
-                         "seconds": round(time.perf_counter() - started, 3)})
+            emit(SuiteRecord.of_job(job, order, status, reason,
+                                    seconds=round(time.perf_counter() - started, 3)).to_dict())
         return
     setup = time.perf_counter() - started
     for order in orders:
         began = time.perf_counter()
-        record = base | {"order": order}
-        if order not in zoo_case.orders:
-            emit(record | {"status": "skip", "reason": f"order {order} is not supported by this case "
-                                                       f"(orders {list(zoo_case.orders)})",
-                           "report": None, "seconds": 0.0})
-            continue
-        try:
-            record |= audit(zoo_case, base, order, job)
-        except BaseException as exc:  # noqa: B036 - sys.exit, os._exit, KeyboardInterrupt of the case: an error
-            status, reason = classify(exc if isinstance(exc, Exception) else as_audit_error(exc, "the worker"))
-            record |= {"status": status, "reason": reason, "report": None}
-            if os.environ.get("GRADAUDIT_WORKER_TRACEBACK"):
-                traceback.print_exc()
-        record["seconds"] = round(time.perf_counter() - began + setup, 3)
-        setup = 0.0  # the imports and the zoo count once, toward the first order
-        emit(record | torch_already_knows(zoo_case, order, record))
+        record = audit_order(zoo_case, order, job)
+        if order in zoo_case.orders:
+            record.seconds = round(time.perf_counter() - began + setup, 3)
+            setup = 0.0  # the imports and the zoo count once, toward the first order audited
+        emit(record.to_dict())
 
 
-def torch_already_knows(zoo_case, order: int, record: dict) -> dict[str, Any]:
-    """For cases from PyTorch's own test databases: the known-failure decorators and skips torch has for this
-    order, and a reason that starts with "(torch knows)" where the case did not pass, so reports tell what torch
-    already knows apart from what is new."""
-    from gradaudit.suite.zoo_opinfo import torch_known
+def audit_order(zoo_case, order: int, job: dict) -> SuiteRecord:
+    """The record of one order: skipped where the case does not support it, else audited (an exception of the
+    case or the audit is an error or a skip, by :func:`classify`)."""
+    if order not in zoo_case.orders:
+        return SuiteRecord.of_job(job, order, SuiteStatus.SKIP, unsupported_order(zoo_case, order),
+                                  module=zoo_case.module_type)
+    try:
+        status, reason, report = audit(zoo_case, order, job)
+    except BaseException as exc:  # noqa: B036 - sys.exit, os._exit, KeyboardInterrupt of the case: an error
+        (status, reason), report = _classified(exc), None
+        if os.environ.get("GRADAUDIT_WORKER_TRACEBACK"):
+            traceback.print_exc()
+    record = SuiteRecord.of_job(job, order, status, reason, report, module=zoo_case.module_type)
+    torch_already_knows(zoo_case, record)
+    return record
 
-    known = torch_known(zoo_case, order)
+
+def torch_already_knows(zoo_case, record: SuiteRecord) -> None:
+    """For cases from PyTorch's own test databases: the known-failure decorators and skips torch has for the
+    record's order, and a reason that starts with "(torch knows)" where the case did not pass, so reports tell
+    what torch already knows apart from what is new."""
+    from gradaudit.suite.zoos.torch_ops import torch_known
+
+    known = torch_known(zoo_case, record.order)
     if not known:
-        return {}
-    extra: dict[str, Any] = {"torch_known": known}
-    if record.get("status") != "pass":
-        extra["reason"] = f"(torch knows) {record.get('reason') or ''}".rstrip()
-    return extra
+        return
+    record.torch_known = known
+    if record.status != SuiteStatus.PASS:
+        record.reason = f"(torch knows) {record.reason or ''}".rstrip()
 
 
-def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:
+def audit(zoo_case, order: int, job: dict) -> tuple[SuiteStatus, str | None, dict]:
+    """Audit the case at one order: (status, reason, the report's dict), pictures attached to localized faults."""
     import gradaudit
     from gradaudit.case import case_from_tuple
     from gradaudit.errors import AuditError
@@ -154,13 +159,14 @@ def audit(zoo_case, base: dict, order: int, job: dict) -> dict[str, Any]:
         raise AuditError(f"the factory of {zoo_case.name} {what}") from exc
     case = case_from_tuple(built, zoo_case.name)
     case.name = zoo_case.name
-    report = gradaudit.check(case, backend=base["backend"], order=order, dtype=base["dtype"], seed=base["seed"],
-                             mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
+    seed = int(job.get("seed", 0) or 0)
+    report = gradaudit.check(case, backend=job.get("backend", "eager"), order=order, dtype=job.get("dtype"),
+                             seed=seed, mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
                              localize=bool(job.get("localize", True)))
     status, reason = status_of(report)
-    if status == "fail" and job.get("localize", True):
-        attach_pictures(case, report, base["seed"])
-    return {"status": status, "reason": reason, "report": report.to_dict()}
+    if status == SuiteStatus.FAIL and job.get("localize", True):
+        attach_pictures(case, report, seed)
+    return status, reason, report.to_dict()
 
 
 def attach_pictures(case, report, seed: int) -> None:

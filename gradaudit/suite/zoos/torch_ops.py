@@ -33,7 +33,7 @@ import random
 import sys
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 

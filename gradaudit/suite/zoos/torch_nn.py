@@ -1,158 +1,13 @@
-"""Module zoos: named collections of small, fast audit cases (``gradaudit suite torch.nn``).
-
-A zoo is a zero-argument function returning a list of :class:`ZooCase`. Each case's ``factory`` builds a fresh
-``(module, args[, kwargs])`` in float64 with small sizes, deterministically (it seeds its own generator), so a
-case built in a worker process is the same case everywhere. ``orders`` lists the orders torch supports for it
-(``(1,)`` where torch has no double backward).
-
-Zoos are found by name through the ``gradaudit.zoos`` entry point group (the built-in one is ``torch.nn``) or
-loaded from a file, ``path/to/file.py:NAME``, whose NAME returns a list of ZooCase or of ``(name, factory)``
-pairs.
-"""
+"""The ``torch.nn`` zoo: small float64 cases for more than 60 torch.nn module types, in train and eval mode where
+they differ, first and second order where torch supports them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-from gradaudit.errors import AuditError
-
-GROUP = "gradaudit.zoos"
-D = torch.float64
-
-
-@dataclass(frozen=True)
-class ZooCase:
-    name: str
-    factory: Callable[[], tuple]
-    orders: tuple[int, ...] = (1, 2)
-    tags: tuple = ()
-
-    def build(self) -> tuple:
-        return self.factory()
-
-    @property
-    def module_type(self) -> str | None:
-        """The torch.nn class this case audits (tag ``module:NAME``, else the name before ``[``)."""
-        for tag in self.tags:
-            if isinstance(tag, str) and tag.startswith("module:"):
-                return tag[len("module:"):]
-        return self.name.split("[", 1)[0] or None
-
-
-# ---------------------------------------------------------------------------------------------- loading
-@lru_cache(maxsize=1)
-def _registered():
-    return tuple(entry_points(group=GROUP))
-
-
-def zoo_names() -> list[str]:
-    return sorted({ep.name for ep in _registered()})
-
-
-def load_zoo(spec: str) -> list[ZooCase]:
-    """The cases of a registered zoo (``torch.nn``) or of ``path/to/file.py:NAME`` / ``dotted.module:NAME``."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise AuditError("empty zoo name")
-    matches = [ep for ep in _registered() if ep.name == spec]
-    if matches:
-        try:
-            function = matches[0].load()
-        except Exception as exc:
-            raise AuditError(f"zoo {spec!r} failed to load: {type(exc).__name__}: {_one_line(exc)}") from exc
-        return _normalize(_call(function, spec), spec)
-    if spec == "torch.nn":  # an uninstalled checkout: the built-in zoo still works
-        return _normalize(torch_nn_zoo(), spec)
-    module_part, sep, attr = spec.rpartition(":")
-    if not sep or not module_part or not attr:
-        known = ", ".join(zoo_names()) or "torch.nn"
-        raise AuditError(f"unknown zoo {spec!r}; registered zoos: {known} (or use path/to/file.py:NAME)")
-    from gradaudit.case import _import_target_module
-
-    namespace = _import_target_module(module_part)
-    if not hasattr(namespace, attr):
-        raise AuditError(f"{module_part} has no attribute {attr!r}")
-    return _normalize(_call(getattr(namespace, attr), spec), spec)
-
-
-def _call(function: Any, spec: str) -> Any:
-    if isinstance(function, (list, tuple)):
-        return function
-    if not callable(function):
-        raise AuditError(f"zoo {spec} is a {type(function).__name__}, not a function returning cases")
-    try:
-        return function()
-    except Exception as exc:
-        raise AuditError(f"zoo {spec} raised {type(exc).__name__}: {_one_line(exc)}") from exc
-
-
-def _normalize(value: Any, spec: str) -> list[ZooCase]:
-    looks_like_a_case = isinstance(value, tuple) and value and not isinstance(value[0], (ZooCase, tuple))
-    if not isinstance(value, (list, tuple)) or looks_like_a_case:
-        raise AuditError(f"zoo {spec} returned a {type(value).__name__}; expected a list of ZooCase or "
-                         "(name, factory) pairs")
-    cases, seen = [], set()
-    for item in value:
-        if isinstance(item, ZooCase):
-            case = item
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and callable(item[1]):
-            case = ZooCase(item[0], item[1])
-        else:
-            raise AuditError(f"zoo {spec} contains a {type(item).__name__}; expected ZooCase or (name, factory)")
-        if case.name in seen:
-            raise AuditError(f"zoo {spec} has two cases named {case.name!r}")
-        if not set(case.orders) <= {1, 2} or not case.orders:
-            raise AuditError(f"zoo case {case.name!r} has orders {case.orders}; allowed: 1, 2")
-        seen.add(case.name)
-        cases.append(case)
-    return cases
-
-
-def find_case(spec: str, name: str) -> ZooCase:
-    for case in load_zoo(spec):
-        if case.name == name:
-            return case
-    raise AuditError(f"zoo {spec} has no case {name!r}")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=_gen(seed), dtype=D)
-
-
-def rand(*shape: int, seed: int = 0, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-    return low + (high - low) * torch.rand(*shape, generator=_gen(seed), dtype=D)
-
-
-def randint(high: int, *shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(high, shape, generator=_gen(seed))
-
-
-def away_from_zero(*shape: int, seed: int = 0, margin: float = 0.1) -> torch.Tensor:
-    """Normal values pushed at least ``margin`` away from 0 (the kink of relu-like functions)."""
-    x = randn(*shape, seed=seed)
-    return x + margin * torch.sign(x) + (x == 0) * margin
-
-
-def build(cls_or_fn: Callable[[], nn.Module], train: bool | None = None, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    module = cls_or_fn().to(D)
-    if train is not None:
-        module.train(train)
-    return module
+from gradaudit.suite.zoos import D, ZooCase, away_from_zero, build, rand, randint, randn
 
 
 class _Cases:
@@ -472,9 +327,4 @@ def _ctc():
                         torch.tensor([3, 2]))
 
 
-def module_types(cases: list[ZooCase]) -> set[str]:
-    """The distinct module types a zoo covers."""
-    return {c.module_type for c in cases if c.module_type}
-
-
-__all__ = ["ZooCase", "load_zoo", "find_case", "torch_nn_zoo", "zoo_names", "module_types"]
+__all__ = ["torch_nn_zoo"]

@@ -140,12 +140,14 @@ def load_target(target: str) -> Case:
     return case
 
 
-def _import_target_module(module_part: str, attr: str) -> Any:
+def _import_target_module(module_part: str, attr: str = "") -> Any:
     """Import the target's module, a file or a dotted module (``pkgutil.resolve_name``), and return what
-    ``attr`` names in it. Any failure is one :class:`AuditError` line."""
+    ``attr`` names in it (the module itself when ``attr`` is empty). Any failure is one :class:`AuditError`
+    line."""
     try:
         if module_part.endswith(".py") or "/" in module_part or "\\" in module_part:
-            return _attribute(_exec_file(module_part), attr, module_part)
+            module = _exec_file(module_part)
+            return _attribute(module, attr, module_part) if attr else module
         # A console script's sys.path lacks the working directory (python -m has it): add it for this import only.
         with _on_sys_path(os.getcwd()):
             return pkgutil.resolve_name(f"{module_part}:{attr}")

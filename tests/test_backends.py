@@ -1,16 +1,23 @@
 """The backend contract: the shared loader (PreparedCase), declared capabilities, RNG snapshots, and entry
 points checked on load."""
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
 
 import fixtures as fx
-from gradaudit.backends.base import Capabilities, Program
+from gradaudit.backends.base import Availability, Capabilities, Program
 from gradaudit.backends.eager import EagerProgram
 from gradaudit.case import Case, prepare_case
 from gradaudit.errors import AuditError, Unsupported
-from gradaudit.registry import get_backend
+from gradaudit.registry import get_backend, usable_backend
 from gradaudit.rng import RngSnapshot, preserved_rng
 
 
@@ -127,3 +134,87 @@ def test_rng_snapshot_rewinds_and_preserved_rng_restores():
         assert torch.equal(torch.rand(3), first)
     assert torch.equal(torch.rand(3), first)  # given back: the caller draws what it would have drawn
     assert not RngSnapshot().cuda or torch.cuda.is_initialized()
+
+
+# ------------------------------------------------------------------ entry points, checked on load
+BAD_PLUGIN = """\
+[gradaudit.backends]
+broken_import = gradaudit_no_such_module:Backend
+not_a_backend = os:getcwd
+
+[gradaudit.zoos]
+not_a_zoo = string:ascii_letters
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_plugin(tmp_path_factory) -> Path:
+    """A folder holding the dist-info of a distribution 'badplugin' that registers broken entry points."""
+    root = tmp_path_factory.mktemp("plugins")
+    info = root / "badplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: badplugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(BAD_PLUGIN)
+    return root
+
+
+def run_with(plugin_dir: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugin_dir), os.environ.get("PYTHONPATH", "")]),
+               COLUMNS="400", GRADAUDIT_NO_FORK="1")
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_broken_entry_point_is_one_clear_error_naming_it_and_its_distribution(bad_plugin):
+    script = textwrap.dedent("""
+        from gradaudit.errors import AuditError
+        from gradaudit.registry import get_backend, load_zoo_entry_point
+        for load, name in [(get_backend, "broken_import"), (get_backend, "not_a_backend"),
+                           (load_zoo_entry_point, "not_a_zoo")]:
+            try:
+                load(name)
+            except AuditError as exc:
+                print(exc)
+            else:
+                print("loaded", name)
+        """)
+    result = run_with(bad_plugin, "-c", script)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    assert lines[0].startswith("backend 'broken_import' failed to load: ModuleNotFoundError")
+    assert lines[1].startswith("backend 'not_a_backend' is broken: os:getcwd is a builtin_function_or_method, "
+                               "not a subclass of gradaudit.backends.base.Backend")
+    assert lines[2].startswith("zoo 'not_a_zoo' is broken: string:ascii_letters is a str")
+    assert all("from distribution badplugin 0.1" in line for line in lines), lines
+
+
+def test_gradaudit_backends_lists_a_broken_backend_with_its_reason(bad_plugin):
+    result = run_with(bad_plugin, "-m", "gradaudit", "backends")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "eager" in rows and " yes " in rows["eager"]
+    assert " no " in rows["not_a_backend"] and "badplugin 0.1" in rows["not_a_backend"]
+    assert "ModuleNotFoundError" in rows["broken_import"]
+
+
+# ------------------------------------------------------------------ skip or error: by type
+def test_the_suite_skips_what_a_backend_cannot_do_by_its_type():
+    from gradaudit.suite.worker import classify
+
+    assert classify(Unsupported("any words at all")) == ("skip", "any words at all")
+    assert classify(AuditError("a real problem")) == ("error", "a real problem")
+    # torch's own messages carry no type to tell them by: their text decides
+    assert classify(RuntimeError("the derivative for 'foo' is not implemented"))[0] == "skip"
+    assert classify(ValueError("not supported"))[0] == "error"
+
+
+def test_a_backend_says_unsupported_for_what_it_cannot_do():
+    pytest.importorskip("onnxruntime")
+    from gradaudit.backends.onnx import OnnxBackend
+
+    with pytest.raises(Unsupported, match="exports real tensors only"):
+        OnnxBackend().load(Case(torch.abs, (torch.randn(3, dtype=torch.complex64),)))
+    switched_off = Availability(False, "switched off")
+    with mock.patch("gradaudit.backends.eager.EagerBackend.availability", return_value=switched_off):
+        with pytest.raises(Unsupported, match="backend 'eager' is not usable here: switched off"):
+            usable_backend("eager")

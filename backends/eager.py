@@ -82,6 +82,7 @@ class EagerProgram(Program):
         return [t for t, keep in zip(tensors, self._keep) if keep]
 
     def close(self) -> None:
+        """Give back the module's buffers, the caller's RNG state and the precision flags."""
         self._reset_buffers()
         self._user_rng.restore()
         if self._precision is not None:
@@ -90,6 +91,8 @@ class EagerProgram(Program):
 
 
 class EagerBackend(Backend):
+    """PyTorch itself, on the CPU or a CUDA device: the backend every other one is compared with."""
+
     name = "eager"
     description = "PyTorch eager mode on CPU, or CUDA with TF32 disabled"
 

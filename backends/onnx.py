@@ -1,6 +1,6 @@
 """The ONNX backend: the case exported with ``torch.onnx.export(..., dynamo=True)`` and run in onnxruntime.
 
-An exported graph has no autograd, so its Program only evaluates (``supports_autograd = False``): the audit
+An exported graph has no autograd, so its Program only evaluates (``capabilities.autograd`` is False): the audit
 takes finite differences through onnxruntime and judges them against eager float64 gradients. Every
 differentiable leaf (trainable parameters by ``named_parameters()`` name, then the floating tensors of
 args/kwargs, in the eager backend's order) is a graph input, so parameters can be perturbed too.
@@ -29,7 +29,7 @@ from gradaudit.case import Case, Leaf, PreparedCase, flatten_outputs, prepare_ca
 from gradaudit.errors import AuditError, Unsupported
 from gradaudit.outcome import one_line
 from gradaudit.rng import preserved_rng
-from gradaudit.backends.base import Availability, Backend, Capabilities, Program
+from gradaudit.backends.base import Availability, Backend, Capabilities, Program, Stats
 
 RANDOM_OPS = {"Dropout", "RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike", "Bernoulli",
               "Multinomial"}
@@ -138,7 +138,7 @@ class OnnxProgram(Program):
         for name, out in zip(self.output_names, outputs):
             if not torch.isfinite(out).all():
                 raise AuditError(f"the exported graph of {self._label} produced NaN or Inf in {name}")
-        self._check_deterministic(outputs)
+        refuse_random_graph(self, outputs)
         self.session_runs = self.stats.forward_evals = 0  # the load's own runs are not the audit's
         self.points_evaluated = 0
 
@@ -151,7 +151,7 @@ class OnnxProgram(Program):
         for precision in [lowest] + ([torch.float32] if lowest != torch.float32 else []):
             cast = [v.to(precision) for v in values]
             try:
-                exported = self._export(prepared, cast, precision)
+                exported = export_graph(prepared, self._keep, cast, precision, self._providers, self.stats)
                 outputs = self._run(exported, [v.numpy() for v in cast])
             except _RuntimeGap as exc:  # onnxruntime lacks a kernel in this precision: try the next one
                 failures.append((precision, str(exc)))
@@ -165,59 +165,6 @@ class OnnxProgram(Program):
             return precision, exported, outputs
         precision, reason = failures[-1]
         raise Unsupported(f"onnxruntime cannot run the exported graph in {str(precision)[6:]}: {reason}")
-
-    def _export(self, prepared: PreparedCase, values: list[torch.Tensor], precision: torch.dtype) -> _Exported:
-        wrapper = _LeafFunction(prepared.private_copy(precision), self._keep)  # the exporter may touch the module
-        with preserved_rng(cuda=False):
-            try:
-                with _quiet_export():
-                    onnx_program = torch.onnx.export(wrapper, tuple(values), dynamo=True, verbose=False,
-                                                     optimize=True)
-            except AuditError:
-                raise
-            except Exception as exc:
-                raise Unsupported(f"torch.onnx.export failed for {self._label}: {_root_reason(exc)}") from None
-        self.stats.compilations += 1
-        model = onnx_program.model_proto
-        graph_inputs = [i.name for i in model.graph.input]
-        if len(graph_inputs) != len(values):
-            raise AuditError(f"the exported graph has {len(graph_inputs)} inputs for {len(values)} leaves")
-        graph_outputs = [o.name for o in model.graph.output]
-        case_names = list(wrapper.record.output_names)
-        if len(graph_outputs) != len(case_names):  # mutated buffers come first, user outputs last
-            graph_outputs = graph_outputs[len(graph_outputs) - len(case_names):]
-        frozen = constant_parameters(model, prepared.param_names, graph_outputs)
-        if frozen:
-            raise Unsupported(f"the exported graph of {self._label} reads {', '.join(frozen)} as constants, not "
-                              "as the graph inputs the audit perturbs (torch.export did not route "
-                              "torch.func.functional_call to them); the onnx backend cannot check this module")
-        return _Exported(model, self._session(model), graph_inputs, graph_outputs, case_names)
-
-    def _session(self, model):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            return ort.InferenceSession(model.SerializeToString(), options, providers=self._providers)
-        except Exception as exc:
-            raise _RuntimeGap(one_line(exc).replace("[ONNXRuntimeError] : ", "")) from None
-
-    def _check_deterministic(self, first: list[torch.Tensor]) -> None:
-        """A graph that draws random numbers (train-mode dropout) is not the function eager audits: torch's
-        masks cannot be reproduced in onnxruntime, and its own masks may change on every run."""
-        random = _random_nodes(self._exported.model)
-        if not random:
-            return
-        second = self._run(self._exported, self._arrays([leaf.value for leaf in self.leaves]))
-        changes = not all(torch.equal(a, b) for a, b in zip(first, second))
-        where = sorted({_node_info(node)[0] or node.name for node in random})
-        ops = ", ".join(sorted({node.op_type for node in random}))
-        how = "draws new numbers on every onnxruntime run" if changes else "onnxruntime draws its own masks"
-        raise Unsupported(f"the exported graph of {self._label} is random: {ops} in training mode at "
-                          f"{', '.join(where)} ({how}; torch's masks cannot be reproduced), so finite "
-                          "differences through it do not measure the eager function: audit the module in eval() "
-                          "mode")
 
     # -- running -----------------------------------------------------------------------------------------
     def _run(self, exported: _Exported, arrays: list, session=None, input_names=None, output_names=None):
@@ -245,9 +192,11 @@ class OnnxProgram(Program):
             raise AuditError(f"onnxruntime failed: {exc}") from None
 
     def node_modules(self) -> list[tuple[str, str, str, str | None]]:
+        """See :func:`node_modules`."""
         return node_modules(self)
 
     def module_outputs(self, values: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """See :func:`module_outputs`."""
         return module_outputs(self, values)
 
     def evaluate_batch(self, points: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
@@ -282,8 +231,66 @@ class OnnxProgram(Program):
 
     def _batched_session(self):
         if self._batched is None:
-            self._batched = self._session(scan_model(self._exported.model, self._exported.output_names))
+            self._batched = _session(scan_model(self._exported.model, self._exported.output_names),
+                                     self._providers)
         return self._batched
+
+
+def export_graph(prepared: PreparedCase, keep: list[bool], values: list[torch.Tensor], precision: torch.dtype,
+                 providers: list[str], stats: Stats) -> _Exported:
+    """The case exported with every leaf as a graph input (in ``precision``; counted in ``stats``), and its
+    onnxruntime session."""
+    wrapper = _LeafFunction(prepared.private_copy(precision), keep)  # the exporter may touch the module
+    with preserved_rng(cuda=False):
+        try:
+            with _quiet_export():
+                onnx_program = torch.onnx.export(wrapper, tuple(values), dynamo=True, verbose=False, optimize=True)
+        except AuditError:
+            raise
+        except Exception as exc:
+            raise Unsupported(f"torch.onnx.export failed for {prepared.label}: {_root_reason(exc)}") from None
+    stats.compilations += 1
+    model = onnx_program.model_proto
+    graph_inputs = [i.name for i in model.graph.input]
+    if len(graph_inputs) != len(values):
+        raise AuditError(f"the exported graph has {len(graph_inputs)} inputs for {len(values)} leaves")
+    graph_outputs = [o.name for o in model.graph.output]
+    case_names = list(wrapper.record.output_names)
+    if len(graph_outputs) != len(case_names):  # mutated buffers come first, user outputs last
+        graph_outputs = graph_outputs[len(graph_outputs) - len(case_names):]
+    frozen = constant_parameters(model, prepared.param_names, graph_outputs)
+    if frozen:
+        raise Unsupported(f"the exported graph of {prepared.label} reads {', '.join(frozen)} as constants, not as "
+                          "the graph inputs the audit perturbs (torch.export did not route "
+                          "torch.func.functional_call to them); the onnx backend cannot check this module")
+    return _Exported(model, _session(model, providers), graph_inputs, graph_outputs, case_names)
+
+
+def _session(model, providers: list[str]):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    except Exception as exc:
+        raise _RuntimeGap(one_line(exc).replace("[ONNXRuntimeError] : ", "")) from None
+
+
+def refuse_random_graph(program: OnnxProgram, first: list[torch.Tensor]) -> None:
+    """A graph that draws random numbers (train-mode dropout) is not the function eager audits: torch's masks
+    cannot be reproduced in onnxruntime, and its own masks may change on every run."""
+    random = _random_nodes(program._exported.model)
+    if not random:
+        return
+    second = program._run(program._exported, program._arrays([leaf.value for leaf in program.leaves]))
+    changes = not all(torch.equal(a, b) for a, b in zip(first, second))
+    where = sorted({_node_info(node)[0] or node.name for node in random})
+    ops = ", ".join(sorted({node.op_type for node in random}))
+    how = "draws new numbers on every onnxruntime run" if changes else "onnxruntime draws its own masks"
+    raise Unsupported(f"the exported graph of {program._label} is random: {ops} in training mode at "
+                      f"{', '.join(where)} ({how}; torch's masks cannot be reproduced), so finite differences "
+                      "through it do not measure the eager function: audit the module in eval() mode")
 
 
 def refuse_unexportable(prepared: PreparedCase) -> None:
@@ -452,7 +459,7 @@ def intermediate_values(program: OnnxProgram, values: list[torch.Tensor] | None 
             graph.output.append(typed[name])
         else:
             graph.output.append(onnx.ValueInfoProto(name=name))
-    session = program._session(model)
+    session = _session(model, program._providers)
     values = [leaf.value for leaf in program.leaves] if values is None else values
     requested = list(wanted) + [n for n in (names or []) if n in existing]
     outputs = program._run(program._exported, program._arrays(values), session=session,
@@ -473,6 +480,9 @@ def module_outputs(program: OnnxProgram, values: list[torch.Tensor] | None = Non
 
 
 class OnnxBackend(Backend):
+    """Exports the case with ``torch.onnx.export(..., dynamo=True)`` and runs it in onnxruntime (CPU, or CUDA
+    where its provider is installed)."""
+
     name = "onnx"
     description = "torch.onnx.export (dynamo) graph run in onnxruntime; finite differences judged against eager"
 

@@ -194,7 +194,7 @@ class XlaProgram(EagerProgram):
     capabilities = Capabilities(fallback_ops=True)
 
     def __init__(self, case: Case, device: torch.device, dtype: torch.dtype | None, xla: SimpleNamespace) -> None:
-        # Everything close() needs exists before EagerProgram.__init__ runs _setup (which may fail).
+        # Everything close() needs exists before EagerProgram.__init__ loads the case (which may fail).
         self._xla = xla
         self._compilations = 0
         self._fallbacks: dict[str, int] = {}
@@ -295,6 +295,7 @@ class XlaProgram(EagerProgram):
 
     @property
     def fallback_counts(self) -> dict[str, int]:
+        """How often each op of :attr:`fallback_ops` fell back to the CPU."""
         self._settle()
         return dict(self._fallbacks)
 
@@ -316,6 +317,8 @@ class XlaProgram(EagerProgram):
 
 
 class XlaBackend(Backend):
+    """torch-xla's lazy tensors on a PJRT device; torch_xla is imported on first use, never at import time."""
+
     name = "xla"
     description = "torch-xla lazy tensors (PJRT; CPU unless PJRT_DEVICE says otherwise)"
 

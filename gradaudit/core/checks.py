@@ -233,7 +233,7 @@ class Auditor:
         self.skipped: list[dict] = []
         # Forward mode checks the program's own JVPs; against another backend's finite differences a
         # mismatch would be that backend's divergence, which the reverse-mode tests already report.
-        self.forward_ad = program.supports_forward_ad and self.numeric is program
+        self.forward_ad = program.capabilities.forward_ad and self.numeric is program
         self._done, self._steps = 0, 0
 
     def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
@@ -242,7 +242,7 @@ class Auditor:
         self._steps = (len(self.space.x) + (len(self.space.x) > 1)) * self.settings.order
         self.check_order(first)
         if self.settings.order >= 2:
-            if not self.program.supports_double_backward or self.numeric is not self.program:
+            if not self.program.capabilities.double_backward or self.numeric is not self.program:
                 self.skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
             else:
                 self.second_order(GradientFunction(first, self.space.random_like(evaluate(first, self.space.x)),
@@ -308,9 +308,8 @@ class Auditor:
 
         def move(z):
             return [zi.to(dtype=leaf.value.dtype, device=leaf.value.device) for zi, leaf in zip(z, leaves)]
-        batch = getattr(self.numeric, "evaluate_batch", None)
-        if batch is not None:
-            return lambda points: batch([move(z) for z in points])
+        if self.numeric.capabilities.batch_evaluation:
+            return lambda points: self.numeric.evaluate_batch([move(z) for z in points])
         return lambda points: [evaluate(self._numeric_first, move(z)) for z in points]
 
     def _tick(self, what: str) -> None:

@@ -1,8 +1,11 @@
-"""Analyzers: the autograd graph (``graph``), localization of failed checks (``localize``), static hazards
-(``hazards``) and the ``gradaudit graph`` command (``cli``)."""
-from gradaudit.analyzers.graph import build_graph, to_dot, to_svg, trace_program, write_graph
+"""Analyzers: tracing one forward (``trace``), its autograd graph (``graph``) and pictures of it (``render``),
+localization of failed checks (``localize``), divergence between backends (``divergence``) and static hazards
+(``hazards``)."""
+from gradaudit.analyzers.graph import build_graph
 from gradaudit.analyzers.hazards import find_hazards, static_findings
 from gradaudit.analyzers.localize import localize, locate
+from gradaudit.analyzers.render import render_svg, to_dot, to_svg, write_graph
+from gradaudit.analyzers.trace import trace_program
 
-__all__ = ["build_graph", "trace_program", "write_graph", "to_dot", "to_svg", "localize", "locate",
+__all__ = ["build_graph", "trace_program", "write_graph", "render_svg", "to_dot", "to_svg", "localize", "locate",
            "static_findings", "find_hazards"]

@@ -13,7 +13,8 @@ import networkx as nx
 import torch
 
 from gradaudit.report import Finding
-from gradaudit.analyzers.graph import NodeInfo, Trace, trace_program
+from gradaudit.analyzers.graph import NodeInfo
+from gradaudit.analyzers.trace import Trace, trace_program
 
 # ops whose result is integer, or whose derivative is zero almost everywhere: a gradient does not get through
 NONDIFFERENTIABLE_OPS = {

@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_leaves
 
 from gradaudit.case import Case, PreparedCase, prepare_case
 from gradaudit.errors import AuditError, Unsupported
-from gradaudit.outcome import one_line as _one_line
+from gradaudit.outcome import one_line
 from gradaudit.backends.base import Availability, Backend, Capabilities, Stats
 from gradaudit.backends.eager import EagerProgram
 
@@ -79,15 +79,15 @@ def import_xla() -> SimpleNamespace:
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.split(".")[0] == "torch_xla":
                 raise Unsupported("torch-xla is not installed (pip install 'gradaudit[xla]')") from exc
-            raise AuditError(f"torch-xla failed to import: {_one_line(exc)}") from exc
+            raise AuditError(f"torch-xla failed to import: {one_line(exc)}") from exc
         except Exception as exc:  # undefined symbols from a torch mismatch, a broken PJRT plugin...
-            raise AuditError(f"torch-xla failed to import: {type(exc).__name__}: {_one_line(exc)}") from exc
+            raise AuditError(f"torch-xla failed to import: {type(exc).__name__}: {one_line(exc)}") from exc
         try:
             device = torch_xla.device()
             device_type = runtime.device_type()
         except Exception as exc:
             raise AuditError(f"torch-xla has no usable device (PJRT_DEVICE={os.environ.get('PJRT_DEVICE')}): "
-                             f"{type(exc).__name__}: {_one_line(exc)}") from exc
+                             f"{type(exc).__name__}: {one_line(exc)}") from exc
     except AuditError as exc:
         _import_error = exc
         raise

@@ -90,6 +90,16 @@ def test_eager_declares_itself_the_reference_with_the_defaults_of_program():
         assert len(batched) == 2 and all(torch.equal(a, b) for a, b in zip(batched[0], program(point)))
 
 
+def test_each_backend_declares_what_it_can_do():
+    from gradaudit.backends.onnx import OnnxProgram
+    from gradaudit.backends.xla import XlaProgram  # (torch_xla itself is imported on first use only)
+
+    assert XlaProgram.capabilities == Capabilities(fallback_ops=True)
+    onnx = OnnxProgram.capabilities
+    assert not (onnx.autograd or onnx.forward_ad or onnx.double_backward or onnx.reference)
+    assert onnx.batch_evaluation and onnx.module_outputs and onnx.node_modules
+
+
 def test_capabilities_are_frozen():
     with pytest.raises(Exception):
         Capabilities().autograd = False  # type: ignore[misc]

@@ -121,7 +121,7 @@ def test_html_report(records, tmp_path):
     page = path.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<title>zoo &lt;audit&gt;</title>" in page
     assert "<script" not in page  # the planted script tag is escaped, and the page has no scripts of its own
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; more" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more" in page  # (jinja2's autoescape)
     assert html.escape(records[2]["reason"]) in page and "worker crashed" in page
     for text in ("fc2.bias", "FnBackward", "fixtures.py:", "analytical vs numerical", "Failing checks",
                  'id="case-BadBiasLinear"', 'href="#case-mlp"'):

@@ -4,7 +4,6 @@ finished records kept in the results directory and the reports)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Callable
 
 import click
@@ -25,31 +24,17 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _reports_module():
-    try:
-        from gradaudit.suite import reports as suite_reports
-    except ImportError:
-        return None
+    """The suite's report writers (JSON, JUnit, HTML, tables)."""
+    from gradaudit.suite import reports as suite_reports
+
     return suite_reports
 
 
 def _plain_table(records: list[dict]) -> str:
-    columns = []
-    for r in records:
-        column = (r.get("backend"), r.get("order"))
-        if column not in columns:
-            columns.append(column)
-    cases = list(dict.fromkeys(r.get("case") for r in records))
-    cells = {(r.get("case"), (r.get("backend"), r.get("order"))): r for r in records}
-    width = max([len("case")] + [len(str(c)) for c in cases])
-    lines = [f"{'case':<{width}}  " + "  ".join(f"{b} o{o}".ljust(10) for b, o in columns)]
-    for case in cases:
-        row = [str(cells[(case, col)].get("status", "-")) if (case, col) in cells else "-" for col in columns]
-        lines.append(f"{str(case):<{width}}  " + "  ".join(cell.ljust(10) for cell in row))
-    for r in records:
-        if r.get("status") in ("fail", "error"):
-            lines.append(f"{r.get('status').upper()} {r.get('case')} {r.get('backend')} o{r.get('order')}: "
-                         f"{r.get('reason')}")
-    return "\n".join(lines)
+    """The suite as plain text, nothing cut (for output that is not a terminal)."""
+    from gradaudit.renderers.text import suite_table
+
+    return suite_table(records)
 
 
 def _progress_line(quiet: bool) -> Callable[[dict, int, int], None]:
@@ -67,13 +52,12 @@ def _progress_line(quiet: bool) -> Callable[[dict, int, int], None]:
 
 def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) -> None:
     """The table of cases by backend and order (not with ``-q``), then the counts line."""
-    if not quiet:
-        reports = _reports_module()
-        if reports is not None:
-            from rich.console import Console
+    if not quiet:  # a rich table on a terminal, plain text (nothing cut) when piped
+        from rich.console import Console
 
-            Console(stderr=to_stderr, highlight=False, width=max(100, Console().width)).print(
-                reports.summary_table(records))
+        console = Console(stderr=to_stderr, highlight=False)
+        if console.is_terminal:
+            console.print(_reports_module().summary_table(records))
         else:
             click.echo(_plain_table(records), err=to_stderr)
     click.echo(f"{len(records)} results: {counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip, "
@@ -148,13 +132,8 @@ def write_reports(records: list[dict], zoo: str, backends: list[str], orders: li
     if json_path == "-":
         click.echo(json.dumps({"zoo": zoo, "backends": backends, "orders": orders, "records": records}, default=str))
     elif json_path:
-        if reports is not None and hasattr(reports, "write_json"):
-            reports.write_json(records, json_path, zoo=zoo, backends=backends, orders=orders)
-        else:
-            document = {"zoo": zoo, "backends": backends, "orders": orders, "records": records}
-            Path(json_path).write_text(json.dumps(document, indent=1, default=str) + "\n")
-    for path, writer in ((junit_path, "write_junit"), (html_path, "write_html")):
-        if path:
-            if reports is None:
-                fail(f"{writer[6:]} output needs gradaudit.suite.reports, which is not installed")
-            getattr(reports, writer)(records, path)
+        reports.write_json(records, json_path, zoo=zoo, backends=backends, orders=orders)
+    if junit_path:
+        reports.write_junit(records, junit_path)
+    if html_path:
+        reports.write_html(records, html_path)

@@ -82,3 +82,43 @@ def render_rich(report: Report, console: Console, verbose: bool = False, quiet: 
         console.print(Text(skipped, style="dim"))
     if plain.stats_line(report):
         console.print(Text(plain.stats_line(report), style="dim"))
+
+
+SUITE_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow", "error": "magenta"}
+
+
+def suite_table(records: list, title: str | None = "gradaudit suite") -> Table:
+    """A suite as a rich table: one row per case, one column per backend and order (``eager o1``), each cell
+    pass / FAIL / skip / ERROR (coloured) with a short reason, and a totals row."""
+    from gradaudit.suite.records import STATUSES
+    from gradaudit.suite.summary import (STATUS_SYMBOL, caption, column_label, grid, records_of, short_reason,
+                                         summary_counts)
+
+    typed = records_of(records)
+    cases, columns, cells = grid(typed)
+    counts = summary_counts(typed)
+    table = Table(title=title, caption=caption(counts), show_lines=False)
+    table.add_column("case", overflow="fold")
+    for column in columns:
+        table.add_column(column_label(column), overflow="fold")
+    for case in cases:
+        row = [Text(case)]  # Text, not markup: GELU[tanh] must not read as a style
+        for column in columns:
+            record = cells.get((case, column))
+            if record is None:
+                row.append(Text("-", style="dim"))
+                continue
+            cell = Text(STATUS_SYMBOL[record.status.value], style=SUITE_STYLE[record.status.value])
+            reason = short_reason(record)
+            if reason:
+                cell.append(f" {reason}", style="dim")
+            row.append(cell)
+        table.add_row(*row)
+    totals = [Text("total", style="bold")]
+    for column in columns:
+        by_status = counts["by_column"].get(column_label(column), {})
+        totals.append(Text(" ").join(Text(f"{by_status[s]} {s}", style=SUITE_STYLE[s]) for s in STATUSES
+                                     if by_status.get(s)))
+    table.add_section()
+    table.add_row(*totals)
+    return table

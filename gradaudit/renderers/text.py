@@ -171,3 +171,28 @@ def render_text(report: Report, verbose: bool = False, quiet: bool = False, max_
 def render_dict(report: dict, max_checks: int | None = 12) -> str:
     """:func:`render_text` of a ``Report.to_dict()`` (a suite record's report, a stored JSON report)."""
     return render_text(Report.from_dict(report), max_checks=max_checks)
+
+
+def suite_table(records: list) -> str:
+    """A suite as plain text: one row per case, one column per backend and order (``eager o1``), each cell a
+    status; the counts; then one line per record that did not pass, with its whole reason."""
+    from gradaudit.suite.summary import STATUS_SYMBOL, caption, column_label, grid, records_of, summary_counts
+
+    typed = records_of(records)
+    cases, columns, cells = grid(typed)
+    rows = [["case"] + [column_label(c) for c in columns]]
+    rows += [[case] + [STATUS_SYMBOL[cells[(case, c)].status.value] if (case, c) in cells else "-" for c in columns]
+             for case in cases]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(text.ljust(w) for text, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(caption(summary_counts(typed)))
+    lines += [f"{STATUS_SYMBOL[r.status.value]} {r.case} {r.backend} o{r.order}: {r.reason or short_why(r)}"
+              for r in typed if r.status != "pass"]
+    return "\n".join(lines)
+
+
+def short_why(record) -> str:
+    """Why a record without a reason did not pass (its first error finding or failed check)."""
+    from gradaudit.suite.summary import short_reason
+
+    return short_reason(record, limit=None) or "-"

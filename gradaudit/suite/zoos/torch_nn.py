@@ -69,18 +69,16 @@ class _LossOfProbs(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- torch.nn
-def torch_nn_zoo() -> list[ZooCase]:
-    """Small float64 cases for the torch.nn modules people use: more than 60 module types, in train and eval
-    mode where they differ, first and second order where torch supports them."""
-    z = _Cases()
-
-    # -- linear layers
+def _linear(z: _Cases) -> None:
+    """Linear layers."""
     z.add("Identity", _unary(nn.Identity, 2, 3))
     z.add("Linear", _unary(lambda: nn.Linear(4, 3), 2, 4))
     z.add("Bilinear", lambda: (build(lambda: nn.Bilinear(3, 2, 4)), (randn(2, 3), randn(2, 2, seed=1))))
     z.add("LazyLinear", _unary(lambda: nn.LazyLinear(3), 2, 4))
 
-    # -- convolutions
+
+def _convolutions(z: _Cases) -> None:
+    """Convolutions."""
     z.add("Conv1d", _unary(lambda: nn.Conv1d(2, 3, 3, padding=1), 2, 2, 6))
     z.add("Conv1d[stride2,dilation2]", _unary(lambda: nn.Conv1d(2, 2, 3, stride=2, dilation=2), 1, 2, 9),
           module="Conv1d")
@@ -94,7 +92,9 @@ def torch_nn_zoo() -> list[ZooCase]:
     z.add("Fold", _unary(lambda: nn.Fold((3, 3), 2), 1, 8, 4))
     z.add("Unfold", _unary(lambda: nn.Unfold(2), 1, 2, 3, 3))
 
-    # -- pooling
+
+def _pooling(z: _Cases) -> None:
+    """Pooling."""
     z.add("MaxPool1d", _unary(lambda: nn.MaxPool1d(2), 2, 2, 6))
     z.add("MaxPool2d", _unary(lambda: nn.MaxPool2d(2), 1, 2, 4, 4))
     z.add("MaxPool3d", _unary(lambda: nn.MaxPool3d(2), 1, 1, 4, 4, 2))
@@ -113,7 +113,9 @@ def torch_nn_zoo() -> list[ZooCase]:
     z.add("FractionalMaxPool2d", _unary(lambda: nn.FractionalMaxPool2d(2, output_size=(3, 3)), 1, 2, 5, 5))
     z.add("FractionalMaxPool3d", _unary(lambda: nn.FractionalMaxPool3d(2, output_size=(2, 2, 2)), 1, 1, 4, 4, 4))
 
-    # -- padding, shapes, upsampling
+
+def _shapes(z: _Cases) -> None:
+    """Padding, shapes, upsampling."""
     z.add("ZeroPad2d", _unary(lambda: nn.ZeroPad2d((1, 0, 2, 1)), 1, 2, 3, 3))
     z.add("ConstantPad1d", _unary(lambda: nn.ConstantPad1d(2, 0.5), 2, 2, 3))
     z.add("ReflectionPad2d", _unary(lambda: nn.ReflectionPad2d(1), 1, 2, 3, 3))
@@ -133,7 +135,9 @@ def torch_nn_zoo() -> list[ZooCase]:
     z.add("UpsamplingBilinear2d", _unary(lambda: nn.UpsamplingBilinear2d(scale_factor=2), 1, 2, 2, 2))
     z.add("UpsamplingNearest2d", _unary(lambda: nn.UpsamplingNearest2d(scale_factor=2), 1, 2, 2, 2))
 
-    # -- normalization
+
+def _normalization(z: _Cases) -> None:
+    """Normalization."""
     z.both("BatchNorm1d", lambda train: (build(lambda: nn.BatchNorm1d(3), train), (randn(4, 3),)))
     z.both("BatchNorm2d", lambda train: (build(lambda: nn.BatchNorm2d(2), train), (randn(3, 2, 3, 3),)))
     z.both("BatchNorm3d", lambda train: (build(lambda: nn.BatchNorm3d(2), train), (randn(2, 2, 2, 2, 2),)))
@@ -147,7 +151,9 @@ def torch_nn_zoo() -> list[ZooCase]:
     z.add("LocalResponseNorm", _unary(lambda: nn.LocalResponseNorm(3), 1, 4, 3, 3))
     z.add("RMSNorm", _unary(lambda: nn.RMSNorm(4), 2, 3, 4))
 
-    # -- activations (inputs away from the kinks of the piecewise ones)
+
+def _activations(z: _Cases) -> None:
+    """Activations (inputs away from the kinks of the piecewise ones)."""
     smooth = {
         "ELU": lambda: nn.ELU(), "SELU": lambda: nn.SELU(), "CELU": lambda: nn.CELU(0.7),
         "GELU": lambda: nn.GELU(), "SiLU": lambda: nn.SiLU(), "Mish": lambda: nn.Mish(),
@@ -182,7 +188,9 @@ def torch_nn_zoo() -> list[ZooCase]:
     z.add("CosineSimilarity", lambda: (build(lambda: nn.CosineSimilarity(dim=1)), (randn(3, 4), randn(3, 4, seed=1))))
     z.add("PairwiseDistance", lambda: (build(lambda: nn.PairwiseDistance()), (randn(3, 4), randn(3, 4, seed=1))))
 
-    # -- dropout (the audit freezes the RNG: train mode is checkable)
+
+def _dropout(z: _Cases) -> None:
+    """Dropout (the audit freezes the RNG: train mode is checkable)."""
     z.both("Dropout", lambda train: (build(lambda: nn.Dropout(0.3), train), (randn(3, 4),)))
     z.both("Dropout1d", lambda train: (build(lambda: nn.Dropout1d(0.3), train), (randn(2, 3, 4),)))
     z.both("Dropout2d", lambda train: (build(lambda: nn.Dropout2d(0.3), train), (randn(2, 3, 2, 2),)))
@@ -191,7 +199,9 @@ def torch_nn_zoo() -> list[ZooCase]:
     z.both("FeatureAlphaDropout", lambda train: (build(lambda: nn.FeatureAlphaDropout(0.3), train),
                                                  (randn(2, 3, 2, 2),)))
 
-    # -- recurrent
+
+def _recurrent(z: _Cases) -> None:
+    """Recurrent."""
     z.add("RNN", lambda: (build(lambda: nn.RNN(3, 4, batch_first=True)), (randn(2, 3, 3),)))
     z.add("RNN[relu,2layers]", lambda: (build(lambda: nn.RNN(3, 3, num_layers=2, nonlinearity="relu")),
                                         (randn(3, 2, 3),)), module="RNN")
@@ -206,7 +216,9 @@ def torch_nn_zoo() -> list[ZooCase]:
                                                                                  randn(2, 4, seed=2)))))
     z.add("GRUCell", lambda: (build(lambda: nn.GRUCell(3, 4)), (randn(2, 3), randn(2, 4, seed=1))))
 
-    # -- attention and transformers (dropout 0; the eval fast path is a different kernel from train)
+
+def _attention(z: _Cases) -> None:
+    """Attention and transformers (dropout 0; the eval fast path is a different kernel from train)."""
     z.both("MultiheadAttention", lambda train: (build(lambda: nn.MultiheadAttention(8, 2, batch_first=True), train),
                                                 (randn(2, 3, 8), randn(2, 4, 8, seed=1), randn(2, 4, 8, seed=2)),
                                                 {"need_weights": False}))
@@ -228,7 +240,9 @@ def torch_nn_zoo() -> list[ZooCase]:
         build(lambda: nn.Transformer(8, 2, 1, 1, 16, dropout=0.0, batch_first=True)),
         (randn(2, 3, 8), randn(2, 2, 8, seed=1))))
 
-    # -- embeddings
+
+def _embeddings(z: _Cases) -> None:
+    """Embeddings."""
     z.add("Embedding", lambda: (build(lambda: nn.Embedding(6, 3)), (randint(6, 2, 4),)))
     z.add("Embedding[sparse]", lambda: (build(lambda: nn.Embedding(6, 3, sparse=True)), (randint(6, 2, 4),)),
           module="Embedding", tags=("sparse",))
@@ -243,7 +257,9 @@ def torch_nn_zoo() -> list[ZooCase]:
     z.add("EmbeddingBag[max]", lambda: (build(lambda: nn.EmbeddingBag(6, 3, mode="max")), (randint(6, 2, 4),)),
           module="EmbeddingBag")
 
-    # -- losses (the prediction is differentiated; targets are passed as they come)
+
+def _losses(z: _Cases) -> None:
+    """Losses (the prediction is differentiated; targets are passed as they come)."""
     z.add("MSELoss", lambda: (build(nn.MSELoss), (randn(3, 4), randn(3, 4, seed=1))))
     z.add("L1Loss", lambda: (build(nn.L1Loss), (randn(3, 4), randn(3, 4, seed=1))))
     z.add("SmoothL1Loss", lambda: (build(lambda: nn.SmoothL1Loss(beta=0.5)), (randn(3, 4), randn(3, 4, seed=1))))
@@ -284,6 +300,15 @@ def torch_nn_zoo() -> list[ZooCase]:
                                            (randn(2, 4), torch.tensor([[3, 0, -1, 1], [1, 2, 3, -1]]))),
           orders=(1,))  # multilabel_margin_loss_backward has no derivative
     z.add("CTCLoss", lambda: _ctc(), orders=(1,))
+
+
+def torch_nn_zoo() -> list[ZooCase]:
+    """Small float64 cases for the torch.nn modules people use: more than 60 module types, in train and eval
+    mode where they differ, first and second order where torch supports them."""
+    z = _Cases()
+    for section in (_linear, _convolutions, _pooling, _shapes, _normalization, _activations,
+                    _dropout, _recurrent, _attention, _embeddings, _losses):
+        section(z)
     return z.cases
 
 

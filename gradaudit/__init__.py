@@ -5,7 +5,7 @@ from gradaudit.case import Case, load_target  # noqa: E402
 from gradaudit.errors import AuditError  # noqa: E402
 from gradaudit.report import Check, Finding, Report  # noqa: E402
 from gradaudit.api import check  # noqa: E402
-from gradaudit.compare import compare  # noqa: E402
+from gradaudit.api import compare  # noqa: E402
 from gradaudit.testing import assert_gradients  # noqa: E402
 
 __all__ = ["AuditError", "Case", "assert_gradients", "Check", "Finding", "Report", "check", "compare", "load_target", "__version__"]

@@ -1,4 +1,5 @@
-"""The Python API: ``gradaudit.check(...) -> Report``."""
+"""The Python API: ``gradaudit.check(...) -> Report`` on one backend, ``gradaudit.compare(...) -> Report`` across
+backends."""
 from __future__ import annotations
 
 import time
@@ -13,8 +14,9 @@ from gradaudit.core.checks import Auditor, Settings
 from gradaudit.errors import AuditError
 from gradaudit.isolation import annotate_isolated, collect_isolated
 from gradaudit.outcome import user_code_boundary
-from gradaudit.core.numerics import eps_of, model_error_of
-from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
+from gradaudit.core.kinds import FAULTS, FaultKind, Severity
+from gradaudit.core.parity import parity_checks
+from gradaudit.crossbackend import compare_program, forward_parity, numeric_backend_audit, refuse_random_ops
 from gradaudit.registry import usable_backend
 from gradaudit.rng import preserved_rng
 from gradaudit.backends.base import Program
@@ -101,8 +103,8 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                 stats = {k: v + reference.stats.to_dict()[k] for k, v in stats.items()}
     if fail_on_hazard:
         for finding in findings:
-            if finding.kind == "hazard":
-                finding.severity = "error"
+            if finding.kind == FaultKind.HAZARD:
+                finding.severity = Severity.ERROR
     stats["seconds"] = round(time.perf_counter() - started, 4)
     settings_dict = settings.to_dict() | {"shadow": "float64" if reference is not None else None,
                                           "localize": localize, "static_only": static_only}
@@ -111,10 +113,54 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                   skipped=skipped, stats=stats, settings=settings_dict, version=__version__)
 
 
-def random_op(program: Program) -> str | None:
-    from gradaudit.analyzers.divergence import random_op as first_random_op
 
-    return first_random_op(program)
+@user_code_boundary("gradaudit.compare")
+def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends: tuple[str, ...] | list[str] =
+            ("eager", "xla"), order: int = 1, dtype: str | torch.dtype | None = None, seed: int = 0,
+            probes: int = 3, localize: bool = True, progress: Callable[[str, int, int], None] | None = None,
+            name: str | None = None) -> Report:
+    """Run the case on each backend (in ``dtype``, default: as given) and compare forward outputs and
+    gradients (orders 1..order) with eager float64 on CPU, within each backend's precision.
+
+    Backends without autograd (ONNX) are checked by finite differences against the reference's gradients.
+    A kink where backends follow different conventions (relu6 exactly at 6) is a ``nondifferentiable_point``,
+    not a divergence."""
+    if order not in (1, 2):
+        raise AuditError(f"order must be 1 or 2, got {order}")
+    if not backends:
+        raise AuditError("compare needs at least one backend")
+    case = as_case(target, args, kwargs, name)
+    chosen = [usable_backend(b) for b in backends]
+    settings = Settings(order=order, seed=seed, probes=probes)
+    started = time.perf_counter()
+    checks, findings, skipped = [], [], []
+    stats = {"forward_evals": 0, "backward_evals": 0, "compilations": 0}
+    with same_rng_for_each_program() as rewind:
+        with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
+            refuse_random_ops(reference)
+            for step, backend in enumerate(chosen):
+                if progress:
+                    progress(f"comparing {backend.name}", step, len(chosen))
+                rewind()
+                with backend.load(case, None, parse_dtype(dtype)) as program:
+                    backend_checks, backend_findings, notes = compare_program(program, reference, settings,
+                                                                              localize)
+                    for item in backend_checks:
+                        item.backend = backend.name
+                    for finding in backend_findings:
+                        finding.details["backend"] = backend.name
+                        finding.message = f"[{backend.name}] {finding.message}"
+                    checks += backend_checks
+                    findings += backend_findings
+                    skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
+                    for key, value in program.stats.to_dict().items():
+                        stats[key] += value
+    stats["seconds"] = round(time.perf_counter() - started, 4)
+    return Report(target=case.label, backend=",".join(b.name for b in chosen), device="cpu (reference)",
+                  dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,
+                  findings=findings, skipped=skipped, stats=stats,
+                  settings=settings.to_dict() | {"reference": "eager/cpu/float64", "localize": localize},
+                  version=__version__)
 
 
 def autograd_backend_audit(case, program: Program, reference: Program | None, settings: Settings,
@@ -130,15 +176,7 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
         eager = usable_backend("eager").load(case, "cpu", torch.float64)
     try:
         if eager is not None:
-            random = random_op(program)
-            if random:
-                skipped.append({"what": "forward parity with eager float64",
-                                "reason": f"the case draws random numbers ({random}), and each backend draws "
-                                          "its own"})
-            else:
-                checks, drift = forward_checks(program, eager)
-                findings = forward_divergences(checks, drift)
-                model_error = model_error_of(drift, eps_of(program.dtype))
+            checks, findings, model_error = forward_parity(program, eager, skipped)
         audited = reference or program
         more_checks, more_findings, more = Auditor(audited, settings, progress, model_error=model_error).run()
         checks, findings = checks + more_checks, findings + more_findings
@@ -146,7 +184,7 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
         if reference is not None:
             parity, parity_findings = parity_checks(program, reference, settings)
             checks, findings = checks + parity, findings + parity_findings
-        if localize and any(f.severity == "error" for f in findings):  # (a pass has nothing to localize)
+        if localize and any(f.severity == Severity.ERROR for f in findings):  # (a pass has nothing to localize)
             annotate_isolated("localization", findings, skipped, [audited, eager],
                               lambda: localize_findings(audited, findings, settings.seed, eager))
         findings += collect_isolated("hazard scan", skipped, [program], lambda: static_hazards(program))
@@ -155,9 +193,6 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
         if eager is not None:
             eager.close()
     return checks, findings
-
-
-FAULT_KINDS = ("faulty_backward", "faulty_double_backward", "faulty_forward_ad")
 
 
 def localize_findings(program: Program, findings: list[Finding], seed: int, eager: Program | None = None) -> None:
@@ -169,12 +204,12 @@ def localize_findings(program: Program, findings: list[Finding], seed: int, eage
     from gradaudit.analyzers.localize import localize
 
     for finding in findings:
-        if finding.kind not in FAULT_KINDS or finding.details.get("method") == "dtype_parity":
+        if finding.kind not in FAULTS or finding.details.get("method") == "dtype_parity":
             continue  # (the float64 program has no dtype-only fault to find)
         if eager is None:
             localize(program, finding, seed)
             continue
-        node = first_backward_divergence(program, eager, seed) if finding.kind == "faulty_backward" else None
+        node = first_backward_divergence(program, eager, seed) if finding.kind == FaultKind.FAULTY_BACKWARD else None
         if node is None:
             localize(eager, finding, seed)
         else:
@@ -191,36 +226,11 @@ def static_hazards(program: Program) -> list[Finding]:
     return static_findings(program)
 
 
-def numeric_backend_audit(program: Program, reference: Program, settings: Settings, progress,
-                          skipped: list[dict], localize: bool) -> tuple[list[Check], list[Finding]]:
-    """A backend without autograd (an exported graph): its forward against eager float64, then its finite
-    differences against eager float64 gradients. A mismatch is the backend differentiating differently from
-    PyTorch: a divergence, not a faulty backward of the user's code."""
-    checks, drift = forward_checks(program, reference)
-    findings = forward_divergences(checks, drift)
-    # An exported graph that approximates an elementary function differently (onnxruntime's tanh-GELU) has
-    # derivatives off by more than its forward: the same model error as on an autograd backend.
-    model_error = model_error_of(drift, eps_of(program.dtype))
-    gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
-                                                       model_error=model_error).run()
-    skipped += more
-    for finding in gradient_findings:
-        if finding.kind in ("faulty_backward", "faulty_double_backward", "faulty_forward_ad"):
-            finding.kind = "backward_divergence"
-            finding.message = (f"derivatives of the {program.device} program differ from PyTorch's gradients: "
-                               + finding.message)
-    findings += gradient_findings
-    if localize and any(f.severity == "error" for f in findings):
-        from gradaudit.analyzers.divergence import locate_divergence
-
-        annotate_isolated("localization", findings, skipped, [program, reference],
-                          lambda: locate_divergence(program, reference, findings))
-    return checks + gradient_checks, findings
-
 
 def fallback_hazards(program: Program) -> list[Finding]:
     """Ops a compiling backend (XLA) could not lower and ran on the CPU instead: slow, and a place where
     device and CPU semantics may differ."""
-    return [Finding("hazard", f"{op} fell back to the CPU on {program.device}", op=op, severity="warning",
+    return [Finding(FaultKind.HAZARD, f"{op} fell back to the CPU on {program.device}", op=op,
+                    severity=Severity.WARNING,
                     details={"hazard": "cpu_fallback", "count": count})
             for op, count in program.fallback_counts.items()]

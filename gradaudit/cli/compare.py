@@ -47,7 +47,7 @@ def compare(target: str, backend_list: str | None, order: int, dtype: str | None
             json_path: str | None, no_localize: bool, show_traceback: bool, quiet: bool, verbose: int,
             allow_skip: bool) -> None:
     """Run TARGET on several backends and compare outputs and gradients with eager float64 on CPU."""
-    from gradaudit.compare import compare as compare_backends
+    from gradaudit.api import compare as compare_backends
 
     with command_outcome(show_traceback):
         names = chosen_backends(backend_list, quiet)

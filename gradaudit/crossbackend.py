@@ -1,0 +1,130 @@
+"""Cross-backend audits: a program on another backend held against eager float64 on the CPU, with the same case,
+parameters, inputs and probes. Forward and gradient parity come from ``core.parity``; where they part, the
+op is found by ``analyzers.divergence``. Used by ``gradaudit.compare`` and by ``gradaudit.check`` on a backend
+other than eager."""
+from __future__ import annotations
+
+from gradaudit.core.checks import Auditor, Settings
+from gradaudit.core.differentiate import ForwardFunction, evaluate
+from gradaudit.core.findings import kink_convention_finding
+from gradaudit.core.followups import kink_elements
+from gradaudit.core.kinds import FAULTS, FaultKind, Severity
+from gradaudit.core.numerics import eps_of, model_error_of
+from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
+from gradaudit.core.probe import Numerics, ProbeSpace
+from gradaudit.errors import AuditError
+from gradaudit.isolation import annotate_isolated
+from gradaudit.backends.base import Program
+from gradaudit.report import Check, Finding
+
+
+def forward_parity(program: Program, eager: Program, skipped: list[dict]) -> tuple[list[Check], list[Finding], float]:
+    """Forward outputs against eager float64 (order-0 checks), and the model error that sets for the
+    checker: how accurate the backend's elementary functions are. Skipped when the case draws random numbers."""
+    from gradaudit.analyzers.divergence import random_op
+
+    random = random_op(program)
+    if random:
+        skipped.append({"what": "forward parity with eager float64",
+                        "reason": f"the case draws random numbers ({random}), and each backend draws its own"})
+        return [], [], 0.0
+    checks, drift = forward_checks(program, eager)
+    return checks, forward_divergences(checks, drift), model_error_of(drift, eps_of(program.dtype))
+
+
+def numeric_backend_audit(program: Program, reference: Program, settings: Settings, progress,
+                          skipped: list[dict], localize: bool) -> tuple[list[Check], list[Finding]]:
+    """A backend without autograd (an exported graph): its forward against eager float64, then its finite
+    differences against eager float64 gradients. A mismatch is the backend differentiating differently from
+    PyTorch: a divergence, not a faulty backward of the user's code."""
+    checks, drift = forward_checks(program, reference)
+    findings = forward_divergences(checks, drift)
+    # An exported graph that approximates an elementary function differently (onnxruntime's tanh-GELU) has
+    # derivatives off by more than its forward: the same model error as on an autograd backend.
+    model_error = model_error_of(drift, eps_of(program.dtype))
+    gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
+                                                       model_error=model_error).run()
+    skipped += more
+    for finding in gradient_findings:
+        if finding.kind in FAULTS:
+            finding.kind = FaultKind.BACKWARD_DIVERGENCE
+            finding.message = (f"derivatives of the {program.device} program differ from PyTorch's gradients: "
+                               + finding.message)
+    findings += gradient_findings
+    if localize and any(f.severity == Severity.ERROR for f in findings):
+        from gradaudit.analyzers.divergence import locate_divergence
+
+        annotate_isolated("localization", findings, skipped, [program, reference],
+                          lambda: locate_divergence(program, reference, findings))
+    return checks + gradient_checks, findings
+
+
+def compare_program(program, reference, settings: Settings,
+                    localize: bool = True) -> tuple[list, list[Finding], list[dict]]:
+    """Forward parity, then gradient parity (autograd backends) or the finite-difference audit that
+    ``gradaudit run`` gives a backend without autograd (exported graphs)."""
+    notes: list[dict] = []
+    if not program.capabilities.autograd:
+        checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
+        return checks, findings, notes
+    checks, drift = forward_checks(program, reference)
+    findings = forward_divergences(checks, drift)
+    gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
+    findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
+    if localize and any(f.severity == Severity.ERROR for f in findings):
+        annotate_isolated("localization", findings, notes, [program, reference],
+                          lambda: localize_divergences(program, reference, findings, settings.seed))
+    return checks + gradient_checks, findings, notes
+
+
+def localize_divergences(program: Program, reference: Program, findings: list[Finding], seed: int) -> None:
+    """Forward: the first op whose output diverges while its inputs agree. Backward (order 1): the node whose
+    incoming gradient agrees across backends but whose outgoing gradient does not. Best effort, like every
+    localization: a failure is noted in the finding."""
+    from gradaudit.analyzers.divergence import first_backward_divergence, first_diverging_op
+
+    for finding in findings:
+        if finding.kind == FaultKind.FORWARD_DIVERGENCE:
+            search = lambda: first_diverging_op(program, reference)  # noqa: E731
+        elif finding.kind == FaultKind.BACKWARD_DIVERGENCE and finding.order == 1:
+            search = lambda: first_backward_divergence(program, reference, seed)  # noqa: E731
+        else:
+            continue
+        try:
+            place = search()
+        except Exception as exc:
+            finding.details["localization"] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        if place is not None:
+            finding.node, finding.op, finding.module, finding.source = place.node, place.op, place.module, place.source
+
+
+def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
+    """Backends may pick different one-sided derivatives at a kink (relu6 exactly at 6): that is a
+    convention, not a bug, when the worst element sits on a kink of the float64 reference."""
+    if finding.order != 1 or finding.details.get("worst_index") is None:
+        return finding
+    names = [leaf.name for leaf in reference.leaves]
+    if finding.wrt not in names:
+        return finding
+    space = ProbeSpace.seeded([leaf.value for leaf in reference.leaves], names, reference.dtype, settings.seed)
+    f = ForwardFunction(reference)
+    numerics = Numerics(lambda points: [evaluate(f, z) for z in points], space)
+    cotangent = space.random_like(evaluate(f, space.x))
+    leaf = names.index(finding.wrt)
+    kinks = kink_elements(numerics, leaf, cotangent, settings.kink_scan_limit)["elements"] or []
+    index = space.element_index(leaf, finding.details["worst_index"][0])
+    if index not in kinks:
+        return finding
+    return kink_convention_finding(finding.wrt, index, kinks, finding.details.get("analytical"),
+                                   finding.details.get("numerical"))
+
+
+def refuse_random_ops(reference) -> None:
+    """Each backend has its own random generator: dropout masks differ, so outputs cannot be compared."""
+    from gradaudit.analyzers.divergence import random_op
+
+    op = random_op(reference)
+    if op is not None:
+        raise AuditError(f"the case draws random numbers ({op}) and every backend draws its own; "
+                         "compare it in eval mode")

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import networkx as nx
@@ -24,6 +25,7 @@ __all__ = ["FORMATS", "GraphvizError", "dot_program", "format_of", "render_svg",
 
 FORMATS = ("graphml", "dot", "svg", "png")
 DOT_TIMEOUT_S = 60.0
+TITLE_CHARS = 64
 CULPRIT_FILL, PATH_COLOUR = "#e74c3c", "#e67e22"
 FILLS = {"output": "#dde7f5", "leaf": "#e5f2e0", "node": "#f4f4f4"}
 _log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ def run_dot(dot_text: str, format: str, timeout: float = DOT_TIMEOUT_S) -> bytes
     if program is None:
         raise GraphvizError(errno.ENOENT, "Graphviz's dot program is not installed (e.g. apt-get install graphviz)")
     extra = ["-Gdpi=144"] if format == "png" else []
+    _log.debug("laying out the graph with %s -T%s", program, format)
     try:
         done = subprocess.run([program, f"-T{format}", *extra], input=dot_text.encode(), capture_output=True,
                               timeout=timeout, check=False)
@@ -110,7 +113,7 @@ def render_svg(graph: nx.DiGraph, culprit: str | None = None, title: str | None 
             text = run_dot(to_dot(graph, title=title), "svg").decode()
             return text[text.index("<svg"):]
         except (GraphvizError, UnicodeDecodeError, ValueError) as exc:
-            _log.warning("gradaudit: note: %s; drawing the graph without Graphviz", exc)
+            _log.warning("%s; drawing the graph without Graphviz", exc)
     return to_svg(graph, title=title)
 
 
@@ -124,6 +127,11 @@ def _label(data: dict) -> list[str]:
     if where:
         lines.append(where)
     return lines
+
+
+def _title_lines(title: str) -> list[str]:
+    """The title wrapped to lines of at most TITLE_CHARS characters (a picture is no wider than its title)."""
+    return textwrap.wrap(title, TITLE_CHARS, break_on_hyphens=False) or [title]
 
 
 def _tooltip(data: dict) -> str:
@@ -151,9 +159,9 @@ def to_dot(graph: nx.DiGraph, culprit: str | None = None, title: str | None = No
     lines = ["digraph autograd {", "  rankdir=TB;", "  nodesep=0.25; ranksep=0.4;",
              '  node [shape=box, fontname="Helvetica", fontsize=10, color="#666666"];',
              '  edge [color="#999999", arrowsize=0.7];']
-    if title:
-        lines.append(f'  label="{_dot_escape(title)}"; labelloc=t; labeljust=l; fontname="Helvetica-Bold"; '
-                     f'fontsize=13;')
+    if title:  # '\\l' ends a left-aligned line
+        label = "".join(_dot_escape(line) + "\\l" for line in _title_lines(title))
+        lines.append(f'  label="{label}"; labelloc=t; labeljust=l; fontname="Helvetica-Bold"; fontsize=13;')
     for node, data in graph.nodes(data=True):
         label = "\\n".join(_dot_escape(x) for x in _label(data))
         lines.append(f'  "{_dot_escape(node)}" [label="{label}", tooltip="{_dot_escape(_tooltip(data))}", '
@@ -258,10 +266,10 @@ def _layout(graph: nx.DiGraph, widths: dict[str, float]) -> tuple[dict, dict]:
     return _positions(layout, depth, widths, weights), bends
 
 
-_MARKERS = "".join(
-    f'<marker id="{name}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-    f'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="{colour}"/></marker>'
-    for name, colour in (("arrow", "#888"), ("arrow-hot", PATH_COLOUR)))
+_MARKERS = "".join(  # arrow heads sized in pixels, not in stroke widths: a thick path gets no huge head
+    f'<marker id="{name}" viewBox="0 0 10 10" refX="10" refY="5" markerUnits="userSpaceOnUse" '
+    f'markerWidth="{size}" markerHeight="{size}" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" '
+    f'fill="{colour}"/></marker>' for name, colour, size in (("arrow", "#888", 8), ("arrow-hot", PATH_COLOUR, 11)))
 
 
 def _svg_edge(points: list[tuple[float, float]], hot: bool) -> str:
@@ -306,18 +314,19 @@ def to_svg(graph: nx.DiGraph, culprit: str | None = None, title: str | None = No
     if culprit is not None:
         mark_culprit(graph, culprit)
     widths = {node: _box_width(data) for node, data in graph.nodes(data=True)}
-    top = MARGIN + (24 if title else 0)
+    title_lines = _title_lines(title) if title else []
+    top = MARGIN + 18 * len(title_lines) + (6 if title_lines else 0)
     placed, bends = _layout(graph, widths)
     centre = {node: (x, y + top) for node, (x, y) in placed.items()}
     right = max((x + widths[node] / 2 for node, (x, _) in centre.items()), default=0.0)
     bottom = max((y + BOX_H / 2 for _, y in centre.values()), default=top)
-    width = max(right + MARGIN, 2 * MARGIN + (_text_width(title, True) * 1.2 if title else 0))
+    width = max([right + MARGIN] + [2 * MARGIN + _text_width(line, True) * 1.2 for line in title_lines])
     height = bottom + MARGIN
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif">',
            f"<defs>{_MARKERS}</defs>", '<rect width="100%" height="100%" fill="white"/>']
-    if title:
-        out.append(f'<text x="{MARGIN}" y="{MARGIN + 6}" font-size="14" font-weight="bold">{html.escape(title)}</text>')
+    out += [f'<text x="{MARGIN}" y="{MARGIN + 6 + 18 * k}" font-size="14" font-weight="bold">{html.escape(line)}</text>'
+            for k, line in enumerate(title_lines)]
     out += [_svg_edge([centre[n] for n in (a, *bends[(a, b)], b)], bool(data.get("on_path")))
             for a, b, data in graph.edges(data=True)]
     out += [_svg_node(data, centre[node], widths[node]) for node, data in graph.nodes(data=True)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gradaudit.errors import AuditError
+from gradaudit.errors import AuditError, Unsupported
 from gradaudit.suite.executors import run_job_in_subprocess
 from gradaudit.suite.runner import run_suite
 from gradaudit.cli.suite import suite_command
@@ -89,7 +89,7 @@ def test_worker_records_pass_fail_and_classifies_errors():
     records = []
     run_job({"zoo": PLANTED, "case": "good", "backend": "nonesuch", "order": 1}, records.append)
     assert records[0]["status"] == "error" and "unknown backend" in records[0]["reason"]
-    assert classify(AuditError("backend 'xla' is not usable here: torch-xla is not installed"))[0] == "skip"
+    assert classify(Unsupported("backend 'xla' is not usable here: torch-xla is not installed"))[0] == "skip"
     assert classify(RuntimeError("derivative for aten::foo_backward is not implemented"))[0] == "skip"
     assert classify(ValueError("boom\nmore")) == ("error", "ValueError: boom")
 

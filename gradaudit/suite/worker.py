@@ -7,8 +7,8 @@ Job: ``{"zoo": SPEC, "case": NAME, "backend": "eager", "order": 1 | "orders": [1
 
 Record: :class:`~gradaudit.suite.records.SuiteRecord` as a dict (``case``, ``backend``, ``order``, ``status``,
 ``reason``, ``report``, ``seconds``, ``zoo``, ``module``, ``seed``, ``dtype``, and ``torch_known`` for cases of
-PyTorch's own databases). ``skip``: the backend is not usable here or does not support the case; ``error``: the audit could not run for
-another reason (one-line ``reason``).
+PyTorch's own databases). ``skip``: the backend is not usable here or does not support the case; ``error``: the
+audit could not run for another reason (one-line ``reason``).
 """
 from __future__ import annotations
 

@@ -9,12 +9,17 @@ will raise) and ``nondeterministic_backward_op`` (an op whose CUDA backward uses
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import networkx as nx
 import torch
 
 from gradaudit.report import Finding
 from gradaudit.analyzers.graph import NodeInfo
-from gradaudit.analyzers.trace import Trace, trace_program
+from gradaudit.analyzers.trace import OpRecord, Trace, trace_program
+
+if TYPE_CHECKING:
+    from gradaudit.backends.base import Program
 
 # ops whose result is integer, or whose derivative is zero almost everywhere: a gradient does not get through
 NONDIFFERENTIABLE_OPS = {
@@ -52,48 +57,73 @@ def _where(module: str | None, source: str | None) -> str:
 
 
 def find_hazards(trace: Trace, device: str = "cpu", leaf_kinds: dict[str, str] | None = None) -> list[Finding]:
-    """All static hazards of one traced forward."""
-    graph, findings = trace.graph, []
-    leaf_kinds = leaf_kinds or {}
-    # 1. leaves that no output depends on
-    reached = set()
+    """All static hazards of one traced forward (``device`` decides which ops are nondeterministic there;
+    ``leaf_kinds`` names each leaf 'parameter' or 'input' in the messages)."""
+    return (_unreached_leaves(trace, leaf_kinds or {}) + _nondifferentiable_ops(trace) + _detaches(trace)
+            + _node_hazards(trace, device))
+
+
+def _unreached_leaves(trace: Trace, leaf_kinds: dict[str, str]) -> list[Finding]:
+    """Leaves that no output depends on."""
+    graph, reached = trace.graph, set()
     for node, data in graph.nodes(data=True):
         if data.get("kind") == "output":
             reached.add(node)
             reached.update(nx.descendants(graph, node))
+    findings = []
     for name in trace.leaf_names:
-        leaf = f"leaf:{name}"
-        if leaf not in reached:
+        if f"leaf:{name}" not in reached:
             kind = leaf_kinds.get(name, "leaf")
-            findings.append(_hazard(
-                "no_gradient", f"{kind} {name} receives no gradient: no output depends on it through autograd "
-                               "(unused, detached, or computed under no_grad)", leaf_kind=kind))
-            findings[-1].wrt = name
-    # 2. non-differentiable ops applied to tensors that carry a gradient, outside custom Functions
+            finding = _hazard("no_gradient", f"{kind} {name} receives no gradient: no output depends on it through "
+                                             "autograd (unused, detached, or computed under no_grad)", leaf_kind=kind)
+            finding.wrt = name
+            findings.append(finding)
+    return findings
+
+
+def _casts_to_integer(record: OpRecord) -> bool:
+    if record.name not in _CASTS:
+        return False
+    dtype = record.kwargs.get("dtype") or next((a for a in record.args if isinstance(a, torch.dtype)), None)
+    return isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex)
+
+
+def _nondifferentiable_ops(trace: Trace) -> list[Finding]:
+    """Non-differentiable ops applied to tensors that carry a gradient, outside custom Functions."""
+    findings = []
     for record in trace.ops:
         if record.function is not None or not record.grad_enabled or not any(record.arg_requires_grad):
             continue
-        name = record.name
-        cast_to_int = False
-        if name in _CASTS:
-            dtype = record.kwargs.get("dtype") or next((a for a in record.args if isinstance(a, torch.dtype)), None)
-            cast_to_int = isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex)
-        if name in NONDIFFERENTIABLE_OPS or cast_to_int:
-            what = "an integer cast" if cast_to_int else name
-            effect = ("the gradient is cut here" if cast_to_int or name.startswith(("aten.arg", "aten.bucket",
-                      "aten.search", "aten.signbit")) else "its derivative is zero almost everywhere")
-            findings.append(_hazard("nondifferentiable_op",
-                                    f"{what} on a tensor that carries a gradient ({_where(record.module, record.source)}):"
-                                    f" {effect}", op=name, index=record.index))
-            findings[-1].op, findings[-1].module, findings[-1].source = name, record.module or None, record.source
+        name, cast_to_int = record.name, _casts_to_integer(record)
+        if name not in NONDIFFERENTIABLE_OPS and not cast_to_int:
+            continue
+        what = "an integer cast" if cast_to_int else name
+        effect = ("the gradient is cut here" if cast_to_int or name.startswith(("aten.arg", "aten.bucket",
+                  "aten.search", "aten.signbit")) else "its derivative is zero almost everywhere")
+        finding = _hazard("nondifferentiable_op", f"{what} on a tensor that carries a gradient "
+                                                  f"({_where(record.module, record.source)}): {effect}",
+                          op=name, index=record.index)
+        finding.op, finding.module, finding.source = name, record.module or None, record.source
+        findings.append(finding)
+    return findings
+
+
+def _detaches(trace: Trace) -> list[Finding]:
+    """The user's own ``detach()`` calls on tensors that carry a gradient (traced with ``watch_detach``)."""
+    findings = []
     for call in trace.detaches:
         finding = _hazard("nondifferentiable_op", f"detach() on a tensor that carries a gradient "
                                                   f"({_where(call['module'], call['source'])}): the gradient is cut here",
                           op="detach")
         finding.op, finding.module, finding.source = "detach", call["module"] or None, call["source"]
         findings.append(finding)
-    # 3. nodes: once_differentiable Functions, tensors saved for backward modified in place, CUDA atomics
-    for node_id, info in trace.infos.items():
+    return findings
+
+
+def _node_hazards(trace: Trace, device: str) -> list[Finding]:
+    """once_differentiable Functions, tensors saved for backward modified in place, CUDA atomics."""
+    findings = []
+    for info in trace.infos.values():
         if info.kind != "node" or info.node is None:
             continue
         forward_cls = getattr(info.node, "_forward_cls", None)
@@ -136,9 +166,9 @@ def _saved_modified(node) -> bool:
     return False
 
 
-def static_findings(program) -> list[Finding]:
+def static_findings(program: Program) -> list[Finding]:
     """Static hazards of a loaded eager Program (for ``gradaudit run --static-only``): one traced forward,
     no numerics."""
     trace = trace_program(program, watch_detach=True)
     kinds = {leaf.name: leaf.kind for leaf in program.leaves}
-    return find_hazards(trace, str(getattr(program, "device", "cpu")), kinds)
+    return find_hazards(trace, str(program.device), kinds)

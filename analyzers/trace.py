@@ -21,7 +21,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 import torch
@@ -32,6 +32,9 @@ from torch.utils._pytree import tree_flatten
 
 from gradaudit.analyzers.graph import NodeInfo, graph_of
 from gradaudit.paths import OWN_DIRS
+
+if TYPE_CHECKING:
+    from gradaudit.backends.base import Program
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
 _APPLY_CODE = torch.autograd.function.Function.apply.__func__.__code__
@@ -268,12 +271,12 @@ class Trace:
         return node_id if node_id in self.infos else None
 
 
-def _leaf_values(program, values=None) -> list[torch.Tensor]:
+def _leaf_values(program: Program, values=None) -> list[torch.Tensor]:
     source = values if values is not None else [leaf.value for leaf in program.leaves]
     return [v.detach().clone().requires_grad_() for v in source]
 
 
-def trace_program(program, values: list[torch.Tensor] | None = None, *, tangents: list | None = None,
+def trace_program(program: Program, values: list[torch.Tensor] | None = None, *, tangents: list | None = None,
                   module_hooks: bool = True, watch_detach: bool = False) -> Trace:
     """Run one forward of ``program`` under the recorder and build the graph. ``values`` are the leaf tensors
     to use (fresh ``requires_grad`` clones of the program's leaves by default; given ones are used as they are,
@@ -281,8 +284,7 @@ def trace_program(program, values: list[torch.Tensor] | None = None, *, tangents
     AD (the leaves made dual with these tangents; None for a zero tangent) and the tangent of every recorded
     output is kept in ``trace.tangents``."""
     values = _leaf_values(program) if values is None else values
-    # ``module`` is what eager programs run; other backends have none, and then no module paths are recorded
-    tracker = ModuleTracker(getattr(program, "module", None) if module_hooks else None)
+    tracker = ModuleTracker(program.module if module_hooks else None)  # None for a function: no module paths
     recorder = _Recorder(tracker, tangents is not None)
     watcher = _DetachWatcher(tracker) if watch_detach and tangents is None else None
     with torch.enable_grad(), tracker:

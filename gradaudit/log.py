@@ -22,6 +22,7 @@ class _StderrHandler(logging.Handler):
     """Writes each record to whatever ``sys.stderr`` is at the time (a test runner swaps it per invocation)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        """One formatted line on the current stderr."""
         try:
             click.echo(self.format(record), err=True)
         except OSError:  # stderr is gone: logging must never change how a command ends

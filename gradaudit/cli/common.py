@@ -103,6 +103,7 @@ def verbosity_options(command: F) -> F:
     command runs (``-q`` errors only, ``-v`` info, ``-vv`` debug and other libraries' messages too)."""
     @functools.wraps(command)
     def configured(*args: Any, **kwargs: Any) -> Any:
+        """The command, the ``gradaudit`` logger set up first."""
         log.configure(-1 if kwargs["quiet"] else kwargs["verbose"])
         return command(*args, **kwargs)
 

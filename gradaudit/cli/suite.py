@@ -40,6 +40,7 @@ def _plain_table(records: list[dict]) -> str:
 def _progress_line(quiet: bool) -> Callable[[dict, int, int], None]:
     """What the runner calls after each record: one line on stderr, none with ``-q``."""
     def progress(record: dict, done: int, total: int) -> None:
+        """``[done/total] status case backend order``, and the reason of a failure or error."""
         logger.debug("record %s", record)
         if quiet:
             return

@@ -27,6 +27,35 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 MODES = ("auto", "fast", "full")
 
 
+def checked_settings(order: int, mode: str, probes: int, seed: int) -> Settings:
+    """The audit's settings, or an AuditError naming the bad value."""
+    if order not in (1, 2):
+        raise AuditError(f"order must be 1 or 2, got {order}")
+    if mode not in MODES:
+        raise AuditError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if probes < 1:
+        raise AuditError(f"probes must be at least 1, got {probes}")
+    return Settings(order=order, mode=mode, probes=probes, seed=seed)
+
+
+def load_reference(case, backend, program: Program, device: str | None, shadow: bool, rewind: Callable[[], None],
+                   skipped: list[dict]) -> Program | None:
+    """The float64 program the numerics run on: eager float64 on CPU for a backend without autograd, the same
+    backend in float64 (the shadow) for a low-precision case; None when the program itself is float64."""
+    if not program.capabilities.autograd:
+        rewind()
+        return usable_backend("eager").load(case, "cpu", torch.float64)
+    if not shadow or program.dtype == torch.float64:
+        return None
+    rewind()
+    try:
+        return backend.load(case, device, torch.float64)
+    except Exception as exc:
+        skipped.append({"what": "float64 shadow", "reason": f"{type(exc).__name__}: {exc}; "
+                        f"checked in {program.dtype} with its own error bars"})
+        return None
+
+
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -61,30 +90,15 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     path, ...) are reported as warnings, as errors with ``fail_on_hazard``, and alone with ``static_only``. Raises
     :class:`gradaudit.AuditError` when the audit cannot run.
     """
-    if order not in (1, 2):
-        raise AuditError(f"order must be 1 or 2, got {order}")
-    if mode not in MODES:
-        raise AuditError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if probes < 1:
-        raise AuditError(f"probes must be at least 1, got {probes}")
+    settings = checked_settings(order, mode, probes, seed)
     case = as_case(target, args, kwargs, name, wrt)
     chosen = usable_backend(backend)
-    settings = Settings(order=order, mode=mode, probes=probes, seed=seed)
     started = time.perf_counter()
     skipped: list[dict] = []
     with same_rng_for_each_program() as rewind:
         with chosen.load(case, device, parse_dtype(dtype)) as program:
-            reference = None
-            if not program.capabilities.autograd and not static_only:
-                rewind()
-                reference = usable_backend("eager").load(case, "cpu", torch.float64)
-            elif shadow and program.dtype != torch.float64 and not static_only:
-                rewind()
-                try:
-                    reference = chosen.load(case, device, torch.float64)
-                except Exception as exc:
-                    skipped.append({"what": "float64 shadow", "reason": f"{type(exc).__name__}: {exc}; "
-                                    f"checked in {program.dtype} with its own error bars"})
+            reference = None if static_only else load_reference(case, chosen, program, device, shadow, rewind,
+                                                                skipped)
             try:
                 skipped += program.notes
                 if static_only:
@@ -125,13 +139,11 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     Backends without autograd (ONNX) are checked by finite differences against the reference's gradients.
     A kink where backends follow different conventions (relu6 exactly at 6) is a ``nondifferentiable_point``,
     not a divergence."""
-    if order not in (1, 2):
-        raise AuditError(f"order must be 1 or 2, got {order}")
+    settings = checked_settings(order, "auto", probes, seed)
     if not backends:
         raise AuditError("compare needs at least one backend")
     case = as_case(target, args, kwargs, name)
     chosen = [usable_backend(b) for b in backends]
-    settings = Settings(order=order, seed=seed, probes=probes)
     started = time.perf_counter()
     checks, findings, skipped = [], [], []
     stats = {"forward_evals": 0, "backward_evals": 0, "compilations": 0}

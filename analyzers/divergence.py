@@ -113,7 +113,7 @@ def first_diverging_op(program, reference) -> Divergence | None:
     """The first recorded op (same Python code runs on both backends, so ops align one to one) whose output
     differs from the float64 reference beyond the program's precision while its inputs still agree: the op
     that creates a forward divergence, not one that passes it on."""
-    from gradaudit.analyzers.graph import trace_program
+    from gradaudit.analyzers.trace import trace_program
 
     ours, theirs = trace_program(program), trace_program(reference)
     eps = eps_of(program.dtype)
@@ -166,7 +166,7 @@ def first_backward_divergence(program, reference, seed: int = 0) -> Divergence |
     """The node whose incoming gradient agrees with the float64 reference's but whose outgoing gradient does
     not, for the same seeded cotangent on both backends (named from the reference's trace)."""
     from gradaudit.core.numerics import rademacher_like
-    from gradaudit.analyzers.graph import trace_program
+    from gradaudit.analyzers.trace import trace_program
 
     ours, theirs = trace_program(program), trace_program(reference)
     generator = torch.Generator().manual_seed(seed)
@@ -193,7 +193,7 @@ RANDOM_OPS = ("dropout", "bernoulli", "rand", "normal", "uniform", "multinomial"
 
 def random_op(program) -> str | None:
     """The first op of one traced forward that draws random numbers (with its module), or None."""
-    from gradaudit.analyzers.graph import trace_program
+    from gradaudit.analyzers.trace import trace_program
 
     for op in trace_program(program).ops:
         if any(word in op.name for word in RANDOM_OPS):

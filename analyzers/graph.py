@@ -10,7 +10,6 @@ draws the graph. The names that moved to those two modules stay importable from 
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -220,16 +219,3 @@ def mark_culprit(graph: nx.DiGraph, culprit: str | None) -> list[str]:
     for a, b in zip(path, path[1:]):
         graph.edges[a, b]["on_path"] = True
     return path
-
-
-# names that moved to trace.py and render.py, still importable from here (imported on first use: both modules
-# import this one)
-_MOVED = {name: "trace" for name in ("trace_program", "Trace", "OpRecord", "FunctionCall", "ModuleTracker",
-                                     "_op_name")}
-_MOVED.update({name: "render" for name in ("FORMATS", "format_of", "to_dot", "to_svg", "write_graph")})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(importlib.import_module(f"gradaudit.analyzers.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

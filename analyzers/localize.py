@@ -94,7 +94,7 @@ class _Diverged(RuntimeError):
 
 
 def _name(func) -> str:
-    from gradaudit.analyzers.graph import _op_name
+    from gradaudit.analyzers.trace import _op_name
     return _op_name(func)
 
 

@@ -14,7 +14,8 @@ from gradaudit.cli.common import (OutputPath, load_case, log_verdict, logger, or
                                   target_argument, traceback_option, verbosity_options)
 from gradaudit.errors import AuditError
 from gradaudit.outcome import EXIT_OK, EXIT_PROBLEM, command_outcome, write_outputs
-from gradaudit.analyzers.graph import FORMATS, format_of, trace_program, write_graph
+from gradaudit.analyzers.render import FORMATS, format_of, write_graph
+from gradaudit.analyzers.trace import trace_program
 from gradaudit.analyzers.hazards import static_findings
 from gradaudit.analyzers.localize import LOCALIZED_KINDS, apply, locate
 

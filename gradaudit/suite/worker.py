@@ -188,7 +188,7 @@ def attach_pictures(case, report, seed: int) -> None:
 
 def pictures(case, faults: list, seed: int) -> list[str | None]:
     """The SVG of each fault's localized graph (None where localization found no graph)."""
-    from gradaudit.analyzers.graph import to_svg
+    from gradaudit.analyzers.render import to_svg
     from gradaudit.analyzers.localize import locate
     from gradaudit.registry import usable_backend
 

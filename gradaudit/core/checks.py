@@ -81,14 +81,18 @@ class OrderState:
 
 # ------------------------------------------------------------------------------------------ the modes
 def probe_mode(state: OrderState) -> list[Check]:
-    """Signed random probe tests of every group, then follow-ups on the failing groups (unless mode is fast)."""
+    """Signed random probe tests, then follow-ups on the failing groups (unless mode is fast).
+
+    Several leaves are probed together first (``total``, with balanced directions: each leaf weighs about the
+    same). A passing aggregate covers its leaves; a failing one is split in halves, down to the leaves that
+    fail on their own, so a correct model costs a few probes whatever its number of parameter tensors."""
     space, order = state.space, state.f.order
-    names = space.names
-    groups = ([Group("total", list(range(len(names))))] if len(names) > 1 else []) + \
-        [Group(name, [i]) for i, name in enumerate(names)]
-    for group in groups:
-        group.results = probe_group(state.numerics, state.analytical, space.x, group.members, state.settings.probes)
-        state.tick(f"order {order} wrt {group.name}")
+    members = list(range(len(space.names)))
+    if len(members) == 1:
+        groups = [probed_group(state, space.names[0], members)]
+    else:
+        total = probed_group(state, "total", members)
+        groups = [total] + split_failures(state, members, total.results)
     verdicts = follow_up(state, groups) if state.settings.mode != "fast" else {}
     checks = []
     for group in groups:
@@ -97,6 +101,27 @@ def probe_mode(state: OrderState) -> list[Check]:
             checks.append(to_check(order, group.name, method, outcome,
                                    status if outcome.failed else CheckStatus.PASS, detail, state.dtype_name))
     return checks
+
+
+def probed_group(state: OrderState, name: str, members: list[int]) -> Group:
+    """A group with the outcomes of its probe tests (balanced when it has several leaves)."""
+    results = probe_group(state.numerics, state.analytical, state.space.x, members, state.settings.probes,
+                          balanced=len(members) > 1)
+    state.tick(f"order {state.f.order} wrt {name}")
+    return Group(name, members, results)
+
+
+def split_failures(state: OrderState, members: list[int], results: dict[str, Outcome]) -> list[Group]:
+    """One group per leaf: a leaf in a passing aggregate passes with the aggregate's outcome; a failing
+    aggregate is split in halves and each half probed again, down to single leaves."""
+    names = state.space.names
+    if len(members) == 1 or not any(o.failed for o in results.values()):
+        return [Group(names[i], [i], results) for i in members]
+    groups = []
+    for half in (members[:len(members) // 2], members[len(members) // 2:]):
+        name = names[half[0]] if len(half) == 1 else f"{len(half)} leaves from {names[half[0]]}"
+        groups += split_failures(state, half, probed_group(state, name, half).results)
+    return groups
 
 
 def follow_up(state: OrderState, groups: list[Group]) -> dict[str, tuple[CheckStatus, dict]]:
@@ -239,7 +264,7 @@ class Auditor:
     def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
         first = ForwardFunction(self.program)
         self._numeric_first = first if self.numeric is self.program else ForwardFunction(self.numeric)
-        self._steps = (len(self.space.x) + (len(self.space.x) > 1)) * self.settings.order
+        self._steps = self.settings.order  # at least one probe per order; splitting a failure adds more
         self.check_order(first)
         if self.settings.order >= 2:
             if not self.program.capabilities.double_backward or self.numeric is not self.program:

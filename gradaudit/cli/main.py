@@ -27,13 +27,15 @@ def main(ctx: click.Context) -> None:
 
     Option defaults come from [tool.gradaudit] in pyproject.toml and GRADAUDIT_* environment variables
     (GRADAUDIT_BACKEND=xla); the command line wins."""
-    if ctx.invoked_subcommand is None:
+    name = ctx.invoked_subcommand
+    if name is None:
         return
     try:
-        defaults = config.default_map(main, ctx.invoked_subcommand)
+        configured = config.default_map(ctx.command, name)
     except AuditError as exc:
         fail(str(exc))
-    ctx.default_map = {**(ctx.default_map or {}), ctx.invoked_subcommand: defaults}
+    given = ctx.default_map or {}  # a caller's own default_map (main(default_map=...)) wins over configuration
+    ctx.default_map = {**given, name: {**configured, **given.get(name, {})}}
 
 
 for _command in (run, compare, graph_command, suite_command, backends):

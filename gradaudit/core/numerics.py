@@ -127,20 +127,21 @@ def ladder_top(dtype: torch.dtype) -> float:
 
 
 def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, noise: Tensors | None = None,
-                            levels: int = LADDER_LEVELS) -> NumericalDerivative:
+                            levels: int = LADDER_LEVELS, at_top: list[Tensors] | None = None) -> NumericalDerivative:
     """J·u from a ladder of central differences at steps top / 2^k, extrapolated (Richardson) pairwise:
     R_k = (4 D_(k+1) - D_k) / 3. The error bar of R_k is what the arithmetic shows: its distance from the
     coarser R_(k-1) (truncation, about 15x the error of R_k where the ladder converges) plus the rounding of
     its own quotients (measured noise and eps of the values, over the smaller step). The ladder starts large,
     where rounding is small, and goes down a level (two more evaluations) while truncation still outweighs
     rounding; the estimate with the smallest bar is kept. A smooth direction stops after three levels with a
-    bar near the arithmetic's limit; a strongly curved or kinked one goes down to steps where it converges."""
+    bar near the arithmetic's limit; a strongly curved or kinked one goes down to steps where it converges.
+    ``at_top``: f at x + top u and x - top u when the caller has them already."""
     steps = [top / 2 ** k for k in range(levels)]
     quotients, roundings = [], []
 
     def add_level() -> None:
         s = steps[len(quotients)]
-        plus, minus = f([shifted(x, u, s), shifted(x, u, -s)])
+        plus, minus = at_top if at_top is not None and not quotients else f([shifted(x, u, s), shifted(x, u, -s)])
         # An output may be rounded coarser than the leaves (x.to(torch.bfloat16)): its own eps counts.
         output_eps = [max(eps, eps_of(t.dtype)) if t.is_floating_point() or t.is_complex() else eps for t in plus]
         plus, minus = [real(t).double() for t in plus], [real(t).double() for t in minus]

@@ -173,16 +173,17 @@ class Numerics:
     noise: Tensors | None = None
     model_error: float = 0.0
 
-    def derivative(self, x: Tensors, u: list, top: float) -> NumericalDerivative:
-        return extrapolated_derivative(self.values, x, u, top, self.space.eps, self.noise)
+    def derivative(self, x: Tensors, u: list, top: float, at_top: list[Tensors] | None = None) -> NumericalDerivative:
+        return extrapolated_derivative(self.values, x, u, top, self.space.eps, self.noise, at_top=at_top)
 
     def derivative_in_domain(self, x: Tensors, u: list) -> tuple[NumericalDerivative, float]:
         """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at
         1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure."""
         top = self.space.top
         for _ in range(DOMAIN_SHRINKS):
-            if all(is_finite(y) for y in self.values([shifted(x, u, top), shifted(x, u, -top)])):
-                break
+            at_top = self.values([shifted(x, u, top), shifted(x, u, -top)])
+            if all(is_finite(y) for y in at_top):
+                return self.derivative(x, u, top, at_top), top  # the domain check was the ladder's first level
             top /= 8
         return self.derivative(x, u, top), top
 

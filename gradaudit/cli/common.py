@@ -41,6 +41,7 @@ class OutputPath(click.Path):
 
     def __init__(self, allow_dash: bool = False) -> None:
         super().__init__(dir_okay=False, writable=True, allow_dash=allow_dash)
+        self.name = "path"  # the metavar in --help: PATH
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         """The path as given, once ``check_output_path`` accepts it."""
@@ -76,7 +77,7 @@ def dtype_option(help: str = "Cast floating inputs and parameters (default: keep
 
 def json_option(what: str = "the JSON report") -> Callable[[F], F]:
     """``--json PATH``: write ``what`` as JSON to PATH, ``-`` for stdout."""
-    return click.option("--json", "json_path", type=OutputPath(allow_dash=True), default=None, metavar="PATH",
+    return click.option("--json", "json_path", type=OutputPath(allow_dash=True), default=None,
                         help=f"Write {what} to PATH ('-' for stdout).")
 
 

@@ -3,7 +3,7 @@ finish their forward) whose exported output differs from its eager float64 outpu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +21,7 @@ class Divergence:
     source: str | None
     max_abs_err: float
     tolerance: float
+    details: dict = field(default_factory=dict)  # merged into the finding's details (a repro, how it was found)
 
 
 def eager_module_outputs(reference) -> dict[str, torch.Tensor]:
@@ -115,6 +116,9 @@ def first_diverging_op(program, reference) -> Divergence | None:
     that creates a forward divergence, not one that passes it on."""
     from gradaudit.analyzers.trace import trace_program
 
+    if program.capabilities.localizes_divergence:  # its traced forward would not run what it compiled
+        return program.locate_divergence(reference, "forward")
+
     ours, theirs = trace_program(program), trace_program(reference)
     eps = eps_of(program.dtype)
     computing = lambda ops: [op for op in ops if _base_op(op.name) not in ("detach", "alias")]  # noqa: E731
@@ -167,6 +171,9 @@ def first_backward_divergence(program, reference, seed: int = 0) -> Divergence |
     not, for the same seeded cotangent on both backends (named from the reference's trace)."""
     from gradaudit.core.numerics import rademacher_like
     from gradaudit.analyzers.trace import trace_program
+
+    if program.capabilities.localizes_divergence:  # its traced forward would not run what it compiled
+        return program.locate_divergence(reference, "backward", seed)
 
     ours, theirs = trace_program(program), trace_program(reference)
     generator = torch.Generator().manual_seed(seed)

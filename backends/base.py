@@ -58,6 +58,8 @@ class Capabilities:
     ``module_outputs`` / ``node_modules``: :meth:`Program.module_outputs` and :meth:`Program.node_modules` map
     its computation back to the module paths of the case.
     ``fallback_ops``: :attr:`Program.fallback_counts` counts ops that ran on the CPU instead of the device.
+    ``localizes_divergence``: :meth:`Program.locate_divergence` finds where it parts from eager itself (a
+    compiled program, whose traced forward runs eagerly and so cannot be compared node by node).
     """
 
     autograd: bool = True
@@ -68,6 +70,7 @@ class Capabilities:
     module_outputs: bool = False
     node_modules: bool = False
     fallback_ops: bool = False
+    localizes_divergence: bool = False
 
 
 class Program(ABC):
@@ -133,6 +136,11 @@ class Program(ABC):
         """(node name, op type, module path, source ``file:line``) of each node of the backend's graph, where
         ``capabilities.node_modules`` says it has one."""
         raise Unsupported(f"the {type(self).__name__} has no graph of nodes to map onto modules")
+
+    def locate_divergence(self, reference: "Program", phase: str, seed: int = 0):
+        """Where this program's ``phase`` ('forward' or 'backward') parts from ``reference`` (an
+        ``analyzers.divergence.Divergence``, or None), where ``capabilities.localizes_divergence`` says it can."""
+        raise Unsupported(f"the {type(self).__name__} does not locate divergences itself")
 
     @property
     def fallback_counts(self) -> dict[str, int]:

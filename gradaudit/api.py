@@ -228,6 +228,7 @@ def localize_findings(program: Program, findings: list[Finding], seed: int, eage
             finding.node, finding.op, finding.module, finding.source = node.node, node.op, node.module, node.source
             finding.details["localization"] = {"method": "gradients node by node against eager float64",
                                                "relative_gap": node.max_abs_err}
+            finding.details.update(node.details)
 
 
 def static_hazards(program: Program) -> list[Finding]:

@@ -97,6 +97,7 @@ def localize_divergences(program: Program, reference: Program, findings: list[Fi
             continue
         if place is not None:
             finding.node, finding.op, finding.module, finding.source = place.node, place.op, place.module, place.source
+            finding.details.update(place.details)
 
 
 def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from gradaudit.case import Case, PreparedCase
-from gradaudit.errors import AuditError
+from gradaudit.errors import AuditError, Unsupported
 from gradaudit.outcome import one_line
 from gradaudit.backends.base import Availability, Backend, Capabilities
 from gradaudit.backends.eager import EagerProgram
@@ -119,7 +119,7 @@ def audit_compile_settings() -> Iterator[None]:
     import torch._inductor.config
 
     with ExitStack() as stack:
-        stack.enter_context(torch._dynamo.config.patch(fail_on_recompile_limit_hit=True))
+        stack.enter_context(torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, allow_rnn=True))
         stack.enter_context(torch._functorch.config.patch(enable_autograd_cache=False))
         stack.enter_context(torch._inductor.config.patch(fx_graph_cache=False))
         yield
@@ -147,11 +147,17 @@ class CompiledCase(PreparedCase):
         return self.compiled(list(values))
 
 
-def graph_break_count() -> int:
-    """Graph breaks dynamo has counted in this process."""
+def graph_break_count() -> dict[str, int]:
+    """Graph breaks dynamo has counted in this process, by reason."""
     from torch._dynamo.utils import counters
 
-    return sum(counters["graph_break"].values())
+    return dict(counters["graph_break"])
+
+
+def graph_break_reasons(before: dict[str, int]) -> list[str]:
+    """Reasons of the graph breaks counted since ``before`` (first lines)."""
+    now = graph_break_count()
+    return [reason.strip().splitlines()[0] for reason, count in now.items() if count > before.get(reason, 0)]
 
 
 class CompileProgram(EagerProgram):
@@ -173,6 +179,11 @@ class CompileProgram(EagerProgram):
         with torch.no_grad():  # and the finite differences' graph, now, so that a failure is a load error
             self._call_case([leaf.value for leaf in self.leaves])
         self.stats.forward_evals = 0
+        if not any(graph.grad_enabled for graph in self.capture.graphs):
+            reasons = graph_break_reasons(self._graph_breaks)
+            raise Unsupported(f"torch.compile ({self.compiler}) compiled no graph of this case: dynamo ran it "
+                              f"eagerly{' (' + reasons[0] + ')' if reasons else ''}, so there is no compiled "
+                              "code to audit")
         self.notes += self._compile_notes()
 
     def _call_case(self, values, first: bool = False):
@@ -197,10 +208,10 @@ class CompileProgram(EagerProgram):
         notes = [{"what": f"torch.compile ({self.compiler}{', mode ' + self.mode if self.mode else ''})",
                   "reason": f"{self.compilations} graph{'s' * (self.compilations != 1)} compiled ({variants}); "
                             "forward-mode AD and double backward are not audited through compiled code"}]
-        breaks = graph_break_count() - self._graph_breaks
-        if breaks:
-            notes.append({"what": "graph breaks", "reason": f"dynamo broke the forward into several graphs "
-                          f"{breaks} time{'s' * (breaks != 1)}: the code between them ran eagerly"})
+        reasons = graph_break_reasons(self._graph_breaks)
+        if reasons:
+            notes.append({"what": "graph breaks", "reason": "dynamo broke the forward into several graphs "
+                          f"(the code between them ran eagerly): {'; '.join(reasons)}"})
         return notes
 
     def locate_divergence(self, reference, phase: str, seed: int = 0):

@@ -104,9 +104,8 @@ def probe_mode(state: OrderState) -> list[Check]:
 
 
 def probed_group(state: OrderState, name: str, members: list[int]) -> Group:
-    """A group with the outcomes of its probe tests (balanced when it has several leaves)."""
-    results = probe_group(state.numerics, state.analytical, state.space.x, members, state.settings.probes,
-                          balanced=len(members) > 1)
+    """A group with the outcomes of its probe tests."""
+    results = probe_group(state.numerics, state.analytical, state.space.x, members, state.settings.probes)
     state.tick(f"order {state.f.order} wrt {name}")
     return Group(name, members, results)
 
@@ -133,8 +132,8 @@ def follow_up(state: OrderState, groups: list[Group]) -> dict[str, tuple[CheckSt
     cotangents, grads = state.analytical.cotangents, state.analytical.grads
     verdicts, fault_seen, searched = {}, False, 0
     for group in failing:
-        kinks = None if fault_seen else at_kink(state.numerics, state.analytical_at, group.members,
-                                                state.settings.kink_scan_limit, cotangents[0])
+        kinks = None if fault_seen else at_kink(state.numerics, state.analytical, state.analytical_at,
+                                                group.members, state.settings.kink_scan_limit)
         if kinks is not None:
             verdicts[group.name] = (CheckStatus.NONDIFFERENTIABLE_POINT, {"kink_elements": kinks})
             continue

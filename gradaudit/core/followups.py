@@ -10,7 +10,7 @@ import torch
 
 from gradaudit.core.numerics import (RSS_SAFETY, Evaluate, Tensors, central_difference, extrapolated_derivative,
                                      is_finite, nonsmooth_evidence, rademacher_like, real, relative_floor, rss_inner)
-from gradaudit.core.probe import Analytical, Numerics, dot, probe_group, unit
+from gradaudit.core.probe import Analytical, Numerics, dot, group_direction, probe_group, unit
 
 NEARBY_TRIES = 2  # nearby points a kink must pass at
 
@@ -38,25 +38,26 @@ def scalar_numerics(numerics: Numerics, cotangent: Tensors) -> Numerics:
 
 
 # ------------------------------------------------------------------------------------------ kinks
-def nonsmooth_at_x(numerics: Numerics, members: list[int]) -> str | None:
-    """Evidence (one line) that f is not differentiable at x along some direction in the group."""
+def nonsmooth_at_x(numerics: Numerics, analytical: Analytical, members: list[int]) -> str | None:
+    """Evidence (one line) that f is not differentiable at x along some direction in the group (directions
+    drawn as the group's probes draw them)."""
     space = numerics.space
     for _ in range(2):
-        u = space.direction(members)
+        u = group_direction(space, analytical, members, space.x)
         evidence = nonsmooth_evidence(numerics.values, space.x, u, space.h, space.eps, numerics.noise)
         if evidence is not None:
             return evidence
     return None
 
 
-def at_kink(numerics: Numerics, analytical_at: Callable[[list[torch.Tensor]], Analytical], members: list[int],
-            scan_limit: int, cotangent: Tensors) -> list | None:
+def at_kink(numerics: Numerics, analytical: Analytical, analytical_at: Callable[[list[torch.Tensor]], Analytical],
+            members: list[int], scan_limit: int) -> list | None:
     """The kink details if the group fails only because x is a non-differentiable point, else None (a real
     fault). A kink must be shown, not assumed: f must be non-smooth at x along the group's directions
     (one-sided derivatives that differ, diverge, or leave the domain), and the group must pass nearby.
     Failing at exactly one point where f is smooth is a wrong derivative there (a removable singularity
     handled wrongly), not a kink."""
-    evidence = nonsmooth_at_x(numerics, members)
+    evidence = nonsmooth_at_x(numerics, analytical, members)
     if evidence is None:
         return None
     for _ in range(NEARBY_TRIES):
@@ -66,6 +67,7 @@ def at_kink(numerics: Numerics, analytical_at: Callable[[list[torch.Tensor]], An
         # One direction suffices: a faulty backward fails in almost every signed direction.
         if any(o.failed for o in probe_group(numerics, analytical_at(nearby), nearby, members, 1).values()):
             return None
+    cotangent = analytical.cotangents[0]
     return [kink_elements(numerics, i, cotangent, scan_limit) | {"evidence": evidence} for i in members]
 
 

@@ -238,17 +238,15 @@ def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: flo
                        output=where)
 
 
-def probe_group(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int], directions: int,
-                balanced: bool = False) -> dict[str, Outcome]:
+def probe_group(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int],
+                directions: int) -> dict[str, Outcome]:
     """Probe tests of one group of leaves along several signed random directions: the worst outcome per method.
     Once a direction failed at both steps, later ones skip the retry: no retry can clear the group then.
-    ``balanced`` scales each member's part of the direction so that every member weighs about the same in the
-    inner product (see ``balancing_weights``): one probe then tests many leaves with each one's sensitivity."""
+    Several members share balanced directions (``group_direction``): one probe then tests many leaves, each
+    with about its own sensitivity."""
     reverse, forward = Outcome(), Outcome()
     for _ in range(directions):
-        u = numerics.space.direction(members, x)
-        if balanced and len(members) > 1:
-            u = [None if ui is None else ui * w for ui, w in zip(u, balancing_weights(analytical, u))]
+        u = group_direction(numerics.space, analytical, members, x)
         rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed))
         reverse.merge(rev)
         forward.merge(fwd)
@@ -260,14 +258,23 @@ BALANCE_SPREAD = 64.0  # a member's part of a balanced direction is scaled by at
 
 def balancing_weights(analytical: Analytical, u: list) -> list[float]:
     """Per-leaf factors that bring each leaf's share of ``<g, u>`` (its absolute size, summed over the
-    cotangents: the analytical side tells the scale) to the geometric mean of the shares. Without them a leaf
-    with a small gradient (a bias beside large weights) would hide below the error bar of the large ones. The
-    factors stay within BALANCE_SPREAD so no leaf's finite-difference step leaves its scale."""
+    cotangents: the analytical side tells the scale) down towards the smallest share, by at most
+    BALANCE_SPREAD. Without them a leaf with a small gradient (a bias beside large weights) would hide below the
+    error bar of the large ones. Shares are only scaled down: no leaf moves further than its own scale, where a
+    larger step would cross more kinks (ReLU) than its unbalanced probe does."""
     shares = [0.0 if ui is None else sum(float((real(g[i]).double().abs() * real(ui).double().abs()).sum())
                                          for g in analytical.grads) for i, ui in enumerate(u)]
     sizes = [s for s in shares if s > 0 and math.isfinite(s)]
     if len(sizes) < 2:
         return [1.0] * len(u)
-    target = math.exp(sum(math.log(s) for s in sizes) / len(sizes))
-    return [min(BALANCE_SPREAD, max(1 / BALANCE_SPREAD, target / s)) if s > 0 and math.isfinite(s) else 1.0
+    smallest = min(sizes)
+    return [min(1.0, max(1 / BALANCE_SPREAD, smallest / s)) if s > 0 and math.isfinite(s) else 1.0
             for s in shares]
+
+
+def group_direction(space: ProbeSpace, analytical: Analytical, members: list[int], x: Tensors) -> list:
+    """A signed random direction moving the members, balanced when there are several (see balancing_weights)."""
+    u = space.direction(members, x)
+    if len(members) < 2:
+        return u
+    return [None if ui is None else ui * w for ui, w in zip(u, balancing_weights(analytical, u))]

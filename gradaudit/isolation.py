@@ -19,6 +19,7 @@ from __future__ import annotations
 import faulthandler
 import functools
 import gc
+import importlib
 import os
 import pickle
 import signal
@@ -77,7 +78,8 @@ def run_optional_phase(work: Callable[[], Any], programs: Iterable[Any] = ()) ->
 def _import_phase_modules() -> None:
     """The analyzers the phases run, imported once in the parent: a child that imported them itself would pay
     the import (networkx, the tracer: ~0.4 s) on every fork, and a passing audit forks once."""
-    from gradaudit.analyzers import divergence, graph, hazards, localize  # noqa: F401
+    for name in ("divergence", "graph", "hazards", "localize", "local_probe", "render", "trace"):
+        importlib.import_module(f"gradaudit.analyzers.{name}")
 
 
 def _in_process(work: Callable[[], Any]) -> PhaseResult:

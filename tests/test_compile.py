@@ -10,6 +10,8 @@ from torch import Tensor, nn
 import gradaudit
 from gradaudit.backends.compile import CompileBackend
 
+pytest_plugins = ["pytester"]
+
 # ------------------------------------------------------------------------ a custom op and a planted fault
 # softsign as a torch.library op whose backward is an op of its own. Eager runs its kernels; the compilers that
 # use inductor's decomposition table (inductor, aot_eager_decomp_partition) run whatever decomposition is
@@ -187,6 +189,25 @@ def test_an_unknown_compiler_is_reported_unusable(monkeypatch):
     assert not availability.usable and "no_such_compiler" in availability.reason
     with pytest.raises(gradaudit.AuditError, match="no dynamo backend named"):
         gradaudit.check(nn.Linear(2, 2), (torch.randn(1, 2),), backend="compile")
+
+
+PLUGIN_TEST = """
+import torch
+from torch import nn
+
+
+def test_mlp(gradaudit):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(3, 5), nn.GELU(), nn.Linear(5, 2)).double()
+    report = gradaudit(mlp, (torch.randn(2, 3, dtype=torch.float64),))
+    assert report.backend == "compile" and report.stats["compilations"] == 2
+"""
+
+
+def test_the_pytest_plugin_audits_on_compile(pytester, aot_eager):
+    pytester.makepyfile(test_on_compile=PLUGIN_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--gradaudit-backend", "compile")
+    result.assert_outcomes(passed=1)
 
 
 # ------------------------------------------------------------------------ inductor (first compile ~20 s)

@@ -165,6 +165,26 @@ def test_compare_finds_and_localizes_the_divergence(planted_decomposition, monke
     assert divergences[0].details["repro_confirmed"] is True
 
 
+def test_compare_localizes_a_forward_only_divergence(monkeypatch):
+    from torch._inductor import decomposition
+
+    op = torch.ops.gradaudit_compile_test.softsign.default
+    monkeypatch.setitem(decomposition.decompositions, op, lambda x: 1.01 * x / (1 + x.abs()))
+    monkeypatch.setenv("GRADAUDIT_COMPILE_BACKEND", "aot_eager_decomp_partition")
+    decomposition.fast_random_decomps.cache_clear()
+    torch.manual_seed(0)
+    try:
+        report = gradaudit.compare(SoftsignNet().double(), (torch.randn(4, 6, dtype=torch.float64),),
+                                   backends=["eager", "compile"])
+    finally:
+        monkeypatch.undo()
+        decomposition.fast_random_decomps.cache_clear()
+    forward = [f for f in report.findings if f.kind == "forward_divergence"]
+    assert forward and (forward[0].op, forward[0].module) == ("gradaudit_compile_test.softsign", "act")
+    assert forward[0].details["localization"]["phase"] == "forward"
+    assert forward[0].details["repro_confirmed"] is True
+
+
 def test_the_audit_leaves_compiler_settings_and_caches_as_they_were(aot_eager):
     import torch._dynamo.config
     import torch._inductor.config

@@ -54,7 +54,7 @@ class EagerProgram(Program):
         self.notes += first.notes
         self.stats.forward_evals = 0
         for name, out in zip(self.output_names, first.values):
-            if not torch.isfinite(out).all():
+            if not torch.isfinite(out.detach().cpu()).all():  # on the CPU: no device graph for a check
                 raise AuditError(f"{prepared.label} produced NaN or Inf in {name}")
 
     def _call_case(self, values, first: bool = False):

@@ -187,10 +187,10 @@ def one_hot_cotangents(outputs: Tensors, output_names: list[str]) -> tuple[list[
         for j in range(real(y).numel()):
             flat = torch.zeros(real(y).numel(), dtype=real(y).dtype)  # built on the CPU, then moved
             flat[j] = 1
-            t = flat.reshape(real(y).shape).to(y.device)
+            t = flat.reshape(real(y).shape)
             labels.append(f"{output_names[i]}[{j}]")
             basis.append([torch.view_as_complex(t) if y.is_complex() else t if m == i else
-                          torch.zeros_like(outputs[m]) for m in range(len(outputs))])
+                          torch.zeros_like(outputs[m], device="cpu") for m in range(len(outputs))])
     return labels, basis
 
 
@@ -198,12 +198,18 @@ CHECK_MODES: dict[str, Callable[[OrderState], list[Check]]] = {
     "auto": probe_mode, "fast": probe_mode, "full": full_jacobian_mode}
 
 
+def on_cpu(tensors: Tensors) -> list[torch.Tensor]:
+    """The program's results where the probes' arithmetic runs: on the CPU (a no-op for CPU programs; on a
+    compiling backend, each small formula on device tensors would be a graph of its own)."""
+    return [t.cpu() for t in tensors]
+
+
 # ------------------------------------------------------------------------------------------ measurements
 def measure_noise(values: Evaluate, space: ProbeSpace, f, seed: int) -> list[torch.Tensor] | None:
     """The rounding noise of f's outputs near x, along one direction moving every leaf (see
     numerics.rounding_noise), from a generator of its own so the probes stay those of the seed."""
     generator = torch.Generator().manual_seed(seed + 7919 * f.order)
-    u = [rademacher_like(xi, generator) * s * m for xi, s, m in zip(space.x, space.scales, space.movable)]
+    u = [rademacher_like(xi, generator, "cpu") * s * m for xi, s, m in zip(space.x, space.scales, space.movable)]
     # A short line (steps of sqrt(eps)): long enough for rounding to decorrelate, short enough to rarely
     # reach a jump of a piecewise-constant function (round, floor), which would pass for noise.
     delta, noise = space.eps ** 0.5, None
@@ -218,7 +224,7 @@ def measure_noise(values: Evaluate, space: ProbeSpace, f, seed: int) -> list[tor
     # A gradient is computed from the forward's values: it is known no better than eps times them over the
     # leaf's scale, even where it rounds to a constant (tanh saturated to +-1 makes 1 - t^2 exactly 0, and
     # no measurement along a line can see that resolution).
-    ingredients = space.eps * sum(float((real(v).double().abs() * real(y).double().abs()).sum())
+    ingredients = space.eps * sum(float((real(v).double().cpu().abs() * real(y).double().cpu().abs()).sum())
                                   for v, y in zip(f.cotangent, evaluate(f.inner, space.x)))
     floors = [torch.full(real(xi).shape, ingredients / s, dtype=torch.float64)
               for xi, s in zip(space.x, space.scales)]
@@ -229,7 +235,7 @@ def nondeterminism(f, x: Tensors, cotangent: Tensors, reference: Tensors, repeat
     """Backward passes repeated with the same cotangent must give the same gradients."""
     spread = 0.0
     for again in vjps(f, x, [cotangent] * repeats):
-        for a, b in zip(again, reference):
+        for a, b in zip(on_cpu(again), reference):
             if a.numel():
                 spread = max(spread, float((real(a).double() - real(b).double()).abs().max()))
     if spread == 0:
@@ -289,7 +295,7 @@ class Auditor:
 
     def check_order(self, f) -> None:
         x, order = self.space.x, f.order
-        outputs = evaluate(f, x)
+        outputs = on_cpu(evaluate(f, x))
         for name, out in zip(f.output_names, outputs):
             if not torch.isfinite(out).all():  # (order 1's outputs were checked when the program loaded)
                 self.skipped.append({"what": f"order {order}", "reason": f"the order-{order - 1} gradient {name} "
@@ -299,12 +305,12 @@ class Auditor:
         numerics = Numerics(values, self.space, measure_noise(values, self.space, f, self.settings.seed),
                             self.model_error)
         cotangents = [self.space.random_like(outputs) for _ in range(self.settings.probes)]
-        grads = vjps(f, x, cotangents)
+        grads = [on_cpu(g) for g in vjps(f, x, cotangents)]
         finding = nondeterminism(f, x, cotangents[0], grads[0], self.settings.repeats)
         self.findings += [finding] if finding else []
 
         def analytical_at(point: list[torch.Tensor], grads: list | None = None) -> Analytical:
-            return Analytical(cotangents, grads or vjps(f, point, cotangents),
+            return Analytical(cotangents, grads or [on_cpu(g) for g in vjps(f, point, cotangents)],
                               lambda u: self.tangents(f, point, u), f.output_names)
 
         state = OrderState(f, numerics, analytical_at(x, grads), analytical_at, self.settings, self._tick)
@@ -316,7 +322,7 @@ class Auditor:
         if not self.forward_ad:
             return None
         try:
-            return jvp(f, x, u)
+            return on_cpu(jvp(f, x, u))
         except Unsupported as exc:
             self.forward_ad = False
             self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(exc)})
@@ -327,14 +333,14 @@ class Auditor:
         itself, or the numeric backend with the points moved to its dtype and device (in one batched run
         where it can)."""
         if self.numeric is self.program:
-            return lambda points: [evaluate(f, z) for z in points]
+            return lambda points: [on_cpu(evaluate(f, z)) for z in points]
         leaves = self.numeric.leaves
 
         def move(z):
             return [zi.to(dtype=leaf.value.dtype, device=leaf.value.device) for zi, leaf in zip(z, leaves)]
         if self.numeric.capabilities.batch_evaluation:
-            return lambda points: self.numeric.evaluate_batch([move(z) for z in points])
-        return lambda points: [evaluate(self._numeric_first, move(z)) for z in points]
+            return lambda points: [on_cpu(y) for y in self.numeric.evaluate_batch([move(z) for z in points])]
+        return lambda points: [on_cpu(evaluate(self._numeric_first, move(z))) for z in points]
 
     def _tick(self, what: str) -> None:
         self._done += 1

@@ -71,7 +71,7 @@ def gradients(ys: Tensors, xs: Tensors, cotangent: Tensors, stats: Stats, create
     pairs = [(y, v) for y, v in zip(ys, cotangent) if y.requires_grad]
     if not pairs:
         return [torch.zeros_like(x) for x in xs]
-    grads = torch.autograd.grad([y for y, _ in pairs], xs, [v for _, v in pairs], retain_graph=True,
+    grads = torch.autograd.grad([y for y, _ in pairs], xs, [v.to(y.device) for y, v in pairs], retain_graph=True,
                                 create_graph=create_graph, allow_unused=True)
     stats.backward_evals += 1
     return [_dense(g, x) for g, x in zip(grads, xs)]
@@ -92,7 +92,7 @@ def vjps(f, x: Tensors, cotangents: list[Tensors]) -> list[Tensors]:
 
 def jvp(f, x: Tensors, direction: list) -> Tensors:
     """Forward mode (forward over reverse for gradient functions); Unsupported when an op has no formula."""
-    tangents = [torch.zeros_like(xi) if ui is None else ui for xi, ui in zip(x, direction)]
+    tangents = [torch.zeros_like(xi) if ui is None else ui.to(xi.device) for xi, ui in zip(x, direction)]
     try:
         # Inputs require grad so that an output which depends on them but lost its tangent (an op without
         # a forward-mode formula drops it silently) is told apart from one that is constant.

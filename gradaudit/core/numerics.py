@@ -70,7 +70,8 @@ def step_size(dtype: torch.dtype) -> float:
 
 
 def shifted(x: Tensors, direction: Sequence[torch.Tensor | None], t: float) -> Tensors:
-    return [xi if ui is None else xi + t * ui for xi, ui in zip(x, direction)]
+    """x + t u, with u moved to x's device (probe directions live on the CPU: see probe.ProbeSpace)."""
+    return [xi if ui is None else xi + t * ui.to(xi.device) for xi, ui in zip(x, direction)]
 
 
 @dataclass
@@ -267,12 +268,13 @@ def model_error_of(drift: float, eps: float) -> float:
     return drift ** 0.5 if ROUNDING_FACTOR * eps < drift <= eps ** 0.5 else 0.0
 
 
-def rademacher_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def rademacher_like(tensor: torch.Tensor, generator: torch.Generator,
+                    device: torch.device | str | None = None) -> torch.Tensor:
     """Random signs (+-1; on real and imaginary parts for complex tensors), drawn on the CPU from a seeded
-    generator so that every backend sees the same probes."""
+    generator so that every backend sees the same probes; placed on ``device`` (default: the tensor's)."""
     shape = real(tensor).shape
     signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).double() * 2 - 1
-    signs = signs.to(tensor.device)
+    signs = signs.to(tensor.device if device is None else device)
     if tensor.is_complex():
         return torch.view_as_complex(signs.to(real(tensor).dtype).contiguous())
     return signs.to(tensor.dtype)

@@ -76,7 +76,10 @@ def dot(gradient: torch.Tensor, u: torch.Tensor) -> float:
 @dataclass
 class ProbeSpace:
     """The point x a function is probed at: its leaves, their step scales, the arithmetic's precision, and the one
-    random generator every direction, cotangent and nearby point is drawn from (so a seed fixes them all)."""
+    random generator every direction, cotangent and nearby point is drawn from (so a seed fixes them all).
+    x stays on the program's device; directions, cotangents and every probe's arithmetic live on the CPU and
+    cross to the device as data only (a shift, a cotangent), so a compiling backend (XLA) compiles the same few
+    graphs whatever the leaves' number and shapes."""
 
     x: list[torch.Tensor]
     names: list[str]
@@ -93,7 +96,7 @@ class ProbeSpace:
         # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
         # Infinite elements (-inf in an attention mask) cannot be moved by a finite step: every direction leaves
         # them where they are, and they do not count in the scale.
-        self.movable = [torch.isfinite(x) for x in self.x]
+        self.movable = [torch.isfinite(x).cpu() for x in self.x]
         self.scales = [leaf_scale(x) for x in self.x]
 
     @classmethod
@@ -106,18 +109,19 @@ class ProbeSpace:
         return 64 if self.eps < 1e-10 else 4
 
     def random_like(self, tensors: Tensors) -> list[torch.Tensor]:
-        return [rademacher_like(t, self.generator) for t in tensors]
+        return [rademacher_like(t, self.generator, "cpu") for t in tensors]
 
     def direction(self, members: list[int], x: list[torch.Tensor] | None = None) -> list:
         """Signed random steps of each member leaf's scale (None for the other leaves)."""
         x = self.x if x is None else x
-        return [rademacher_like(x[i], self.generator) * self.scales[i] * self.movable[i] if i in members else None
+        return [rademacher_like(x[i], self.generator, "cpu") * self.scales[i] * self.movable[i] if i in members
+                else None
                 for i in range(len(x))]
 
     def leaf_direction(self, leaf: int, u_flat: torch.Tensor) -> list:
         """A direction that moves one leaf along ``u_flat`` (its real view, flattened) by its scale."""
         x = self.x[leaf]
-        u = u_flat.to(real(x).dtype).reshape(real(x).shape).to(x.device)
+        u = u_flat.to(real(x).dtype).reshape(real(x).shape)
         u = torch.view_as_complex(u.contiguous()) if x.is_complex() else u
         u = u * self.movable[leaf]
         return [u * self.scales[leaf] if i == leaf else None for i in range(len(self.x))]

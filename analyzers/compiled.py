@@ -345,6 +345,8 @@ def _tensor_expression(value: torch.Tensor, requires_grad: bool) -> str:
         positive = value.numel() > 0 and bool((value > 0).all())
         made = f"torch.rand({shape}, dtype={dtype}) + 0.5" if positive else f"torch.randn({shape}, dtype={dtype})"
         return f"({made}).requires_grad_()" if requires_grad else made
+    if value.numel() <= 64:  # indices, labels, masks: their values are the case's structure, kept as they are
+        return f"torch.tensor({value.tolist()}, dtype={dtype})"
     if value.dtype == torch.bool:
         return f"torch.rand({shape}) > 0.5"
     high = int(value.max()) + 1 if value.numel() else 1

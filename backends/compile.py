@@ -33,7 +33,7 @@ from gradaudit.case import Case, PreparedCase
 from gradaudit.errors import AuditError, Unsupported
 from gradaudit.outcome import one_line
 from gradaudit.backends.base import Availability, Backend, Capabilities
-from gradaudit.backends.eager import EagerProgram
+from gradaudit.backends.eager import EagerProgram, local_device
 
 __all__ = ["CompileBackend", "CompileProgram", "CapturedGraph", "GraphCapture", "COMPILER_ENV", "MODE_ENV"]
 
@@ -266,10 +266,5 @@ class CompileBackend(Backend):
         availability = self.availability()
         if not availability.usable:
             raise AuditError(availability.reason)
-        try:
-            torch_device = torch.device(device or self.default_device())
-        except RuntimeError as exc:
-            raise AuditError(f"invalid device {device!r} for the compile backend") from exc
-        if torch_device.type == "cuda" and not torch.cuda.is_available():
-            raise AuditError("device 'cuda' requested but CUDA is not available here")
+        torch_device = local_device(device or self.default_device(), self.name)
         return CompileProgram(case, torch_device, dtype, self.compiler, self.mode)

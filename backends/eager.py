@@ -104,10 +104,15 @@ class EagerBackend(Backend):
         return "cpu"
 
     def load(self, case: Case, device: str | None = None, dtype: torch.dtype | None = None) -> EagerProgram:
-        try:
-            torch_device = torch.device(device or self.default_device())
-        except RuntimeError as exc:
-            raise AuditError(f"invalid device {device!r} for the eager backend") from exc
-        if torch_device.type == "cuda" and not torch.cuda.is_available():
-            raise AuditError("device 'cuda' requested but CUDA is not available here")
-        return EagerProgram(case, torch_device, dtype)
+        return EagerProgram(case, local_device(device or self.default_device(), self.name), dtype)
+
+
+def local_device(device: str, backend: str) -> torch.device:
+    """A CPU or CUDA device of torch's own, or an AuditError saying why it cannot be used here."""
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as exc:
+        raise AuditError(f"invalid device {device!r} for the {backend} backend") from exc
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise AuditError("device 'cuda' requested but CUDA is not available here")
+    return torch_device

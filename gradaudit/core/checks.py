@@ -21,7 +21,7 @@ from gradaudit.core.followups import at_kink, worst_element
 from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
                                      rademacher_like, real, rounding_noise)
-from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group
+from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group_resolving
 from gradaudit.errors import AuditError, Unsupported
 from gradaudit.outcome import first_line
 from gradaudit.report import Check, Finding
@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # the core sees a backend only through the Program interface
 
 Progress = Callable[[str, int, int], None]
 WORST_ELEMENT_LEAVES = 3  # failing leaves whose worst element a follow-up searches
+# An aggregate probe covers a leaf only if a relative error this large in the leaf's gradient would have failed
+# it; otherwise the leaf is probed in a smaller group (down to alone), as it was before aggregation.
+RESOLUTION = 1e-6
 # torch's own words for "this op has no second derivative" (not a failure of the user's code).
 NO_DOUBLE_BACKWARD = re.compile(r"derivative for \S+ is not implemented|marked with @once_differentiable")
 
@@ -57,6 +60,7 @@ class Group:
     name: str  # 'total' or a leaf name
     members: list[int]
     results: dict = field(default_factory=dict)  # method -> Outcome
+    resolution: dict = field(default_factory=dict)  # member -> smallest relative gradient error it would see
 
 
 @dataclass
@@ -92,7 +96,7 @@ def probe_mode(state: OrderState) -> list[Check]:
         groups = [probed_group(state, space.names[0], members)]
     else:
         total = probed_group(state, "total", members)
-        groups = [total] + split_failures(state, members, total.results)
+        groups = [total] + split_failures(state, total)
     verdicts = follow_up(state, groups) if state.settings.mode != "fast" else {}
     checks = []
     for group in groups:
@@ -104,22 +108,30 @@ def probe_mode(state: OrderState) -> list[Check]:
 
 
 def probed_group(state: OrderState, name: str, members: list[int]) -> Group:
-    """A group with the outcomes of its probe tests."""
-    results = probe_group(state.numerics, state.analytical, state.space.x, members, state.settings.probes)
+    """A group with the outcomes of its probe tests, and its members' resolution."""
+    results, resolution = probe_group_resolving(state.numerics, state.analytical, state.space.x, members,
+                                                state.settings.probes)
     state.tick(f"order {state.f.order} wrt {name}")
-    return Group(name, members, results)
+    return Group(name, members, results, resolution)
 
 
-def split_failures(state: OrderState, members: list[int], results: dict[str, Outcome]) -> list[Group]:
-    """One group per leaf: a leaf in a passing aggregate passes with the aggregate's outcome; a failing
-    aggregate is split in halves and each half probed again, down to single leaves."""
+def split_failures(state: OrderState, group: Group) -> list[Group]:
+    """One group per leaf. A leaf in a passing aggregate that resolves it (a relative error of RESOLUTION in its
+    gradient would have failed the aggregate) passes with the aggregate's outcome. A failing aggregate, or one
+    too coarse for some of its leaves (a gradient that vanishes beside the others), is split in halves and the
+    halves that need it are probed again, down to single leaves."""
     names = state.space.names
-    if len(members) == 1 or not any(o.failed for o in results.values()):
-        return [Group(names[i], [i], results) for i in members]
+    failed = any(o.failed for o in group.results.values())
+    coarse = [i for i in group.members if group.resolution.get(i, 0.0) > RESOLUTION]
+    if len(group.members) == 1 or not (failed or coarse):
+        return [Group(names[i], [i], group.results) for i in group.members]
     groups = []
-    for half in (members[:len(members) // 2], members[len(members) // 2:]):
+    for half in (group.members[:len(group.members) // 2], group.members[len(group.members) // 2:]):
+        if not failed and not set(half) & set(coarse):
+            groups += [Group(names[i], [i], group.results) for i in half]
+            continue
         name = names[half[0]] if len(half) == 1 else f"{len(half)} leaves from {names[half[0]]}"
-        groups += split_failures(state, half, probed_group(state, name, half).results)
+        groups += split_failures(state, probed_group(state, name, half))
     return groups
 
 

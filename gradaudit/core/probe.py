@@ -244,17 +244,29 @@ def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: flo
 
 def probe_group(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int],
                 directions: int) -> dict[str, Outcome]:
-    """Probe tests of one group of leaves along several signed random directions: the worst outcome per method.
-    Once a direction failed at both steps, later ones skip the retry: no retry can clear the group then.
-    Several members share balanced directions (``group_direction``): one probe then tests many leaves, each
-    with about its own sensitivity."""
+    """Probe tests of one group of leaves along several signed random directions: the worst outcome per method."""
+    return probe_group_resolving(numerics, analytical, x, members, directions)[0]
+
+
+def probe_group_resolving(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int],
+                          directions: int) -> tuple[dict[str, Outcome], dict[int, float]]:
+    """``probe_group``'s outcomes, and each member's resolution: the smallest relative error in that member's
+    gradient that one of the reverse-mode tests would have seen (its error bar over the member's own part of
+    ``<g, u>``). Once a direction failed at both steps, later ones skip the retry: no retry can clear the group
+    then. Several members share balanced directions (``group_direction``): one probe tests many leaves."""
     reverse, forward = Outcome(), Outcome()
+    resolution = {i: math.inf for i in members}
     for _ in range(directions):
         u = group_direction(numerics.space, analytical, members, x)
         rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed))
         reverse.merge(rev)
         forward.merge(fwd)
-    return {"reverse": reverse, "forward": forward} if forward.tests else {"reverse": reverse}
+        for i in members:
+            part = max(abs(dot(real(g[i]).double().reshape(-1), real(u[i]).double().reshape(-1)))
+                       for g in analytical.grads)
+            resolution[i] = min(resolution[i], rev.tolerance / part if part > 0 else math.inf)
+    results = {"reverse": reverse, "forward": forward} if forward.tests else {"reverse": reverse}
+    return results, resolution
 
 
 BALANCE_SPREAD = 64.0  # a member's part of a balanced direction is scaled by at most this factor, up or down

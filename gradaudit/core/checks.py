@@ -34,6 +34,7 @@ WORST_ELEMENT_LEAVES = 3  # failing leaves whose worst element a follow-up searc
 # An aggregate probe covers a leaf only if a relative error this large in the leaf's gradient would have failed
 # it; otherwise the leaf is probed in a smaller group (down to alone), as it was before aggregation.
 RESOLUTION = 1e-6
+MODEL_ERROR_MARGIN = 64  # on a backend less accurate than eager float64, resolve down to this many model errors
 # torch's own words for "this op has no second derivative" (not a failure of the user's code).
 NO_DOUBLE_BACKWARD = re.compile(r"derivative for \S+ is not implemented|marked with @once_differentiable")
 
@@ -116,23 +117,30 @@ def probed_group(state: OrderState, name: str, members: list[int]) -> Group:
 
 
 def split_failures(state: OrderState, group: Group) -> list[Group]:
-    """One group per leaf. A leaf in a passing aggregate that resolves it (a relative error of RESOLUTION in its
-    gradient would have failed the aggregate) passes with the aggregate's outcome. A failing aggregate, or one
-    too coarse for some of its leaves (a gradient that vanishes beside the others), is split in halves and the
-    halves that need it are probed again, down to single leaves."""
-    names = state.space.names
+    """One group per leaf. A leaf in a passing aggregate that resolves it (a relative error of ``resolution_target``
+    in its gradient would have failed the aggregate) passes with the aggregate's outcome. A failing aggregate,
+    or one too coarse for some of its leaves (a gradient that vanishes beside the others), is split in halves
+    and the halves that need it are probed again, down to single leaves."""
+    names, target = state.space.names, resolution_target(state)
     failed = any(o.failed for o in group.results.values())
-    coarse = [i for i in group.members if group.resolution.get(i, 0.0) > RESOLUTION]
+    coarse = {i for i in group.members if group.resolution.get(i, 0.0) > target}
     if len(group.members) == 1 or not (failed or coarse):
         return [Group(names[i], [i], group.results) for i in group.members]
     groups = []
     for half in (group.members[:len(group.members) // 2], group.members[len(group.members) // 2:]):
-        if not failed and not set(half) & set(coarse):
+        if not failed and not set(half) & coarse:
             groups += [Group(names[i], [i], group.results) for i in half]
             continue
         name = names[half[0]] if len(half) == 1 else f"{len(half)} leaves from {names[half[0]]}"
         groups += split_failures(state, probed_group(state, name, half))
     return groups
+
+
+def resolution_target(state: OrderState) -> float:
+    """The relative gradient error an aggregate must resolve for each leaf: RESOLUTION, or what the backend's
+    own accuracy allows (a backend whose float64 erf is good to 1e-5 cannot resolve 1e-6 in any group: a leaf
+    probed alone reaches a few times its model error)."""
+    return max(RESOLUTION, MODEL_ERROR_MARGIN * state.numerics.model_error)
 
 
 def follow_up(state: OrderState, groups: list[Group]) -> dict[str, tuple[CheckStatus, dict]]:

@@ -185,11 +185,19 @@ class Numerics:
         1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure."""
         top = self.space.top
         for _ in range(DOMAIN_SHRINKS):
-            at_top = self.values([shifted(x, u, top), shifted(x, u, -top)])
-            if all(is_finite(y) for y in at_top):
+            at_top = self.values_or_none([shifted(x, u, top), shifted(x, u, -top)])
+            if at_top is not None and all(is_finite(y) for y in at_top):
                 return self.derivative(x, u, top, at_top), top  # the domain check was the ladder's first level
             top /= 8
         return self.derivative(x, u, top), top
+
+    def values_or_none(self, points: list[Tensors]) -> list[Tensors] | None:
+        """The values at points a step away from x, or None where the function refuses them: f ran at x, so an
+        error there (BCELoss's "input should be between 0 and 1") is the edge of its domain, like a NaN."""
+        try:
+            return self.values(points)
+        except Exception:
+            return None
 
 
 def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,

@@ -49,6 +49,7 @@ from gradaudit.analyzers.graph import NodeInfo
 from gradaudit.analyzers.local_probe import LocalResult, at_points, local_function, local_probe
 from gradaudit.analyzers.trace import Trace, trace_program
 from gradaudit.core.kinds import FAULTS, FaultKind
+from gradaudit.core.probe import leaf_scale
 from gradaudit.core.numerics import (directional_derivative, elementwise_tolerance, eps_of, inner, probe_tolerance,
                                      rademacher_like, real, step_size)
 from gradaudit.report import Finding
@@ -135,8 +136,7 @@ class Localizer:
         signs = rademacher_like(like.detach(), self.generator)
         if not scaled:
             return signs
-        scale = max(1.0, float(real(like.detach()).double().pow(2).mean().sqrt())) if like.numel() else 1.0
-        return signs * scale
+        return signs * leaf_scale(like)
 
     def objective(self, outputs, v) -> torch.Tensor:
         total = sum((real(a).double() * real(b.detach()).double()).sum() for a, b in zip(v, outputs))

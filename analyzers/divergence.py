@@ -10,6 +10,7 @@ import torch
 from gradaudit.case import is_differentiable
 from gradaudit.core.differentiate import ForwardFunction, evaluate
 from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, real
+from gradaudit.core.parity import elementwise_gaps, finite_abs
 from gradaudit.report import Finding
 
 
@@ -91,15 +92,21 @@ def locate_divergence(program, reference, findings: list[Finding]) -> None:
 
 def _floating_tensors(values) -> list[torch.Tensor]:
     flat, _ = torch.utils._pytree.tree_flatten(values)
-    return [real(t).detach().to("cpu", torch.float64).reshape(-1) for t in flat if is_differentiable(t)]
+    return [real(t).detach().to("cpu", torch.float64) for t in flat if is_differentiable(t)]
 
 
 def _relative_gap(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The largest difference relative to each tensor's scale; another number or shape of tensors, or NaN or
+    an infinity on one side only, is an infinite gap (a shape-changing op diverges as surely as a wrong one)."""
+    if len(got) != len(expected):
+        return math.inf
     gap = 0.0
     for a, b in zip(got, expected):
-        if a.shape == b.shape and b.numel():
-            scale = float(b.abs().max()) or 1.0
-            gap = max(gap, float((a - b).abs().max()) / scale)
+        if a.shape != b.shape:
+            return math.inf
+        if b.numel():
+            scale = float(finite_abs(b).max()) or 1.0
+            gap = max(gap, float(elementwise_gaps(a, b).max()) / scale)
     return gap
 
 

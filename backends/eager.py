@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import torch
 
 from gradaudit.case import Case, PreparedCase, call_failed, flatten_outputs
-from gradaudit.errors import AuditError
+from gradaudit.errors import AuditError, BackendFailure
 from gradaudit.backends.base import Availability, Backend, Capabilities, Program
 from gradaudit.rng import RngSnapshot
 
@@ -53,7 +53,9 @@ class EagerProgram(Program):
         self.output_names, self._keep = first.names, first.keep
         self.notes += first.notes
         self.stats.forward_evals = 0
-        for name, out in zip(self.output_names, first.values):
+        # A backend held against eager (XLA) may give NaN where eager does not: forward parity names that
+        # element as a divergence. Eager itself cannot be differentiated there.
+        for name, out in zip(self.output_names, first.values if self.capabilities.reference else []):
             if not torch.isfinite(out.detach().cpu()).all():  # on the CPU: no device graph for a check
                 raise AuditError(f"{prepared.label} produced NaN or Inf in {name}")
 
@@ -68,6 +70,8 @@ class EagerProgram(Program):
         except AuditError:
             raise
         except Exception as exc:
+            if first and not self.capabilities.reference:  # eager ran it (or will say so): the device fails
+                raise BackendFailure(self.device, "the forward", exc) from exc
             if first:
                 raise call_failed(exc) from exc
             raise

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from gradaudit.case import Case, Leaf, PreparedCase, flatten_outputs, prepare_case
-from gradaudit.errors import AuditError, Unsupported
+from gradaudit.errors import AuditError, BackendFailure, Unsupported
 from gradaudit.outcome import one_line
 from gradaudit.rng import preserved_rng
 from gradaudit.backends.base import Availability, Backend, Capabilities, Program, Stats
@@ -135,9 +135,8 @@ class OnnxProgram(Program):
         self.output_names = self._exported.case_output_names
         if not outputs:
             raise AuditError(f"{self._label} returned no floating-point or complex tensor to differentiate")
-        for name, out in zip(self.output_names, outputs):
-            if not torch.isfinite(out).all():
-                raise AuditError(f"the exported graph of {self._label} produced NaN or Inf in {name}")
+        # NaN or Inf where eager's outputs are finite (eager refuses those at load) is left to forward parity:
+        # a divergence of the exported graph, named by element.
         refuse_random_graph(self, outputs)
         self.session_runs = self.stats.forward_evals = 0  # the load's own runs are not the audit's
         self.points_evaluated = 0
@@ -154,6 +153,8 @@ class OnnxProgram(Program):
                 exported = export_graph(prepared, self._keep, cast, precision, self._providers, self.stats)
                 outputs = self._run(exported, [v.numpy() for v in cast])
             except _RuntimeGap as exc:  # onnxruntime lacks a kernel in this precision: try the next one
+                if not exc.missing_kernel:  # a graph it cannot run at all: the runtime fails, not a gap
+                    raise BackendFailure(self.device, f"onnxruntime in {str(precision)[6:]}", exc) from None
                 failures.append((precision, str(exc)))
                 continue
             if failures:
@@ -189,7 +190,7 @@ class OnnxProgram(Program):
         try:
             return self._run(self._exported, self._arrays(values))
         except _RuntimeGap as exc:
-            raise AuditError(f"onnxruntime failed: {exc}") from None
+            raise BackendFailure(self.device, "onnxruntime", exc) from None
 
     def node_modules(self) -> list[tuple[str, str, str, str | None]]:
         """See :func:`node_modules`."""
@@ -216,7 +217,7 @@ class OnnxProgram(Program):
                                     input_names=[BATCH_PREFIX + n for n in self._exported.input_names],
                                     output_names=[BATCH_PREFIX + str(k) for k in range(len(self.output_names))])
             except _RuntimeGap as exc:
-                raise AuditError(f"onnxruntime failed on a batch of {len(part)} points: {exc}") from None
+                raise BackendFailure(self.device, f"onnxruntime on a batch of {len(part)} points", exc) from None
             self.points_evaluated += len(part)
             results += [[out[b] for out in outputs] for b in range(len(part))]
         return results
@@ -345,6 +346,12 @@ def _random_nodes(model) -> list:
 
 class _RuntimeGap(Exception):
     """onnxruntime could not create or run the session (often: no kernel for an op in this precision)."""
+
+    @property
+    def missing_kernel(self) -> bool:
+        """onnxruntime has no kernel for an op in this precision (rather than failing on the graph)."""
+        text = str(self)
+        return "NOT_IMPLEMENTED" in text or "Could not find an implementation" in text
 
 
 def _all_nodes(model):

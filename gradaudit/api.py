@@ -16,7 +16,7 @@ from gradaudit.isolation import annotate_isolated, collect_isolated
 from gradaudit.outcome import user_code_boundary
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks
-from gradaudit.crossbackend import compare_program, forward_parity, numeric_backend_audit, refuse_random_ops
+from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
 from gradaudit.registry import usable_backend
 from gradaudit.rng import preserved_rng
 from gradaudit.backends.base import Program
@@ -154,19 +154,18 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
                 if progress:
                     progress(f"comparing {backend.name}", step, len(chosen))
                 rewind()
-                with backend.load(case, None, parse_dtype(dtype)) as program:
-                    backend_checks, backend_findings, notes = compare_program(program, reference, settings,
-                                                                              localize)
-                    for item in backend_checks:
-                        item.backend = backend.name
-                    for finding in backend_findings:
-                        finding.details["backend"] = backend.name
-                        finding.message = f"[{backend.name}] {finding.message}"
-                    checks += backend_checks
-                    findings += backend_findings
-                    skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
-                    for key, value in program.stats.to_dict().items():
-                        stats[key] += value
+                backend_checks, backend_findings, notes, program_stats = compare_backend(
+                    backend, case, reference, settings, parse_dtype(dtype), localize)
+                for item in backend_checks:
+                    item.backend = backend.name
+                for finding in backend_findings:
+                    finding.details["backend"] = backend.name
+                    finding.message = f"[{backend.name}] {finding.message}"
+                checks += backend_checks
+                findings += backend_findings
+                skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
+                for key, value in program_stats.items():
+                    stats[key] += value
     stats["seconds"] = round(time.perf_counter() - started, 4)
     return Report(target=case.label, backend=",".join(b.name for b in chosen), device="cpu (reference)",
                   dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,
@@ -189,6 +188,10 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
     try:
         if eager is not None:
             checks, findings, model_error = forward_parity(program, eager, skipped)
+            if any(check.mismatch for check in checks):  # another function than eager's: nothing to audit
+                skipped.append({"what": "gradient checks", "reason": "the forward results differ in form (shape, "
+                                "dtype, number, NaN) from eager float64's"})
+                return checks, findings
         audited = reference or program
         more_checks, more_findings, more = Auditor(audited, settings, progress, model_error=model_error).run()
         checks, findings = checks + more_checks, findings + more_findings

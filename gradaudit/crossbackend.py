@@ -4,15 +4,17 @@ op is found by ``analyzers.divergence``. Used by ``gradaudit.compare`` and by ``
 other than eager."""
 from __future__ import annotations
 
+import torch
+
 from gradaudit.core.checks import Auditor, Settings
 from gradaudit.core.differentiate import ForwardFunction, evaluate
-from gradaudit.core.findings import kink_convention_finding
+from gradaudit.core.findings import backend_error_finding, kink_convention_finding
 from gradaudit.core.followups import kink_elements
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.numerics import eps_of, model_error_of
 from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
 from gradaudit.core.probe import Numerics, ProbeSpace
-from gradaudit.errors import AuditError
+from gradaudit.errors import AuditError, BackendFailure
 from gradaudit.isolation import annotate_isolated
 from gradaudit.backends.base import Program
 from gradaudit.report import Check, Finding
@@ -39,11 +41,17 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
     PyTorch: a divergence, not a faulty backward of the user's code."""
     checks, drift = forward_checks(program, reference)
     findings = forward_divergences(checks, drift)
+    if any(check.mismatch for check in checks):
+        skipped.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
+        return checks, findings
     # An exported graph that approximates an elementary function differently (onnxruntime's tanh-GELU) has
     # derivatives off by more than its forward: the same model error as on an autograd backend.
     model_error = model_error_of(drift, eps_of(program.dtype))
-    gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
-                                                       model_error=model_error).run()
+    try:
+        gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
+                                                           model_error=model_error).run()
+    except BackendFailure as failure:  # the exported graph failed at a shifted point
+        return checks, findings + [backend_error_finding(1, failure)]
     skipped += more
     for finding in gradient_findings:
         if finding.kind in FAULTS:
@@ -62,19 +70,53 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
 def compare_program(program, reference, settings: Settings,
                     localize: bool = True) -> tuple[list, list[Finding], list[dict]]:
     """Forward parity, then gradient parity (autograd backends) or the finite-difference audit that
-    ``gradaudit run`` gives a backend without autograd (exported graphs)."""
+    ``gradaudit run`` gives a backend without autograd (exported graphs). The backend raising where eager
+    float64 ran is a ``backend_error`` finding; results of another form (shape, dtype, number) stop the
+    comparison after the forward, since gradients of different functions cannot be compared."""
     notes: list[dict] = []
-    if not program.capabilities.autograd:
-        checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
-        return checks, findings, notes
-    checks, drift = forward_checks(program, reference)
+    try:
+        if not program.capabilities.autograd:
+            checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
+            return checks, findings, notes
+        checks, drift = forward_checks(program, reference)
+    except BackendFailure as failure:
+        return [], [backend_error_finding(0, failure)], notes
     findings = forward_divergences(checks, drift)
-    gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
-    findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
-    if localize and any(f.severity == Severity.ERROR for f in findings):
+    if any(check.mismatch for check in checks):
+        notes.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
+    else:
+        gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
+        checks += gradient_checks
+        findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
+    if localize and any(f.severity == Severity.ERROR and f.kind != FaultKind.BACKEND_ERROR for f in findings):
         annotate_isolated("localization", findings, notes, [program, reference],
                           lambda: localize_divergences(program, reference, findings, settings.seed))
-    return checks + gradient_checks, findings, notes
+    return checks, findings, notes
+
+
+def compare_backend(backend, case, reference: Program, settings: Settings, dtype: torch.dtype | None,
+                    localize: bool) -> tuple[list[Check], list[Finding], list[dict], dict]:
+    """One backend of a comparison: (checks, findings, notes, the program's stats). Loading that fails where
+    eager float64 loaded (an export onnxruntime cannot run, a transfer XLA refuses) is a ``backend_error``
+    finding; what the backend says it cannot do (``Unsupported``) stops the comparison with its reason."""
+    try:
+        program = on_backend_load(backend, case, dtype)
+    except BackendFailure as failure:
+        return [], [backend_error_finding(0, failure)], [], {}
+    with program:
+        checks, findings, notes = compare_program(program, reference, settings, localize)
+        return checks, findings, notes, program.stats.to_dict()
+
+
+def on_backend_load(backend, case, dtype: torch.dtype | None) -> Program:
+    """``backend.load(case)`` with anything but an AuditError (a refusal naming what is wrong) counted as the
+    backend failing: the same case has loaded on eager already."""
+    try:
+        return backend.load(case, None, dtype)
+    except AuditError:
+        raise
+    except Exception as exc:
+        raise BackendFailure(backend.default_device(), f"loading the case on {backend.name}", exc) from exc
 
 
 def localize_divergences(program: Program, reference: Program, findings: list[Finding], seed: int) -> None:

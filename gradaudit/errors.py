@@ -9,3 +9,18 @@ class Unsupported(AuditError, RuntimeError):
     """What this backend or function cannot do (forward-mode AD, double backward, sparse gradients on XLA,
     complex tensors in ONNX, a backend not installed here): a suite skips the case there instead of calling it an
     error. An AuditError too, so an audit that needs the capability stops with its one-line message (exit 2)."""
+
+
+class BackendFailure(AuditError):
+    """A backend raised where eager float64 ran the same case (an XLA compilation error, an onnxruntime kernel
+    failing): in a comparison of backends that is a finding about the backend (``backend_error``), not an
+    audit that could not run."""
+
+    def __init__(self, device: str, what: str, cause: BaseException) -> None:
+        from gradaudit.outcome import first_line
+
+        self.device, self.what = device, what
+        kind = type(cause).__name__
+        text = first_line(cause) or kind
+        self.cause = (text if kind.startswith("_") else f"{kind}: {text}")[:400]  # (a private wrapper's name says nothing)
+        super().__init__(f"{what} on {device} raised {self.cause}")

@@ -36,6 +36,7 @@ class Check:
     output: str | None = None  # worst output, where the method compares outputs elementwise
     kink_elements: list | None = None  # for nondifferentiable_point: elements found on the kink, per leaf
     backend: str | None = None  # in cross-backend reports: the backend this check is about
+    mismatch: str | None = None  # in cross-backend reports: how the results differ in form (shape, dtype, NaN)
 
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}

@@ -102,3 +102,10 @@ def nondeterminism_finding(order: int, spread: float, scale: float, repeats: int
                    message=f"order-{order} gradients differ between identical backward runs by up to "
                            f"{spread:.3g} ({spread / max(scale, 1e-300):.2g} of their largest value)",
                    details={"spread": spread, "repeats": repeats})
+
+
+def backend_error_finding(order: int, failure) -> Finding:
+    """A backend raised (``errors.BackendFailure``) where eager float64 ran the same case and order."""
+    return Finding(FaultKind.BACKEND_ERROR, f"{failure.what} on {failure.device} raised where eager float64 runs "
+                   f"(order {order}): {failure.cause}", order=order, severity=Severity.ERROR,
+                   details={"phase": failure.what, "exception": failure.cause})

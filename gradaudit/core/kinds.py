@@ -24,6 +24,7 @@ class FaultKind(_Name):
     NONDETERMINISTIC_BACKWARD = "nondeterministic_backward"
     FORWARD_DIVERGENCE = "forward_divergence"
     BACKWARD_DIVERGENCE = "backward_divergence"
+    BACKEND_ERROR = "backend_error"  # between backends: one raised where eager float64 ran
     HAZARD = "hazard"
 
 

@@ -6,19 +6,22 @@ eps, raised to how far the program's forward already drifts from the reference's
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 
-from typing import TYPE_CHECKING
-
 from gradaudit.core.checks import Settings
-from gradaudit.core.findings import fault_finding, to_check
+from gradaudit.core.findings import backend_error_finding, fault_finding, to_check
 from gradaudit.core.kinds import CheckStatus, FaultKind
 from gradaudit.core.probe import Outcome
 from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
 from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
+from gradaudit.errors import BackendFailure, Unsupported
 from gradaudit.report import Check, Finding
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:  # the core sees a backend only through the Program interface
     from gradaudit.backends.base import Program
@@ -28,39 +31,135 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
     return real(tensor).detach().to("cpu", torch.float64)
 
 
+def on_backend(program: "Program", what: str, run: Callable[[], T]) -> T:
+    """``run()``, which calls only into ``program`` and brings its results to the CPU (on a lazy backend
+    such as XLA that is where compiling and running happen): anything it raises, other than what the backend
+    says it cannot do, is the backend failing where eager float64 ran, a :class:`BackendFailure`."""
+    try:
+        return run()
+    except (Unsupported, BackendFailure):
+        raise
+    except Exception as exc:
+        raise BackendFailure(program.device, what, exc) from exc
+
+
+def results_on_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A program's results on the CPU in their own dtype (a dtype mismatch is itself a divergence)."""
+    return [t.detach().cpu() for t in tensors]
+
+
+def expected_dtype(reference_output: torch.Tensor, native_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the audited program should give where the float64 reference gives ``reference_output``: the
+    program's own precision for float64 outputs (complex alike), the reference's dtype for anything else."""
+    if reference_output.dtype == torch.float64:
+        return native_dtype
+    if reference_output.dtype == torch.complex128:
+        return torch.complex64 if native_dtype != torch.float64 else torch.complex128
+    return reference_output.dtype
+
+
+def form_mismatch(native: torch.Tensor, reference: torch.Tensor, native_dtype: torch.dtype) -> str | None:
+    """How two results differ in form (shape, dtype), or None when they can be compared element by element."""
+    if tuple(native.shape) != tuple(reference.shape):
+        return f"shape {list(native.shape)} where eager float64 gives {list(reference.shape)}"
+    expected = expected_dtype(reference, native_dtype)
+    if native.dtype != expected:
+        return f"dtype {str(native.dtype)[6:]} where {str(expected)[6:]} is expected"
+    return None
+
+
+def elementwise_gaps(native: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """|native - reference| per element (float64, flat), where NaN on both sides and the same infinity agree,
+    and NaN or an infinity on one side only is an infinite gap."""
+    a, b = _cpu(native).reshape(-1), _cpu(reference).reshape(-1)
+    gaps = (a - b).abs()
+    agree = (torch.isnan(a) & torch.isnan(b)) | (torch.isinf(a) & (a == b))
+    gaps = torch.where(agree, torch.zeros_like(gaps), gaps)
+    return torch.nan_to_num(gaps, nan=math.inf)
+
+
+def finite_abs(tensor: torch.Tensor) -> torch.Tensor:
+    """|tensor| as float64 with NaN and infinities counted as 0 (they set no scale)."""
+    return torch.nan_to_num(_cpu(tensor).reshape(-1).abs(), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def compare_elementwise(order: int, name: str, method: str, native: torch.Tensor, reference: torch.Tensor,
+                        native_dtype: torch.dtype, tolerance_of: Callable[[torch.Tensor], torch.Tensor]) -> Check:
+    """One check of a native result against the reference: a form mismatch fails it outright; otherwise the
+    worst element relative to ``tolerance_of(|reference|)``."""
+    mismatch = form_mismatch(native, reference, native_dtype)
+    outcome, worst = Outcome(), None
+    if mismatch is not None:
+        check = _check(order, name, method, outcome, native_dtype, None)
+        check.ok, check.status, check.mismatch = False, CheckStatus.FAIL, mismatch
+        check.max_abs_err = check.max_rel_err = math.inf
+        return check
+    if reference.numel():
+        tolerance = tolerance_of(finite_abs(reference)) + 1e-300
+        gaps = elementwise_gaps(native, reference)
+        worst = int(torch.argmax(gaps / tolerance))
+        a, b = _cpu(native).reshape(-1)[worst], _cpu(reference).reshape(-1)[worst]
+        outcome.absorb(float(a), float(b), float(tolerance[worst]))
+        if math.isinf(float(gaps[worst])):
+            outcome.excess = outcome.abs_err = outcome.rel_err = math.inf
+    check = _check(order, name, method, outcome, native_dtype, worst)
+    if not check.ok and not math.isfinite(check.max_abs_err):
+        check.mismatch = f"{_describe(a)} where eager float64 gives {_describe(b)} at element {worst}"
+    return check
+
+
+def _describe(value: torch.Tensor) -> str:
+    number = float(value)
+    return "NaN" if math.isnan(number) else f"{number:.9g}"
+
+
+def count_mismatch(order: int, what: str, native: list, reference: list, native_dtype: torch.dtype) -> Check | None:
+    """A failing check when the program returns another number of results than the reference."""
+    if len(native) == len(reference):
+        return None
+    check = _check(order, what, "forward_parity" if order == 0 else "backend_parity", Outcome(), native_dtype, None)
+    check.ok, check.status = False, CheckStatus.FAIL
+    check.max_abs_err = check.max_rel_err = math.inf
+    check.mismatch = f"{len(native)} results where eager float64 gives {len(reference)}"
+    return check
+
+
 def forward_drift(native: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
-    """Largest forward-output difference relative to the output's scale: how ill-conditioned the case is."""
+    """Largest forward-output difference relative to the output's scale: how ill-conditioned the case is
+    (results of another shape, or NaN on one side, drift infinitely)."""
     drift = 0.0
     for a, b in zip(native, reference):
+        if tuple(a.shape) != tuple(b.shape):
+            return math.inf
         if b.numel():
-            scale = float(_cpu(b).abs().max()) or 1.0
-            drift = max(drift, float((_cpu(a) - _cpu(b)).abs().max()) / scale)
+            scale = float(finite_abs(b).max()) or 1.0
+            drift = max(drift, float(elementwise_gaps(a, b).max()) / scale)
     return drift
 
 
 def forward_checks(native: Program, reference: Program, seed: int = 0) -> tuple[list[Check], float]:
     """Forward outputs against the reference within the program's precision (order 0 checks). Besides
     rounding, the tolerance allows 16 times how far the float64 outputs move when the leaves are nudged by
-    one rounding unit of the program's precision: the ill-conditioning a lower-precision run inherits."""
+    one rounding unit of the program's precision: the ill-conditioning a lower-precision run inherits.
+    Results of another number, shape or dtype, and NaN on one side only, fail their checks; an exception of
+    the program is a :class:`BackendFailure`."""
     x_reference = [leaf.value for leaf in reference.leaves]
     f_reference = ForwardFunction(reference)
-    y_native = evaluate(ForwardFunction(native), [leaf.value for leaf in native.leaves])
     y_reference = evaluate(f_reference, x_reference)
+    y_native = on_backend(native, "the forward", lambda: results_on_cpu(
+        evaluate(ForwardFunction(native), [leaf.value for leaf in native.leaves])))
     eps = eps_of(native.dtype)
     generator = torch.Generator().manual_seed(seed)
     nudged = [x * (1 + eps * rademacher_like(x, generator)) for x in x_reference]
     y_nudged = evaluate(f_reference, nudged)
-    scale = max((float(_cpu(b).abs().max()) for b in y_reference if b.numel()), default=0.0)
+    scale = max((float(finite_abs(b).max()) for b in y_reference if b.numel()), default=0.0)
     checks = []
     for name, a, b, c in zip(reference.output_names, y_native, y_reference, y_nudged):
-        a, b, c = _cpu(a).reshape(-1), _cpu(b).reshape(-1), _cpu(c).reshape(-1)
-        outcome, worst = Outcome(), None
-        if b.numel():
-            conditioning = 16 * float((c - b).abs().max())
-            tolerance = ROUNDING_FACTOR * eps * (b.abs() + scale) + conditioning + 1e-300
-            worst = int(torch.argmax((a - b).abs() / tolerance))
-            outcome.absorb(float(a[worst]), float(b[worst]), float(tolerance[worst]))
-        checks.append(_check(0, name, "forward_parity", outcome, native.dtype, worst))
+        conditioning = 16 * float(torch.nan_to_num(elementwise_gaps(c, b), posinf=0.0).max()) if b.numel() else 0.0
+        checks.append(compare_elementwise(0, name, "forward_parity", a, b, native.dtype,
+                                          lambda size: ROUNDING_FACTOR * eps * (size + scale) + conditioning))
+    extra = count_mismatch(0, "outputs", y_native, y_reference, native.dtype)
+    checks += [extra] if extra else []
     return checks, forward_drift(y_native, y_reference)
 
 
@@ -71,18 +170,25 @@ def forward_divergences(checks: list[Check], drift: float) -> list[Finding]:
     failing = [c for c in checks if c.method == "forward_parity" and not c.ok]
     if not failing:
         return []
-    worst = max(failing, key=lambda c: c.max_abs_err / max(c.tolerance, 1e-300))
+    worst = max(failing, key=lambda c: (c.mismatch is not None, c.max_abs_err / max(c.tolerance, 1e-300)))
     limit = PRECISION_LOSS_LIMIT[worst.dtype] if worst.dtype in PRECISION_LOSS_LIMIT else 1e-3
-    severity = "error" if drift > limit else "warning"
+    mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
+    severity = "error" if drift > limit or mismatches else "warning"
     if severity == "warning":  # the checks pass, with their status saying why they needed the excuse
         for check in failing:
             check.ok, check.status = True, "precision_loss"
     what = "differs from" if severity == "error" else "loses precision against"
+    if worst.mismatch:
+        message = f"forward output {worst.wrt} differs from eager float64: {worst.mismatch}"
+    else:
+        message = (f"forward output {worst.wrt} {what} eager float64 at element {worst.worst_index}: "
+                   f"{worst.analytical:.9g} vs {worst.numerical:.9g} (|err| {worst.max_abs_err:.3g} > "
+                   f"{worst.tolerance:.3g} allowed in {worst.dtype}; {drift:.2g} of the output's scale)")
+    details = {"relative_to_scale": drift}
+    if mismatches:
+        details["mismatch"] = mismatches
     return [Finding("forward_divergence", order=0, wrt=worst.wrt, max_abs_err=worst.max_abs_err, severity=severity,
-                    message=f"forward output {worst.wrt} {what} eager float64 at element {worst.worst_index}: "
-                            f"{worst.analytical:.9g} vs {worst.numerical:.9g} (|err| {worst.max_abs_err:.3g} > "
-                            f"{worst.tolerance:.3g} allowed in {worst.dtype}; {drift:.2g} of the output's scale)",
-                    details={"relative_to_scale": drift})]
+                    message=message, details=details)]
 
 
 # Forward gaps, relative to the output's scale, up to which a backend is only less accurate: sqrt(eps).
@@ -100,16 +206,17 @@ def _check(order: int, wrt: str, method: str, outcome: Outcome, dtype: torch.dty
 
 def parity_checks(native: Program, reference: Program, settings: Settings,
                   method: str = "dtype_parity") -> tuple[list[Check], list[Finding]]:
-    """Order-1 (and order-2) gradients of ``native`` against ``reference`` for the same seeded cotangents."""
+    """Order-1 (and order-2) gradients of ``native`` against ``reference`` for the same seeded cotangents.
+    The reference is differentiated first; the native program's gradients are computed and brought to the CPU
+    under :func:`on_backend`, so an exception there is a :class:`BackendFailure` of that order."""
     generator = torch.Generator().manual_seed(settings.seed + 7919)
     x_native = [leaf.value for leaf in native.leaves]
     x_reference = [leaf.value for leaf in reference.leaves]
     names = [leaf.name for leaf in native.leaves]
     f_native, f_reference = ForwardFunction(native), ForwardFunction(reference)
     y_reference = evaluate(f_reference, x_reference)
-    y_native = evaluate(f_native, x_native)
-    noise = max(eps_of(native.dtype), forward_drift(y_native, y_reference))
-    dtype = str(native.dtype).replace("torch.", "")
+    y_native = on_backend(native, "the forward", lambda: evaluate(f_native, x_native))
+    noise = max(eps_of(native.dtype), forward_drift(results_on_cpu(y_native), y_reference))
 
     def like(cotangent, tensors):
         return [c.to(device=t.device, dtype=t.dtype) for c, t in zip(cotangent, tensors)]
@@ -124,29 +231,47 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
         cotangent = [rademacher_like(y, generator) for y in reference_like]
         with twice_differentiable_attention([]) if f_n.order > 1 else nullcontext():
             g_reference = vjps(f_r, x_reference, [cotangent])[0]
-            g_native = vjps(f_n, x_native, [like(cotangent, native_like)])[0]
-        # Like rounding, the tolerance floor is relative to the largest gradient: an entry that cancels to
-        # zero in float64 (a bias before batch norm) keeps float32 noise of the whole computation's scale.
-        scale = max((float(_cpu(b).abs().max()) for b in g_reference if b.numel()), default=0.0)
-        order_checks = []
-        for name, a, b in zip(names, g_native, g_reference):
-            outcome, worst = Outcome(), None
-            a, b = _cpu(a).reshape(-1), _cpu(b).reshape(-1)
-            if b.numel():
-                tolerance = ROUNDING_FACTOR * noise * (b.abs() + scale) + 1e-300
-                worst = int(torch.argmax((a - b).abs() / tolerance))
-                outcome.absorb(float(a[worst]), float(b[worst]), float(tolerance[worst]))
-            order_checks.append(_check(f_n.order, name, method, outcome, native.dtype, worst))
+            what = "the backward" if f_n.order == 1 else "the double backward"
+            try:
+                g_native = on_backend(native, what, lambda: results_on_cpu(
+                    vjps(f_n, x_native, [like(cotangent, native_like)])[0]))
+            except BackendFailure as failure:  # the orders before it keep their checks
+                findings.append(backend_error_finding(f_n.order, failure))
+                break
+        order_checks = order_parity_checks(f_n.order, method, names, g_native, g_reference, native.dtype, noise)
         checks += order_checks
         failing = [c for c in order_checks if not c.ok]
         if failing:
-            finding = fault_finding(f_n.order, method, failing)
-            if method == "dtype_parity":
-                finding.message = (f"{dtype} gradients disagree with the float64 computation beyond {dtype} "
-                                   "noise: " + finding.message)
-            else:
-                finding.kind = FaultKind.BACKWARD_DIVERGENCE
-                finding.message = (f"{native.device} gradients disagree with eager float64 on CPU beyond {dtype} "
-                                   "noise: " + finding.message)
-            findings.append(finding)
+            findings.append(parity_finding(f_n.order, method, failing, native))
     return checks, findings
+
+
+def order_parity_checks(order: int, method: str, names: list[str], native: list[torch.Tensor],
+                        reference: list[torch.Tensor], native_dtype: torch.dtype, noise: float) -> list[Check]:
+    """One check per leaf. Like rounding, the tolerance floor is relative to the largest gradient: an entry
+    that cancels to zero in float64 (a bias before batch norm) keeps float32 noise of the whole computation's
+    scale."""
+    scale = max((float(finite_abs(b).max()) for b in reference if b.numel()), default=0.0)
+    checks = [compare_elementwise(order, name, method, a, b, native_dtype,
+                                  lambda size: ROUNDING_FACTOR * noise * (size + scale))
+              for name, a, b in zip(names, native, reference)]
+    extra = count_mismatch(order, "gradients", native, reference, native_dtype)
+    return checks + ([extra] if extra else [])
+
+
+def parity_finding(order: int, method: str, failing: list[Check], native: Program) -> Finding:
+    """The finding of an order's failing parity checks."""
+    dtype = str(native.dtype).replace("torch.", "")
+    finding = fault_finding(order, method, failing)
+    if method == "dtype_parity":
+        finding.message = (f"{dtype} gradients disagree with the float64 computation beyond {dtype} "
+                           "noise: " + finding.message)
+    else:
+        finding.kind = FaultKind.BACKWARD_DIVERGENCE
+        finding.message = (f"{native.device} gradients disagree with eager float64 on CPU beyond {dtype} "
+                           "noise: " + finding.message)
+    mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
+    if mismatches:
+        finding.message += " (" + "; ".join(mismatches[:3]) + ")"
+        finding.details["mismatch"] = mismatches
+    return finding

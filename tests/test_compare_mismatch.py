@@ -1,0 +1,137 @@
+"""Every way two backends can disagree, on real torch-xla and onnxruntime: results of another shape, dtype or
+number, NaN on one side only, a backend raising where eager float64 runs. Each case plants the difference in
+a function that asks which device it runs on, the way a backend's own kernel would differ."""
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import gradaudit
+from gradaudit.cli import main
+
+pytest.importorskip("torch_xla", reason="torch-xla is not installed")
+
+
+def on_xla(x: torch.Tensor) -> bool:
+    return x.device.type == "xla"
+
+
+def errors(report, backend="xla"):
+    return [f for f in report.findings if f.severity == "error" and f.details.get("backend") == backend]
+
+
+def keepdim_on_xla(x):
+    return torch.sum(x * x, dim=0, keepdim=on_xla(x))
+
+
+def float32_on_xla(x):
+    y = torch.sin(x)
+    return y.float() if on_xla(x) else y
+
+
+def extra_output_on_xla(x):
+    return (torch.sin(x), torch.cos(x)) if on_xla(x) else (torch.sin(x),)
+
+
+def nan_on_xla(x):
+    return torch.log(x) if on_xla(x) else torch.log(x.abs())
+
+
+def raises_on_xla(x):
+    if on_xla(x):
+        raise RuntimeError("planted: no kernel for this op on the device")
+    return torch.tanh(x)
+
+
+class SquareWhoseDoubleBackwardFailsOnXla(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        if on_xla(x) and torch.is_grad_enabled():  # building a graph of the backward: order 2
+            raise RuntimeError("planted: double backward not lowered")
+        return 2 * x * grad
+
+
+def double_backward_raises_on_xla(x):
+    return SquareWhoseDoubleBackwardFailsOnXla.apply(x)
+
+
+def mixed():
+    return torch.tensor([[1.5, -2.0, 0.5], [-0.25, 3.0, -1.0]], dtype=torch.float64)
+
+
+def test_output_of_another_shape_is_a_forward_divergence_localized_to_its_op():
+    report = gradaudit.compare(keepdim_on_xla, (mixed(),), backends=["xla"], order=2)
+    (finding,) = errors(report)
+    assert finding.kind == "forward_divergence", report
+    assert "shape [1, 3] where eager float64 gives [3]" in finding.message
+    assert finding.op is not None and "sum" in finding.op, finding
+    assert not [c for c in report.checks if c.order > 0], "gradients of different functions are not compared"
+    assert any("differ in form" in note["reason"] for note in report.skipped)
+
+
+def test_output_of_another_dtype_is_a_forward_divergence():
+    report = gradaudit.compare(float32_on_xla, (mixed(),), backends=["xla"])
+    (finding,) = errors(report)
+    assert finding.kind == "forward_divergence"
+    assert "dtype float32 where float64 is expected" in finding.message
+
+
+def test_another_number_of_outputs_is_a_forward_divergence():
+    report = gradaudit.compare(extra_output_on_xla, (mixed(),), backends=["xla"])
+    (finding,) = errors(report)
+    assert finding.kind == "forward_divergence"
+    assert "2 results where eager float64 gives 1" in finding.message
+
+
+def test_nan_on_one_side_only_is_a_forward_divergence_naming_the_element():
+    report = gradaudit.compare(nan_on_xla, (mixed(),), backends=["xla"])
+    (finding,) = errors(report)
+    assert finding.kind == "forward_divergence"
+    assert "NaN where eager float64 gives" in finding.message
+    check = next(c for c in report.checks if c.order == 0 and not c.ok)
+    assert math.isinf(check.max_abs_err) and check.worst_index == [1]
+
+
+def test_nan_on_both_sides_agrees():
+    x = torch.tensor([1.0, float("nan"), 2.0], dtype=torch.float64)
+    from gradaudit.core.parity import elementwise_gaps
+
+    assert elementwise_gaps(torch.log(x), torch.log(x)).max() == 0
+    assert math.isinf(elementwise_gaps(torch.log(-x), torch.log(x)).max())
+
+
+def test_backend_raising_in_the_forward_is_a_finding_not_an_audit_error():
+    report = gradaudit.compare(raises_on_xla, (mixed(),), backends=["xla"], order=2)
+    (finding,) = errors(report)
+    assert finding.kind == "backend_error" and finding.order == 0
+    assert "planted: no kernel" in finding.message and "the forward" in finding.message
+
+
+def test_backend_raising_at_order_2_keeps_the_order_1_verdict():
+    report = gradaudit.compare(double_backward_raises_on_xla, (mixed(),), backends=["xla"], order=2)
+    (finding,) = errors(report)
+    assert finding.kind == "backend_error" and finding.order == 2, report
+    assert "double backward not lowered" in finding.message
+    assert [c.ok for c in report.checks if c.order == 1] == [True]
+
+
+def test_the_cli_reports_a_backend_error_with_exit_1_and_no_traceback(tmp_path):
+    target = tmp_path / "case.py"
+    target.write_text("import torch\n"
+                      "def f(x):\n"
+                      "    if x.device.type == 'xla':\n"
+                      "        raise RuntimeError('planted device failure')\n"
+                      "    return x.sin()\n"
+                      "def case():\n"
+                      "    return f, (torch.randn(3, dtype=torch.float64),)\n")
+    result = CliRunner().invoke(main, ["compare", f"{target}:case", "--backends", "eager,xla"])
+    assert result.exit_code == 1, result.output
+    assert "backend_error" in result.output and "planted device failure" in result.output
+    assert "Traceback" not in result.output

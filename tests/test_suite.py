@@ -1,6 +1,8 @@
 """Audit suites: the torch.nn zoo, isolated workers (crashes, hangs), executors, resuming, the CLI."""
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from gradaudit.errors import AuditError, Unsupported
-from gradaudit.suite.executors import run_job_in_subprocess
+from gradaudit.suite.executors import make_batches, run_batch_in_subprocess, run_job_in_subprocess
 from gradaudit.suite.runner import run_suite
 from gradaudit.cli.suite import suite_command
 from gradaudit.suite.worker import classify, run_job
@@ -33,6 +35,47 @@ def launches(count_file: Path) -> int:
 
 def statuses(records) -> dict:
     return {(r["case"], r["backend"], r["order"]): r["status"] for r in records}
+
+
+# A zoo for batched workers: passing cases around a case that exits, one that segfaults and one that hangs.
+BATCH_ZOO = """
+import ctypes
+import os
+import time
+
+import torch
+
+from gradaudit.suite.zoos import ZooCase
+
+
+def passes():
+    return torch.sin, (torch.linspace(-1, 1, 5, dtype=torch.float64),)
+
+
+def exits():
+    os._exit(3)
+
+
+def segfaults():
+    ctypes.string_at(0)
+
+
+def hangs():
+    time.sleep(3600)
+
+
+def zoo():
+    return [ZooCase("first", passes), ZooCase("exits", exits), ZooCase("second", passes),
+            ZooCase("segfaults", segfaults), ZooCase("third", passes), ZooCase("hangs", hangs),
+            ZooCase("fourth", passes)]
+"""
+
+
+@pytest.fixture(scope="module")
+def batch_zoo(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("batch") / "batch_zoo.py"
+    path.write_text(BATCH_ZOO)
+    return f"{path}:zoo"
 
 
 # ---------------------------------------------------------------------------------------------- the zoo
@@ -99,6 +142,73 @@ def test_a_segfaulting_worker_becomes_an_error_record():
     records = run_job_in_subprocess(job, timeout=TIMEOUT)
     assert [(r.order, r.status, r.reason) for r in records] == [
         (1, "error", "crashed: signal 11 (SIGSEGV)"), (2, "error", "crashed: signal 11 (SIGSEGV)")]
+
+
+def test_a_worker_runs_a_list_of_jobs_in_order_and_refuses_bad_input():
+    jobs = [{"zoo": PLANTED, "case": name, "backend": "eager", "orders": [1]} for name in ("good", "faulty")]
+    done = subprocess.run([sys.executable, "-m", "gradaudit.suite.worker"], input=json.dumps(jobs),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["case"], r["status"]) for r in records] == [("good", "pass"), ("faulty", "fail")]
+    for bad in ("[]", '[{"zoo": "z.py:zoo"}]', '"text"'):
+        done = subprocess.run([sys.executable, "-m", "gradaudit.suite.worker"], input=bad, capture_output=True,
+                              text=True, timeout=TIMEOUT)
+        assert done.returncode == 2 and "bad job" in done.stderr and not done.stdout, bad
+
+
+def test_batches_keep_the_order_and_one_backend_each():
+    jobs = [{"case": c, "backend": b} for c in "abc" for b in ("eager", "xla")]
+    batches = make_batches(jobs, 2)
+    assert [[(j["case"], j["backend"]) for j in batch] for batch in batches] == [
+        [("a", "eager"), ("b", "eager")], [("c", "eager")], [("a", "xla"), ("b", "xla")], [("c", "xla")]]
+    assert make_batches(jobs, 1) == [[job] for job in jobs[::2] + jobs[1::2]]
+
+
+# ---------------------------------------------------------------------------------------------- batches
+@pytest.mark.slow
+def test_a_crash_an_exit_or_a_hang_in_a_batch_costs_only_that_job(batch_zoo, tmp_path):
+    count, settled = tmp_path / "launches.txt", {}
+    records = run_suite(batch_zoo, ["eager"], (1, 2), executor="serial", timeout=TIMEOUT, jobs_per_worker=7,
+                        command=counting_command(count),
+                        progress=lambda record, done, total: settled.setdefault(record["case"], time.monotonic()))
+    got = {(r["case"], r["order"]): (r["status"], r["reason"]) for r in records}
+    for name in ("first", "second", "third", "fourth"):
+        assert got[(name, 1)] == ("pass", None) and got[(name, 2)] == ("pass", None), name
+    for order in (1, 2):
+        assert got[("exits", order)] == ("error", "the factory of exits called os._exit(3)")
+        assert got[("segfaults", order)] == ("error", "crashed: signal 11 (SIGSEGV)")
+        assert got[("hangs", order)] == ("error", f"timed out after {TIMEOUT} s")
+    assert launches(count) == 3  # the batch, then its rest after the segfault, then after the hang
+    # Each job is settled as it finishes, not when its batch does: the hang's timeout separates them.
+    assert settled["hangs"] - settled["third"] >= TIMEOUT - 1
+    assert settled["fourth"] > settled["hangs"]
+
+
+@pytest.mark.slow
+def test_batched_workers_give_the_same_records_as_one_job_per_worker(batch_zoo, tmp_path):
+    def suite(jobs_per_worker: int, count: Path) -> list[dict]:
+        return run_suite(batch_zoo, ["eager"], (1, 2), workers=2, timeout=TIMEOUT, only="first,second,third,segf",
+                         jobs_per_worker=jobs_per_worker, command=counting_command(count))
+    one, three = suite(1, tmp_path / "one.txt"), suite(3, tmp_path / "three.txt")
+    assert launches(tmp_path / "one.txt") == 4
+    assert launches(tmp_path / "three.txt") == 2  # [first, second, segfaults], [third]
+    strip = [{k: v for k, v in r.items() if k not in ("seconds", "report")} for r in one]
+    assert strip == [{k: v for k, v in r.items() if k not in ("seconds", "report")} for r in three]
+    assert statuses(one)[("segfaults", "eager", 2)] == "error"
+    assert [r["report"]["checks"] for r in one if r["report"]] == [r["report"]["checks"] for r in three if r["report"]]
+
+
+def test_run_batch_in_subprocess_streams_each_job_and_keeps_run_job_in_subprocess():
+    jobs = [{"zoo": PLANTED, "case": name, "backend": "eager", "orders": [1]}
+            for name in ("good", "segfault", "faulty")]
+    finished = []
+    for job, records in run_batch_in_subprocess(jobs, timeout=TIMEOUT):
+        finished.append((job["case"], [(r.status, r.reason) for r in records]))
+    assert finished[:2] == [("good", [("pass", None)]), ("segfault", [("error", "crashed: signal 11 (SIGSEGV)")])]
+    (status, reason), = finished[2][1]
+    assert finished[2][0] == "faulty" and status == "fail" and reason.startswith("faulty_backward")
+    assert [r.status for r in run_job_in_subprocess(jobs[0], timeout=TIMEOUT)] == ["pass"]
 
 
 # ---------------------------------------------------------------------------------------------- suites
@@ -214,9 +324,20 @@ def test_ray_executor_without_ray_is_a_one_line_error(monkeypatch):
         run_suite(PLANTED, ["eager"], (1,), executor="ray", only="good")
 
 
+@pytest.mark.slow
+def test_ray_executor_streams_the_jobs_of_a_batch(batch_zoo):
+    pytest.importorskip("ray")
+    records = run_suite(batch_zoo, ["eager"], (1,), executor="ray", workers=1, timeout=TIMEOUT, jobs_per_worker=5,
+                        only="first,exits,second,segfaults,third")
+    assert [(r["case"], r["status"]) for r in records] == [
+        ("first", "pass"), ("exits", "error"), ("second", "pass"), ("segfaults", "error"), ("third", "pass")]
+    assert records[3]["reason"] == "crashed: signal 11 (SIGSEGV)"
+
+
 def test_bad_suite_arguments():
     for kwargs, words in [({"executor": "dask"}, "unknown executor"), ({"orders": (3,)}, "orders"),
-                          ({"only": "nothing-matches"}, "no case"), ({"timeout": 0}, "timeout")]:
+                          ({"only": "nothing-matches"}, "no case"), ({"timeout": 0}, "timeout"),
+                          ({"jobs_per_worker": 0}, "jobs per worker"), ({"shard": "3/2"}, "shard")]:
         with pytest.raises(AuditError, match=words):
             run_suite(PLANTED, ["eager"], **kwargs)
 

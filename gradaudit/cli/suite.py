@@ -83,13 +83,21 @@ def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) ->
 @click.option("--junit", "junit_path", type=OutputPath(), default=None, help="Write JUnit XML to PATH.")
 @click.option("--html", "html_path", type=OutputPath(), default=None, help="Write a static HTML report to PATH.")
 @click.option("--only", default=None, help="Only cases whose name contains SUBSTRING (comma-separated: any).")
+@click.option("--compare", is_flag=True, default=False,
+              help="Compare each case on each backend against eager float64 on CPU (eager is the reference: "
+                   "audited only when it is the one backend listed).")
+@click.option("--shard", default=None, metavar="K/N",
+              help="Only the K-th of N equal, deterministic slices of the selected cases (1 <= K <= N).")
+@click.option("--jobs-per-worker", type=click.IntRange(1, 100000), default=1, show_default=True,
+              help="Jobs run in turn by one worker process (a worker's start costs seconds).")
 @seed_option
 @dtype_option("Cast floating inputs and parameters (default: keep the zoo's float64).")
 @verbosity_options
 def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, address: str | None,
                   workers: int | None, timeout: float, results_dir: str | None, json_path: str | None,
-                  junit_path: str | None, html_path: str | None, only: str | None, seed: int, dtype: str | None,
-                  quiet: bool, verbose: int) -> None:
+                  junit_path: str | None, html_path: str | None, only: str | None, compare: bool,
+                  shard: str | None, jobs_per_worker: int, seed: int, dtype: str | None, quiet: bool,
+                  verbose: int) -> None:
     """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend.
 
     -q prints no progress lines and no table, only the counts and errors."""
@@ -99,10 +107,11 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
     outputs = (json_path, junit_path, html_path)
     try:
         orders = _int_list(order_list, "orders")
-        logger.info("suite %s on %s, orders %s, executor %s", zoo, ", ".join(backends), orders, executor)
+        logger.info("suite %s on %s, orders %s, executor %s%s", zoo, ", ".join(backends), orders, executor,
+                    ", compared against eager float64" if compare else "")
         records = run_suite(zoo, backends, orders, executor=executor, workers=workers, timeout=timeout,
                             results_dir=results_dir, address=address, progress=_progress_line(quiet), only=only,
-                            seed=seed, dtype=dtype)
+                            seed=seed, dtype=dtype, compare=compare, shard=shard, jobs_per_worker=jobs_per_worker)
     except AuditError as exc:
         fail(str(exc))
     except SuiteInterrupted as stop:  # the workers are dead already; keep what finished

@@ -1,20 +1,24 @@
 """Where suite jobs run: ``serial`` (one at a time), ``local`` (a thread pool launching ``workers`` worker
-processes at once) and ``ray`` (a Ray task per job launching the same worker process on a cluster node).
+processes at once) and ``ray`` (a Ray task per batch launching the same worker process on a cluster node).
 
-Every job runs in its own ``python -m gradaudit.suite.worker`` process, in its own session: a segfault or a hang
-in a runtime becomes an ``error`` record ("crashed: signal 11 (SIGSEGV)", "timed out after 120 s"), and Ctrl-C
-kills every worker at once."""
+Jobs run in ``python -m gradaudit.suite.worker`` processes, each in its own session, one job per process or
+``jobs_per_worker`` of them (a batch, of one backend) in turn: a segfault or a hang in a runtime becomes an
+``error`` record of the job in progress ("crashed: signal 11 (SIGSEGV)", "timed out after 120 s") while the rest
+of its batch goes on in a new worker, each job's records are settled as soon as it finishes, and Ctrl-C kills
+every worker at once."""
 from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator
 
 from gradaudit.errors import AuditError
 from gradaudit.suite.plan import orders_of
@@ -69,31 +73,130 @@ def run_job_in_subprocess(job: dict, timeout: float, command: list[str] | None =
     The worker runs in its own session (its process group is killed on timeout, on Ctrl-C, and when this
     function is left by any exception). Orders it did not report — it crashed, hung or exited early — get
     ``error`` records saying how it ended."""
+    finished = list(run_batch_in_subprocess([job], timeout, command, cwd, workers))
+    return finished[0][1] if finished else []
+
+
+def run_batch_in_subprocess(jobs: list[dict], timeout: float, command: list[str] | None = None,
+                            cwd: str | None = None, workers: Workers | None = None
+                            ) -> Iterator[tuple[dict, list[SuiteRecord]]]:
+    """Run jobs in order in one worker process, yielding ``(job, its records)`` as each job finishes (one record
+    per order of the job).
+
+    Each job has ``timeout`` seconds from the end of the one before (the first: from the launch). Where the
+    worker hangs past it, crashes or exits early, the job in progress gets ``error`` records saying how (as
+    :func:`run_job_in_subprocess`'s) and the rest of the batch goes on in a new worker. Nothing more starts once
+    ``workers`` is stopped; leaving the generator early kills the worker."""
     workers = workers or Workers()
-    started = time.perf_counter()
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env["GRADAUDIT_SUITE_PID"] = str(os.getpid())  # the worker dies with this process (Linux)
-    process = workers.start(list(command or WORKER_COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env, start_new_session=True)
-    if process is None:
-        return []
-    timed_out = False
-    try:
-        stdout, stderr = process.communicate(json.dumps(job), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        _kill_group(process)
-        stdout, stderr = process.communicate()
-    except BaseException:  # Ctrl-C in a serial suite: the worker must not outlive us
-        _kill_group(process)
-        process.wait()
-        raise
-    finally:
-        workers.done(process)
-    records = _parse_records(stdout)
-    why = f"timed out after {_fmt_seconds(timeout)} s" if timed_out else _how_it_ended(process.returncode, stderr)
-    return records + missing_orders(job, records, why, round(time.perf_counter() - started, 3))
+    left = list(jobs)
+    while left:
+        worker = WorkerProcess.launch(left, command, cwd, workers)
+        if worker is None:
+            return
+        try:
+            while left:
+                job = left.pop(0)
+                started = time.perf_counter()
+                records, why = worker.read_records(job, timeout)
+                if why is not None:
+                    records += missing_orders(job, records, why, round(time.perf_counter() - started, 3))
+                yield job, records
+                if why is not None:
+                    break  # that worker is gone: the rest of the batch in a new one
+            else:
+                worker.exited_within(WorkerProcess.EXIT_GRACE)  # done: let it exit on its own
+        finally:
+            worker.close()
+
+
+class WorkerProcess:
+    """A worker process on a list of jobs, in its own session. Threads feed it its jobs and read its stdout
+    line by line and its stderr (of which the last lines are kept), so that no pipe ever fills up and blocks it
+    while records are awaited with a timeout."""
+
+    EXIT_GRACE = 5.0  # seconds a worker whose output ended (or that is done) may take to exit before it is killed
+
+    def __init__(self, process: subprocess.Popen, workers: Workers) -> None:
+        self.process, self.workers = process, workers
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr_tail: deque[str] = deque(maxlen=20)
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+
+    @classmethod
+    def launch(cls, jobs: list[dict], command: list[str] | None, cwd: str | None,
+               workers: Workers) -> "WorkerProcess | None":
+        """Start a worker on the jobs (None when ``workers`` was stopped)."""
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["GRADAUDIT_SUITE_PID"] = str(os.getpid())  # the worker dies with this process (Linux)
+        process = workers.start(list(command or WORKER_COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd=cwd, env=env, start_new_session=True)
+        if process is None:
+            return None
+        payload = json.dumps(jobs[0] if len(jobs) == 1 else jobs)  # one job: the plain object, as ever
+        threading.Thread(target=cls._feed, args=(process, payload), daemon=True).start()
+        return cls(process, workers)
+
+    @staticmethod
+    def _feed(process: subprocess.Popen, payload: str) -> None:
+        try:
+            process.stdin.write(payload)
+            process.stdin.close()
+        except OSError:  # it died before reading: how it ended says why
+            pass
+
+    def _read_stdout(self) -> None:
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)  # end of output: the worker ended
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            if line.strip():
+                self.stderr_tail.append(line)
+
+    def read_records(self, job: dict, timeout: float) -> tuple[list[SuiteRecord], str | None]:
+        """The records of the job in progress, once there is one for each of its orders: ``(records, None)``;
+        where the worker hangs past ``timeout`` (it is killed) or ends first: ``(the records it gave, why)``."""
+        wanted, records = set(orders_of(job)), []
+        deadline = time.monotonic() + timeout
+        while not wanted <= {record.order for record in records}:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                _kill_group(self.process)
+                return records, f"timed out after {_fmt_seconds(timeout)} s"
+            if line is None:
+                return records, self.how_it_ended()
+            records += _parse_records(line)
+        return records, None
+
+    def how_it_ended(self) -> str:
+        """Why a worker whose output ended gave no more records (its exit, and its last stderr line)."""
+        if not self.exited_within(self.EXIT_GRACE):
+            _kill_group(self.process)
+            return "the worker closed its output without a record"
+        self._stderr_reader.join(timeout=1.0)  # a grandchild may hold stderr open: do not wait for it
+        return _how_it_ended(self.process.returncode, "".join(self.stderr_tail))
+
+    def exited_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the worker to exit; whether it did."""
+        try:
+            self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Kill the worker's process group if it still runs, and forget it."""
+        try:
+            if self.process.poll() is None:
+                _kill_group(self.process)
+            self.process.wait()
+        finally:
+            self.workers.done(self.process)
 
 
 def missing_orders(job: dict, records: list[SuiteRecord], why: str, seconds: float = 0.0) -> list[SuiteRecord]:
@@ -144,36 +247,81 @@ def _fmt_seconds(value: float) -> str:
 
 # ---------------------------------------------------------------------------------------------- local, serial
 def run_pending(pending: list[dict], executor: str, count: int | None, running: Workers, timeout: float,
-                address: str | None, command: list[str] | None, settle: Settle, early: Early) -> None:
-    """Run the jobs not already known on the chosen executor, settling each job's records as it finishes."""
+                address: str | None, command: list[str] | None, settle: Settle, early: Early,
+                jobs_per_worker: int = 1) -> None:
+    """Run the jobs not already known on the chosen executor, ``jobs_per_worker`` to a worker process, settling
+    each job's records as it finishes."""
+    batches = make_batches(pending, jobs_per_worker)
     if executor == "serial":
-        for job in pending:
-            settle(job, early(job) or run_job_in_subprocess(job, timeout, command, workers=running))
+        for batch in batches:
+            for job, records in run_batch(batch, timeout, command, running, early):
+                settle(job, records)
     elif executor == "local":
-        run_locally(pending, count, running, timeout, command, settle, early)
+        run_locally(batches, count, running, timeout, command, settle, early)
     else:
-        run_on_ray(pending, timeout, address, count, settle, early, command)
+        run_on_ray(batches, timeout, address, count, settle, early, command)
 
 
-def run_locally(pending: list[dict], count: int | None, running: Workers, timeout: float,
+def make_batches(jobs: list[dict], size: int) -> list[list[dict]]:
+    """The jobs in batches of ``size``, in order, each of one backend: a process holds one backend's runtime
+    (and an ONNX export before XLA's first use breaks XLA's backward in that process)."""
+    by_backend: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_backend.setdefault(job["backend"], []).append(job)
+    return [same[i:i + size] for same in by_backend.values() for i in range(0, len(same), max(size, 1))]
+
+
+def run_batch(batch: list[dict], timeout: float, command: list[str] | None, running: Workers,
+              early: Early) -> Iterator[tuple[dict, list[SuiteRecord]]]:
+    """(job, records) for each job of a batch: those known already (``early``) at once, the rest as their
+    worker finishes them."""
+    to_run = []
+    for job in batch:
+        known = early(job)
+        if known is None:
+            to_run.append(job)
+        else:
+            yield job, known
+    yield from run_batch_in_subprocess(to_run, timeout, command, workers=running)
+
+
+def run_locally(batches: list[list[dict]], count: int | None, running: Workers, timeout: float,
                 command: list[str] | None, settle: Settle, early: Early) -> None:
-    """``count`` jobs at once (default: the CPU count), each worker with its share of the CPU threads."""
+    """``count`` worker processes at once (default: the CPU count), each with its share of the CPU threads, one
+    batch each; every job's records are settled here, in the calling thread, as soon as its worker gives them."""
     count = count or os.cpu_count() or 1
     threads = max(1, (os.cpu_count() or 1) // count)
+    finished: queue.Queue = queue.Queue()  # (job, records) as they come; None when a batch is over
 
-    def one(job: dict) -> tuple[dict, list[SuiteRecord]]:
-        return job, early(job) or run_job_in_subprocess(job | {"threads": threads}, timeout, command,
-                                                        workers=running)
+    def one(batch: list[dict]) -> None:
+        try:
+            for job, records in run_batch([job | {"threads": threads} for job in batch], timeout, command,
+                                          running, early):
+                finished.put((job, records))
+        finally:
+            finished.put(None)
     pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="gradaudit-suite")
     try:
-        futures = [pool.submit(one, job) for job in pending]
-        for future in as_completed(futures):
-            settle(*future.result())
+        futures = [pool.submit(one, batch) for batch in batches]
+        for item in _until_every_batch_is_over(finished, len(futures)):
+            settle(*item)
+        for future in futures:
+            future.result()  # a pool thread's own exception, if any
     except BaseException:
         running.stop()  # before the pool waits for its threads: they are waiting for these workers
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _until_every_batch_is_over(finished: queue.Queue, batches: int) -> Iterator[tuple]:
+    over = 0
+    while over < batches:
+        item = finished.get()
+        if item is None:
+            over += 1
+        else:
+            yield item
 
 
 # ---------------------------------------------------------------------------------------------- ray
@@ -191,13 +339,15 @@ _remote_cache: dict = {}
 
 
 def _remote_runner(ray):
-    """A Ray task that runs the same worker subprocess as the local executors, on whichever node gets it."""
+    """A Ray generator task that runs the same worker subprocess as the local executors on a batch, on
+    whichever node gets it, and streams each job's records back as the job finishes."""
     if "runner" not in _remote_cache:
         @ray.remote(num_cpus=1, max_retries=0)
-        def run_remote(job: dict, timeout: float, command: list[str] | None) -> list[SuiteRecord]:
-            from gradaudit.suite.executors import run_job_in_subprocess as run_there
+        def run_remote(jobs: list[dict], timeout: float, command: list[str] | None):
+            from gradaudit.suite.executors import run_batch_in_subprocess as run_there
 
-            return run_there(job, timeout, command)
+            for _job, records in run_there(jobs, timeout, command):
+                yield records
         _remote_cache["runner"] = run_remote
     return _remote_cache["runner"]
 
@@ -214,45 +364,63 @@ def _start_ray(ray, address: str | None) -> bool:
     return True
 
 
-def run_on_ray(jobs: list[dict], timeout: float, address: str | None, workers: int | None,
+def run_on_ray(batches: list[list[dict]], timeout: float, address: str | None, workers: int | None,
                settle: Settle, early: Early, command: list[str] | None = None) -> None:
-    """A Ray task per job, at most ``workers`` (default: the cluster's CPUs) in flight."""
+    """A Ray task per batch, at most ``workers`` (default: the cluster's CPUs) in flight; each job's records
+    are settled as the task streams them back."""
     ray = import_ray()
     started_here = _start_ray(ray, address)
     try:
         runner = _remote_runner(ray)
         limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         threads = 1 if workers is None else max(1, (os.cpu_count() or 1) // limit)
-        waiting = list(jobs)
-        in_flight: dict = {}
+        waiting = list(batches)
+        in_flight: dict = {}  # a task's generator -> the jobs of its batch not settled yet
         while waiting or in_flight:
             while waiting and len(in_flight) < limit:
-                job = waiting.pop(0)
-                known = early(job)
-                if known is not None:
-                    settle(job, known)
-                    continue
-                # The subprocess command runs on the node: default to that node's python (None).
-                in_flight[runner.remote(job | {"threads": threads}, timeout, command)] = job
+                batch = [job for job in waiting.pop(0) if not _settled_early(job, early, settle)]
+                if batch:  # the subprocess command runs on the node: default to that node's python (None)
+                    in_flight[runner.remote([job | {"threads": threads} for job in batch], timeout, command)] = batch
             if in_flight:
-                _settle_one_ray_task(ray, in_flight, settle)
+                _settle_from_ray(ray, in_flight, settle)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _settle_one_ray_task(ray, in_flight: dict, settle: Settle) -> None:
-    """Wait for a task to finish and settle its records (error records where the task itself failed)."""
+def _settled_early(job: dict, early: Early, settle: Settle) -> bool:
+    """Settle a job whose records are known without running it; whether it was."""
+    known = early(job)
+    if known is not None:
+        settle(job, known)
+    return known is not None
+
+
+def _settle_from_ray(ray, in_flight: dict, settle: Settle) -> None:
+    """Wait for a task to stream a job's records and settle them (error records for the rest of its batch
+    where the task itself failed)."""
     try:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
     except KeyboardInterrupt:
-        for ref in in_flight:  # kills the Ray worker; its job's subprocess dies with it (die_with_parent)
-            ray.cancel(ref, force=True)
+        for task in in_flight:  # kills the Ray worker; its job's subprocess dies with it (die_with_parent)
+            ray.cancel(task, force=True)
         raise
-    for ref in ready:
-        job = in_flight.pop(ref)
+    for task in ready:
         try:
-            records = ray.get(ref)
+            records = ray.get(next(task))
+        except StopIteration:  # the task ended without them: cannot happen unless the runner is broken
+            _settle_rest(in_flight.pop(task), "the ray task ended without records", settle)
+            continue
         except Exception as exc:  # the Ray task itself failed (node lost, ...)
-            records = missing_orders(job, [], f"ray task failed: {type(exc).__name__}: {first_line(exc)}"[:400])
-        settle(job, records)
+            _settle_rest(in_flight.pop(task), f"ray task failed: {type(exc).__name__}: {first_line(exc)}"[:400],
+                         settle)
+            continue
+        batch = in_flight[task]
+        settle(batch.pop(0), records)
+        if not batch:
+            in_flight.pop(task)
+
+
+def _settle_rest(batch: list[dict], why: str, settle: Settle) -> None:
+    for job in batch:
+        settle(job, missing_orders(job, [], why))

@@ -1,5 +1,6 @@
-"""What a suite will run: the zoo's cases that match, on each backend, grouped into jobs (one case on one backend,
-its orders in one worker process)."""
+"""What a suite will run: the zoo's cases that match (or one shard of them), on each backend, grouped into jobs
+(one case on one backend, its orders in one worker process); with ``compare``, each backend's jobs compare it
+against eager float64 on CPU instead of checking it on its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,10 +65,41 @@ def zoo_spec_for_workers(spec: str) -> str:
     return spec
 
 
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` (or ``(K, N)``) as ``(K, N)`` with 1 <= K <= N; None for no sharding. Anything else is a
+    one-line AuditError."""
+    if shard is None or shard == "":
+        return None
+    try:
+        index, count = (int(part) for part in (shard.split("/") if isinstance(shard, str) else shard))
+    except (TypeError, ValueError):
+        raise AuditError(f"shard must be K/N with integers 1 <= K <= N, got {shard!r}") from None
+    if count < 1 or not 1 <= index <= count:
+        raise AuditError(f"shard must be K/N with 1 <= K <= N, got {index}/{count}")
+    return index, count
+
+
+def in_shard(cases: list, shard: tuple[int, int] | None) -> list:
+    """The K-th of N deterministic slices of the cases: those at positions i with i % N == K - 1."""
+    if shard is None:
+        return cases
+    index, count = shard
+    return [case for position, case in enumerate(cases) if position % count == index - 1]
+
+
+def planned_backends(backends: list[str], compare: bool) -> list[str]:
+    """The backends that get jobs: with ``compare``, eager is the reference, audited on its own only when it
+    is the one backend listed (eager in the suite's dtype against eager float64)."""
+    if compare and len(set(backends)) > 1:
+        return [b for b in backends if b != "eager"]
+    return backends
+
+
 def plan(zoo_spec: str, backends: Iterable[str], orders: Iterable[int] = (1, 2), only=None,
-         seed: int = 0, dtype: str | None = None) -> Plan:
-    """The jobs of a suite; refuses bad orders, no backends, an unknown backend and a selection of no case
-    before anything runs."""
+         seed: int = 0, dtype: str | None = None, compare: bool = False,
+         shard: str | tuple[int, int] | None = None) -> Plan:
+    """The jobs of a suite; refuses bad orders, no backends, an unknown backend, a bad shard and a selection
+    of no case before anything runs."""
     from gradaudit.registry import get_backend
     from gradaudit.suite.zoos import load_zoo
 
@@ -79,9 +111,15 @@ def plan(zoo_spec: str, backends: Iterable[str], orders: Iterable[int] = (1, 2),
         raise AuditError("no backends given")
     for name in backends:  # an unknown name is a typo, not a backend to skip: refuse before the first job
         get_backend(name)
+    shard = parse_shard(shard)
     spec = zoo_spec_for_workers(zoo_spec)
-    cases = [c for c in load_zoo(spec) if matches(c.name, only)]
-    if not cases:
+    selected = [c for c in load_zoo(spec) if matches(c.name, only)]
+    if not selected:
         raise AuditError(f"no case of zoo {zoo_spec} matches {only!r}" if only else f"zoo {zoo_spec} is empty")
-    jobs = [make_job(spec, case.name, backend, orders, seed, dtype) for case in cases for backend in backends]
+    cases = in_shard(selected, shard)
+    if not cases:
+        raise AuditError(f"shard {shard[0]}/{shard[1]} holds no case (only {len(selected)} selected)")
+    extra = {"compare": True} if compare else {}
+    jobs = [make_job(spec, case.name, backend, orders, seed, dtype, **extra)
+            for case in cases for backend in planned_backends(backends, compare)]
     return Plan(spec, cases, jobs)

@@ -2,7 +2,8 @@
 
 ``SuiteRecord.to_dict()`` is the record of the suite's JSON (``zoo``, ``case``, ``backend``, ``order``, ``seed``,
 ``dtype``, ``module``, ``status``, ``reason``, ``report``, ``seconds``; ``torch_known`` for cases of PyTorch's own
-databases and ``resumed`` for records taken from a results directory, only where they apply).
+databases, ``resumed`` for records taken from a results directory and ``compare`` for records of a cross-backend
+suite, only where they apply).
 ``SuiteRecord.from_dict()`` reads it back, tolerantly (old or hand-written files: a missing or unknown status is an
 error, a missing order is 1)."""
 from __future__ import annotations
@@ -72,6 +73,7 @@ class SuiteRecord:
     module: str | None = None
     torch_known: list[str] | None = None
     resumed: bool = False
+    compare: bool = False  # compared against eager float64 (``gradaudit suite --compare``), not checked alone
 
     @classmethod
     def of_job(cls, job: dict, order: int, status: SuiteStatus | str, reason: str | None,
@@ -79,7 +81,8 @@ class SuiteRecord:
         """The record of one order of a suite job (``{"zoo", "case", "backend", "seed", "dtype", ...}``)."""
         return cls(case=job.get("case"), backend=job.get("backend", "eager"), order=order,
                    status=SuiteStatus(status), reason=reason, report=report, seconds=seconds, zoo=job.get("zoo"),
-                   seed=int(job.get("seed", 0) or 0), dtype=job.get("dtype"), module=module)
+                   seed=int(job.get("seed", 0) or 0), dtype=job.get("dtype"), module=module,
+                   compare=bool(job.get("compare")))
 
     @property
     def cell(self) -> tuple[str, str, int]:
@@ -87,7 +90,7 @@ class SuiteRecord:
         return self.case, self.backend, self.order
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON record (``torch_known`` and ``resumed`` only where they apply)."""
+        """The JSON record (``torch_known``, ``resumed`` and ``compare`` only where they apply)."""
         data = {"zoo": self.zoo, "case": self.case, "backend": self.backend, "order": self.order,
                 "seed": self.seed, "dtype": self.dtype, "module": self.module, "status": self.status.value,
                 "reason": self.reason, "report": self.report, "seconds": self.seconds}
@@ -95,6 +98,8 @@ class SuiteRecord:
             data["torch_known"] = self.torch_known
         if self.resumed:
             data["resumed"] = True
+        if self.compare:
+            data["compare"] = True
         return data
 
     @classmethod
@@ -108,7 +113,8 @@ class SuiteRecord:
                    order=_int(data.get("order"), 1), status=status, reason=data.get("reason"),
                    report=data.get("report") or None, seconds=_seconds(data.get("seconds")), zoo=data.get("zoo"),
                    seed=_int(data.get("seed"), 0), dtype=data.get("dtype"), module=data.get("module"),
-                   torch_known=data.get("torch_known"), resumed=bool(data.get("resumed")))
+                   torch_known=data.get("torch_known"), resumed=bool(data.get("resumed")),
+                   compare=bool(data.get("compare")))
 
 
 def _int(value: Any, default: int) -> int:

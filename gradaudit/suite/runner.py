@@ -1,9 +1,10 @@
-"""Audit suites: every case of a zoo on several backends and orders, each case isolated in its own process.
+"""Audit suites: every case of a zoo on several backends and orders, each case isolated in a worker process (its own,
+or one it shares with the next jobs of its batch).
 
 ``run_suite("torch.nn", ["eager", "xla", "onnx"])`` returns one record per (case, backend, order), as the dicts
 of :class:`~gradaudit.suite.records.SuiteRecord`. The pieces: :mod:`~gradaudit.suite.plan` (which jobs),
-:mod:`~gradaudit.suite.executors` (where they run: serial, local, ray), :mod:`~gradaudit.suite.worker` (one job in
-its own process), :mod:`~gradaudit.suite.store` (records reused across runs with ``results_dir``).
+:mod:`~gradaudit.suite.executors` (where they run: serial, local, ray), :mod:`~gradaudit.suite.worker` (jobs in
+a process of their own), :mod:`~gradaudit.suite.store` (records reused across runs with ``results_dir``).
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ class SuiteRun:
     def key(self, job: dict, order: int) -> dict:
         """The store key of one order of a job."""
         return record_key(self.plan.spec, job["case"], job["backend"], order, job.get("seed", 0),
-                          job.get("dtype"), self.versions[job["backend"]], self.zoo_sha256)
+                          job.get("dtype"), self.versions[job["backend"]], self.zoo_sha256,
+                          compare=bool(job.get("compare")))
 
     def finish(self, job: dict, record: SuiteRecord) -> None:
         """Keep a record (and store it, unless it came from the store), then report progress."""
@@ -103,35 +105,42 @@ class SuiteRun:
         return [self.results[cell].to_dict() for cell in cells if cell in self.results]
 
 
-def _check_arguments(executor: str, timeout: float | None, workers: int | None) -> None:
+def _check_arguments(executor: str, timeout: float | None, workers: int | None, jobs_per_worker: int) -> None:
     if executor not in EXECUTORS:
         raise AuditError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if timeout is None or timeout <= 0:
         raise AuditError(f"timeout must be positive, got {timeout}")
     if workers is not None and workers < 1:
         raise AuditError(f"workers must be at least 1, got {workers}")
+    if not isinstance(jobs_per_worker, int) or jobs_per_worker < 1:
+        raise AuditError(f"jobs per worker must be an integer of at least 1, got {jobs_per_worker!r}")
 
 
 def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Iterable[int] = (1, 2),
               executor: str = "local", workers: int | None = None, timeout: float = 120,
               results_dir: str | os.PathLike | None = None, address: str | None = None,
               progress: Callable[[dict, int, int], None] | None = None, only=None, seed: int = 0,
-              dtype: str | None = None, command: list[str] | None = None) -> list[dict]:
+              dtype: str | None = None, command: list[str] | None = None, compare: bool = False,
+              shard: str | tuple[int, int] | None = None, jobs_per_worker: int = 1) -> list[dict]:
     """Audit every case of a zoo on each backend at each order; one record (a dict) per (case, backend, order).
 
     ``only`` keeps cases whose name contains one of its substrings (comma-separated or a list; or a predicate
-    on the name). ``progress`` is called as ``progress(record, done, total)`` after each record. Orders a case
-    does not support give ``skip`` records without running anything; so do jobs on a backend a worker found
-    unusable. With ``results_dir``, records are stored and a re-run reuses those whose key still matches
-    (editing the zoo's file, or changing a version, seed or dtype, runs the jobs again)."""
-    _check_arguments(executor, timeout, workers)
-    suite = SuiteRun(plan(zoo_spec, list(backends), orders, only, seed, dtype),
+    on the name); ``shard`` (``"K/N"``) keeps the K-th of N slices of those (positions i with i % N == K - 1).
+    With ``compare``, each case is compared against eager float64 on CPU on each backend (eager is the
+    reference: it gets jobs only when it is the one backend). ``progress`` is called as
+    ``progress(record, done, total)`` after each record. Orders a case does not support give ``skip`` records
+    without running anything; so do jobs on a backend a worker found unusable. ``jobs_per_worker`` jobs run in
+    turn in one worker process (a worker's start costs seconds; an audit of one op less than one). With
+    ``results_dir``, records are stored and a re-run reuses those whose key still matches (editing the zoo's
+    file, or changing a version, seed, dtype or ``compare``, runs the jobs again)."""
+    _check_arguments(executor, timeout, workers, jobs_per_worker)
+    suite = SuiteRun(plan(zoo_spec, list(backends), orders, only, seed, dtype, compare, shard),
                      ResultStore(results_dir) if results_dir else None, progress)
     pending = suite.pending()
     try:
         if pending:
             run_pending(pending, executor, workers, suite.running, timeout, address, command, suite.settle,
-                        suite.skipped_early)
+                        suite.skipped_early, jobs_per_worker)
     except KeyboardInterrupt:
         suite.running.stop()  # at once: a worker's timeout can be minutes
         raise SuiteInterrupted(suite.ordered(), suite.plan.total) from None

@@ -1,6 +1,6 @@
 """The result store: each record on disk under a key of everything it depends on, so that a re-run reuses the
-records whose key still matches (the zoo's source and the case, backend, order, seed and dtype, and the versions
-of gradaudit, torch and the backend's packages)."""
+records whose key still matches (the zoo's source and the case, backend, order, seed and dtype, whether the suite
+compared against eager float64, and the versions of gradaudit, torch and the backend's packages)."""
 from __future__ import annotations
 
 import hashlib
@@ -51,13 +51,18 @@ def zoo_digest(spec: str) -> str | None:
 
 
 def record_key(zoo: str, case: str, backend: str, order: int, seed: int, dtype: str | None,
-               versions: dict | None = None, zoo_sha256: str | None = None) -> dict:
-    """Everything a record depends on."""
+               versions: dict | None = None, zoo_sha256: str | None = None, compare: bool = False) -> dict:
+    """Everything a record depends on. A compare run's key says so (a checked record is never resumed as a
+    compared one, nor the reverse); a check run's key has no ``compare`` entry, so results stored before it
+    existed still resume."""
     from gradaudit import __version__
 
-    return {"zoo": zoo, "zoo_sha256": zoo_sha256, "case": case, "backend": backend, "order": order, "seed": seed,
-            "dtype": dtype, "gradaudit": __version__, "torch": package_version("torch"),
-            "backend_versions": versions if versions is not None else backend_versions(backend)}
+    key = {"zoo": zoo, "zoo_sha256": zoo_sha256, "case": case, "backend": backend, "order": order, "seed": seed,
+           "dtype": dtype, "gradaudit": __version__, "torch": package_version("torch"),
+           "backend_versions": versions if versions is not None else backend_versions(backend)}
+    if compare:
+        key["compare"] = True
+    return key
 
 
 def key_digest(key: dict) -> str:
@@ -78,7 +83,8 @@ class ResultStore:
 
     def path(self, key: dict) -> Path:
         """The file of a key: readable names, then the key's hash."""
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{key['case']}-{key['backend']}")
+        mode = "-compare" if key.get("compare") else ""
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{key['case']}-{key['backend']}{mode}")
         return self.directory / f"{safe[:80]}-o{key['order']}-{key_digest(key)}.json"
 
     def load(self, key: dict) -> SuiteRecord | None:

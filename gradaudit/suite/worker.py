@@ -1,14 +1,16 @@
-"""One isolated suite job: ``python -m gradaudit.suite.worker`` reads a JSON job on stdin, audits one zoo case on one
-backend, and prints one JSON record per order on stdout (one line each, flushed as soon as it is known, so a
-crash at order 2 still leaves the order-1 record).
+"""Isolated suite jobs: ``python -m gradaudit.suite.worker`` reads a JSON job, or a JSON list of jobs, on stdin,
+audits each zoo case on its backend in order, and prints one JSON record per order on stdout (one line each,
+flushed as soon as it is known, so a crash at order 2 still leaves the order-1 record, and a crash in the third
+job of a list leaves the records of the first two).
 
 Job: ``{"zoo": SPEC, "case": NAME, "backend": "eager", "order": 1 | "orders": [1, 2], "seed": 0,
-"dtype": null, "mode": "auto", "probes": 3, "threads": null}``.
+"dtype": null, "mode": "auto", "probes": 3, "threads": null, "compare": false}``. With ``"compare": true`` the
+case is compared against eager float64 on CPU (``gradaudit.compare``) instead of checked on its backend alone.
 
 Record: :class:`~gradaudit.suite.records.SuiteRecord` as a dict (``case``, ``backend``, ``order``, ``status``,
 ``reason``, ``report``, ``seconds``, ``zoo``, ``module``, ``seed``, ``dtype``, and ``torch_known`` for cases of
-PyTorch's own databases). ``skip``: the backend is not usable here or does not support the case; ``error``: the
-audit could not run for another reason (one-line ``reason``).
+PyTorch's own databases, ``compare`` for compared ones). ``skip``: the backend is not usable here or does not
+support the case; ``error``: the audit could not run for another reason (one-line ``reason``).
 """
 from __future__ import annotations
 
@@ -18,11 +20,17 @@ import re
 import sys
 import time
 import traceback
-from typing import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable
 
 from gradaudit.outcome import as_audit_error, exit_call, exits_raise
 from gradaudit.suite.plan import orders_of, unsupported_order
 from gradaudit.suite.records import SuiteRecord, SuiteStatus, exception_line
+
+if TYPE_CHECKING:
+    from gradaudit.case import Case
+    from gradaudit.report import Report
+    from gradaudit.suite.zoos import ZooCase
 
 # What a backend or the audit cannot do is raised as errors.Unsupported and classified by its type. Torch's own
 # messages for what it cannot do (an op without a derivative formula, an op or dtype it does not support) come as
@@ -93,10 +101,8 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
             import torch
 
             torch.set_num_threads(int(job["threads"]))
-        from gradaudit.suite.zoos import find_case
-
         with exits_raise():  # importing the zoo runs the user's code too
-            zoo_case = find_case(job["zoo"], job["case"])
+            zoo_case = find_zoo_case(job["zoo"], job["case"])
     except BaseException as exc:  # noqa: B036 - a worker only ever answers with records
         status, reason = _classified(exc)
         for order in orders:
@@ -111,6 +117,25 @@ def run_job(job: dict, emit: Callable[[dict], None]) -> None:
             record.seconds = round(time.perf_counter() - began + setup, 3)
             setup = 0.0  # the imports and the zoo count once, toward the first order audited
         emit(record.to_dict())
+
+
+@lru_cache(maxsize=8)
+def zoo_cases(spec: str) -> dict:
+    """A zoo's cases by name, loaded once per worker process: the jobs of a batch share it (loading torch's op
+    database takes seconds)."""
+    from gradaudit.suite.zoos import load_zoo
+
+    return {case.name: case for case in load_zoo(spec)}
+
+
+def find_zoo_case(spec: str, name: str) -> "ZooCase":
+    """The zoo case a job names (a one-line AuditError where the zoo has none)."""
+    from gradaudit.errors import AuditError
+
+    case = zoo_cases(spec).get(name)
+    if case is None:
+        raise AuditError(f"zoo {spec} has no case {name!r}")
+    return case
 
 
 def audit_order(zoo_case, order: int, job: dict) -> SuiteRecord:
@@ -145,8 +170,19 @@ def torch_already_knows(zoo_case, record: SuiteRecord) -> None:
 
 
 def audit(zoo_case, order: int, job: dict) -> tuple[SuiteStatus, str | None, dict]:
-    """Audit the case at one order: (status, reason, the report's dict), pictures attached to localized faults."""
-    import gradaudit
+    """Audit the case at one order: (status, reason, the report's dict). A job with ``compare`` compares the
+    backend against eager float64; a checked one gets pictures attached to its localized faults."""
+    case = build_case(zoo_case)
+    compared = bool(job.get("compare"))
+    report = compare_audit(zoo_case, case, order, job) if compared else check_audit(case, order, job)
+    status, reason = status_of(report)
+    if status == SuiteStatus.FAIL and not compared and job.get("localize", True):
+        attach_pictures(case, report, _seed(job))
+    return status, reason, report.to_dict()
+
+
+def build_case(zoo_case: "ZooCase") -> "Case":
+    """The gradaudit.Case of a zoo case (its factory's exits and exceptions become one AuditError)."""
     from gradaudit.case import case_from_tuple
     from gradaudit.errors import AuditError
 
@@ -159,14 +195,29 @@ def audit(zoo_case, order: int, job: dict) -> tuple[SuiteStatus, str | None, dic
         raise AuditError(f"the factory of {zoo_case.name} {what}") from exc
     case = case_from_tuple(built, zoo_case.name)
     case.name = zoo_case.name
-    seed = int(job.get("seed", 0) or 0)
-    report = gradaudit.check(case, backend=job.get("backend", "eager"), order=order, dtype=job.get("dtype"),
-                             seed=seed, mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
+    return case
+
+
+def _seed(job: dict) -> int:
+    return int(job.get("seed", 0) or 0)
+
+
+def check_audit(case: "Case", order: int, job: dict) -> "Report":
+    """gradaudit.check of the case on the job's backend: the Report."""
+    import gradaudit
+
+    return gradaudit.check(case, backend=job.get("backend", "eager"), order=order, dtype=job.get("dtype"),
+                           seed=_seed(job), mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
+                           localize=bool(job.get("localize", True)))
+
+
+def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "Report":
+    """gradaudit.compare of the case on the job's backend against eager float64 on CPU: the Report."""
+    import gradaudit
+
+    return gradaudit.compare(case, backends=(job.get("backend", "eager"),), order=order, dtype=job.get("dtype"),
+                             seed=_seed(job), probes=int(job.get("probes", 3)),
                              localize=bool(job.get("localize", True)))
-    status, reason = status_of(report)
-    if status == SuiteStatus.FAIL and job.get("localize", True):
-        attach_pictures(case, report, seed)
-    return status, reason, report.to_dict()
 
 
 def attach_pictures(case, report, seed: int) -> None:
@@ -225,9 +276,7 @@ def main() -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     try:
-        job = json.loads(sys.stdin.read())
-        if not isinstance(job, dict) or "zoo" not in job or "case" not in job:
-            raise ValueError("a job is a JSON object with at least 'zoo' and 'case'")
+        jobs = read_jobs(sys.stdin.read())
     except ValueError as exc:
         print(f"gradaudit.suite.worker: bad job: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -236,9 +285,19 @@ def main() -> int:
         records.write(json.dumps(record, default=str) + "\n")
         records.flush()
 
-    run_job(job, emit)
+    for job in jobs:
+        run_job(job, emit)
     records.close()
     return 0
+
+
+def read_jobs(text: str) -> list[dict]:
+    """The jobs of the worker's input: one JSON job object, or a JSON list of them (ValueError otherwise)."""
+    data = json.loads(text)
+    jobs = data if isinstance(data, list) else [data]
+    if not jobs or not all(isinstance(job, dict) and "zoo" in job and "case" in job for job in jobs):
+        raise ValueError("a job is a JSON object with at least 'zoo' and 'case' (or a list of them)")
+    return jobs
 
 
 if __name__ == "__main__":

@@ -29,11 +29,12 @@ class Stats:
     forward_evals: int = 0
     backward_evals: int = 0
     compilations: int = 0
+    compile_seconds: float = 0.0  # of the wall time, how much went to compiling (XLA) or exporting (ONNX)
 
     def to_dict(self) -> dict:
         """The report's ``stats`` keys."""
         return {"forward_evals": self.forward_evals, "backward_evals": self.backward_evals,
-                "compilations": self.compilations}
+                "compilations": self.compilations, "compile_seconds": round(self.compile_seconds, 4)}
 
 
 @dataclass

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import torch
 
 from gradaudit.case import Case, PreparedCase, call_failed, flatten_outputs
-from gradaudit.errors import AuditError, BackendFailure
+from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.backends.base import Availability, Backend, Capabilities, Program
 from gradaudit.rng import RngSnapshot
 
@@ -57,7 +57,8 @@ class EagerProgram(Program):
         # element as a divergence. Eager itself cannot be differentiated there.
         for name, out in zip(self.output_names, first.values if self.capabilities.reference else []):
             if not torch.isfinite(out.detach().cpu()).all():  # on the CPU: no device graph for a check
-                raise AuditError(f"{prepared.label} produced NaN or Inf in {name}")
+                raise Unsupported(f"{prepared.label} produced NaN or Inf in {name}: eager cannot differentiate it "
+                                  "there")
 
     def _call_case(self, values, first: bool = False):
         """The case's raw output with the leaves replaced by ``values`` (RNG and buffers reset first); on the
@@ -71,7 +72,7 @@ class EagerProgram(Program):
             raise
         except Exception as exc:
             if first and not self.capabilities.reference:  # eager ran it (or will say so): the device fails
-                raise BackendFailure(self.device, "the forward", exc) from exc
+                raise backend_failure(self.device, "the forward", exc) from exc
             if first:
                 raise call_failed(exc) from exc
             raise

@@ -19,6 +19,7 @@ import contextlib
 import io
 import math
 import os
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -241,6 +242,7 @@ def export_graph(prepared: PreparedCase, keep: list[bool], values: list[torch.Te
                  providers: list[str], stats: Stats) -> _Exported:
     """The case exported with every leaf as a graph input (in ``precision``; counted in ``stats``), and its
     onnxruntime session."""
+    started = time.perf_counter()
     wrapper = _LeafFunction(prepared.private_copy(precision), keep)  # the exporter may touch the module
     with preserved_rng(cuda=False):
         try:
@@ -264,7 +266,9 @@ def export_graph(prepared: PreparedCase, keep: list[bool], values: list[torch.Te
         raise Unsupported(f"the exported graph of {prepared.label} reads {', '.join(frozen)} as constants, not as "
                           "the graph inputs the audit perturbs (torch.export did not route "
                           "torch.func.functional_call to them); the onnx backend cannot check this module")
-    return _Exported(model, _session(model, providers), graph_inputs, graph_outputs, case_names)
+    session = _session(model, providers)
+    stats.compile_seconds += time.perf_counter() - started
+    return _Exported(model, session, graph_inputs, graph_outputs, case_names)
 
 
 def _session(model, providers: list[str]):

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from gradaudit.case import Case, PreparedCase, prepare_case
-from gradaudit.errors import AuditError, Unsupported
+from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.outcome import one_line
 from gradaudit.backends.base import Availability, Backend, Capabilities, Stats
 from gradaudit.backends.eager import EagerProgram
@@ -118,21 +118,29 @@ class _Ledger:
         self.metrics = metrics
         self.owner: XlaProgram | None = None
         self.compiles, self.fallbacks = self._read()
+        self.compile_ns = self._compile_ns()
 
     def _read(self) -> tuple[int, dict[str, int]]:
         names = self.metrics.counter_names()
         fallbacks = {n: self.metrics.counter_value(n) or 0 for n in names if n.startswith("aten::")}
         return self.metrics.counter_value("UncachedCompile") or 0, fallbacks
 
+    def _compile_ns(self) -> float:
+        """Nanoseconds torch-xla spent compiling so far (its ``CompileTime`` metric's accumulator)."""
+        data = self.metrics.metric_data("CompileTime") if "CompileTime" in self.metrics.metric_names() else None
+        return float(data[1]) if data else 0.0
+
     def settle(self) -> None:
         compiles, fallbacks = self._read()
+        compile_ns = self._compile_ns()
         if self.owner is not None:
+            self.owner._compile_seconds += (compile_ns - self.compile_ns) / 1e9
             self.owner._compilations += compiles - self.compiles
             for name, count in fallbacks.items():
                 if count > self.fallbacks.get(name, 0) and name not in MACHINERY_FALLBACKS:
                     self.owner._fallbacks[name] = self.owner._fallbacks.get(name, 0) + count - \
                         self.fallbacks.get(name, 0)
-        self.compiles, self.fallbacks = compiles, fallbacks
+        self.compiles, self.fallbacks, self.compile_ns = compiles, fallbacks, compile_ns
 
     def switch(self, program: "XlaProgram | None") -> None:
         if program is not self.owner:
@@ -166,6 +174,15 @@ class XlaStats(Stats):
     def compilations(self, value: int) -> None:
         pass  # counted by the ledger; Stats.__init__ assigns the default
 
+    @property
+    def compile_seconds(self) -> float:  # type: ignore[override]
+        self._program._settle()
+        return self._program._compile_seconds
+
+    @compile_seconds.setter
+    def compile_seconds(self, value: float) -> None:
+        pass  # timed by the ledger, like compilations
+
 
 @contextmanager
 def _quiet(logger_name: str):
@@ -197,6 +214,7 @@ class XlaProgram(EagerProgram):
         # Everything close() needs exists before EagerProgram.__init__ loads the case (which may fail).
         self._xla = xla
         self._compilations = 0
+        self._compile_seconds = 0.0
         self._fallbacks: dict[str, int] = {}
         self._ledger = _the_ledger(xla)
         self._closed = False
@@ -252,7 +270,12 @@ class XlaProgram(EagerProgram):
         finally:
             self._set_seed(self._user_seed)  # whoever loads next (a float64 shadow) sees the user's state
         tensors = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor)]
-        self._sync(tensors + [t for t in map(_tangent, tensors) if t is not None])
+        try:  # compiling and running happen here, not in the case's code
+            self._sync(tensors + [t for t in map(_tangent, tensors) if t is not None])
+        except Exception as exc:
+            if first:
+                raise backend_failure(self.device, "the forward", exc) from exc
+            raise
         return output
 
     # -- XLA specifics --------------------------------------------------------------------------------------

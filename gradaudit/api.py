@@ -146,7 +146,7 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     chosen = [usable_backend(b) for b in backends]
     started = time.perf_counter()
     checks, findings, skipped = [], [], []
-    stats = {"forward_evals": 0, "backward_evals": 0, "compilations": 0}
+    stats = {"forward_evals": 0, "backward_evals": 0, "compilations": 0, "compile_seconds": 0.0}
     with same_rng_for_each_program() as rewind:
         with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
             refuse_random_ops(reference)

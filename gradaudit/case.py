@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
-from gradaudit.errors import AuditError
+from gradaudit.errors import AuditError, Unsupported
 from gradaudit.outcome import first_line, one_line as _one_line
 from gradaudit.rng import preserved_rng
 
@@ -285,7 +285,7 @@ def choose_leaves(case: Case) -> LeafChoice:
         chosen_inputs = [name for name, _ in inputs if name in selected]
     for name, value in inputs:
         if name in chosen_inputs and value.layout != torch.strided:
-            raise AuditError(f"{name} is a {str(value.layout).replace('torch.', '')} tensor; gradaudit "
+            raise Unsupported(f"{name} is a {str(value.layout).replace('torch.', '')} tensor; gradaudit "
                              "differentiates dense tensors only (pass it dense, or leave it out with wrt=)")
     return LeafChoice(chosen_parameters, chosen_inputs)
 
@@ -478,7 +478,7 @@ def prepare_case(case: Case, dtype: torch.dtype | None = None, device: str | tor
     leaves += [Leaf(name, inputs.values[slot].detach().clone(), "input")
                for name, slot in zip(inputs.names, inputs.slots)]
     if not leaves:
-        raise AuditError("nothing to differentiate: no floating-point or complex tensor in args/kwargs "
+        raise Unsupported("nothing to differentiate: no floating-point or complex tensor in args/kwargs "
                          "and no trainable parameter")
     for leaf in leaves:
         if torch.isnan(leaf.value).any():

@@ -14,7 +14,7 @@ from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.numerics import eps_of, model_error_of
 from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
 from gradaudit.core.probe import Numerics, ProbeSpace
-from gradaudit.errors import AuditError, BackendFailure
+from gradaudit.errors import AuditError, BackendFailure, Unsupported
 from gradaudit.isolation import annotate_isolated
 from gradaudit.backends.base import Program
 from gradaudit.report import Check, Finding
@@ -169,5 +169,5 @@ def refuse_random_ops(reference) -> None:
 
     op = random_op(reference)
     if op is not None:
-        raise AuditError(f"the case draws random numbers ({op}) and every backend draws its own; "
+        raise Unsupported(f"the case draws random numbers ({op}) and every backend draws its own; "
                          "compare it in eval mode")

@@ -1,4 +1,5 @@
 """Errors that mean "the audit could not run" (CLI exit code 2), as opposed to gradient problems."""
+import re
 
 
 class AuditError(ValueError):
@@ -24,3 +25,17 @@ class BackendFailure(AuditError):
         text = first_line(cause) or kind
         self.cause = (text if kind.startswith("_") else f"{kind}: {text}")[:400]  # (a private wrapper's name says nothing)
         super().__init__(f"{what} on {device} raised {self.cause}")
+
+
+# How torch and its backends say an op or dtype is missing (rather than failing on it).
+MISSING_ON_BACKEND = re.compile(r"Could not run '.*' with arguments from the|Type not supported|"
+                                r"derivative for .* is not implemented|is not implemented for|not supported on")
+
+
+def backend_failure(device: str, what: str, exc: Exception) -> AuditError:
+    """The error for ``exc`` raised by a backend: :class:`Unsupported` where it says an op or dtype is missing
+    there (a skip with its reason), else a :class:`BackendFailure`."""
+    failure = BackendFailure(device, what, exc)
+    if isinstance(exc, NotImplementedError) or MISSING_ON_BACKEND.search(failure.cause):
+        return Unsupported(f"{what} on {device}: {failure.cause}")
+    return failure

@@ -135,3 +135,38 @@ def test_the_cli_reports_a_backend_error_with_exit_1_and_no_traceback(tmp_path):
     assert result.exit_code == 1, result.output
     assert "backend_error" in result.output and "planted device failure" in result.output
     assert "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------- real torch-xla 2.9.0 behaviours
+def test_complex_results_are_compared_despite_the_lossy_complex_copy_to_the_host():
+    # torch-xla 2.9 drops the imaginary parts when a complex tensor is copied to the CPU; results travel as
+    # their real view, so a correct complex op agrees.
+    pairs = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    report = gradaudit.compare(torch.view_as_complex, (pairs,), backends=["xla"], order=2)
+    assert report.ok, report
+    assert not errors(report)
+
+
+def test_a_float64_derivative_a_float32_constant_away_is_a_divergence():
+    # XLA's hardsigmoid backward multiplies by 1/6 in float32: 3e-8 relative, beyond sqrt(float64 eps).
+    x = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)
+    report = gradaudit.compare(torch.nn.functional.hardsigmoid, (x,), backends=["xla"])
+    (finding,) = errors(report)
+    assert finding.kind == "backward_divergence" and finding.order == 1
+
+
+def test_gradient_gaps_within_sqrt_eps_of_the_scale_are_precision_loss_warnings():
+    # XLA's float64 eigh iterates to about 1e-9: less accurate than LAPACK, not wrong.
+    a = torch.tensor([[2.0, 0.3, -0.1], [0.3, 1.0, 0.4], [-0.1, 0.4, -1.5]], dtype=torch.float64)
+    report = gradaudit.compare(torch.linalg.eigvalsh, (a,), backends=["xla"])
+    assert report.ok, report
+    for finding in report.findings:
+        assert finding.severity == "warning" and finding.details["relative_to_scale"] < 1.5e-8
+
+
+def test_second_derivatives_that_cancel_to_zero_keep_the_first_order_scale():
+    # copysign's second derivative is 0 everywhere; XLA computes about 1e-17 of rounding instead.
+    x = torch.tensor([1.5, -0.3, 2.0], dtype=torch.float64)
+    y = torch.tensor([-1.0, 2.0, -0.5], dtype=torch.float64)
+    report = gradaudit.compare(torch.copysign, (x, y), backends=["xla"], order=2)
+    assert report.ok, report

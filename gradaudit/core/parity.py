@@ -14,11 +14,11 @@ import torch
 
 from gradaudit.core.checks import Settings
 from gradaudit.core.findings import backend_error_finding, fault_finding, to_check
-from gradaudit.core.kinds import CheckStatus, FaultKind
+from gradaudit.core.kinds import CheckStatus, FaultKind, Severity
 from gradaudit.core.probe import Outcome
 from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
 from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
-from gradaudit.errors import BackendFailure, Unsupported
+from gradaudit.errors import BackendFailure, Unsupported, backend_failure
 from gradaudit.report import Check, Finding
 
 T = TypeVar("T")
@@ -33,19 +33,22 @@ def _cpu(tensor: torch.Tensor) -> torch.Tensor:
 
 def on_backend(program: "Program", what: str, run: Callable[[], T]) -> T:
     """``run()``, which calls only into ``program`` and brings its results to the CPU (on a lazy backend
-    such as XLA that is where compiling and running happen): anything it raises, other than what the backend
-    says it cannot do, is the backend failing where eager float64 ran, a :class:`BackendFailure`."""
+    such as XLA that is where compiling and running happen): anything it raises is the backend failing where
+    eager float64 ran, a :class:`BackendFailure`, unless it is the backend saying it lacks the op or dtype."""
     try:
         return run()
     except (Unsupported, BackendFailure):
         raise
     except Exception as exc:
-        raise BackendFailure(program.device, what, exc) from exc
+        raise backend_failure(program.device, what, exc) from exc
 
 
 def results_on_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """A program's results on the CPU in their own dtype (a dtype mismatch is itself a divergence)."""
-    return [t.detach().cpu() for t in tensors]
+    """A program's results on the CPU in their own dtype (a dtype mismatch is itself a divergence). Complex
+    results travel as their real view: torch-xla 2.9's device-to-host copy of a complex tensor drops the
+    imaginary parts (see docs/crossbackend), a transfer defect that would hide what the ops computed."""
+    return [torch.view_as_complex(torch.view_as_real(t.detach().resolve_conj()).cpu()) if t.is_complex()
+            and t.device.type != "cpu" else t.detach().cpu() for t in tensors]
 
 
 def expected_dtype(reference_output: torch.Tensor, native_dtype: torch.dtype) -> torch.dtype:
@@ -100,8 +103,9 @@ def compare_elementwise(order: int, name: str, method: str, native: torch.Tensor
         worst = int(torch.argmax(gaps / tolerance))
         a, b = _cpu(native).reshape(-1)[worst], _cpu(reference).reshape(-1)[worst]
         outcome.absorb(float(a), float(b), float(tolerance[worst]))
-        if math.isinf(float(gaps[worst])):
-            outcome.excess = outcome.abs_err = outcome.rel_err = math.inf
+        gap = float(gaps[worst])
+        if gap == 0.0 or math.isinf(gap):  # (NaN on both sides agrees; on one side it never does)
+            outcome.excess = outcome.abs_err = outcome.rel_err = gap
     check = _check(order, name, method, outcome, native_dtype, worst)
     if not check.ok and not math.isfinite(check.max_abs_err):
         check.mismatch = f"{_describe(a)} where eager float64 gives {_describe(b)} at element {worst}"
@@ -221,7 +225,9 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
     def like(cotangent, tensors):
         return [c.to(device=t.device, dtype=t.dtype) for c, t in zip(cotangent, tensors)]
 
-    checks, findings = [], []
+    # Derivatives that cancel to zero everywhere (copysign's second, softmin's) keep rounding of the terms they
+    # are computed from: the floor of each order's tolerance is the largest value computed before it.
+    checks, findings, previous_scale = [], [], largest(y_reference)
     pairs = [(f_native, f_reference, y_reference, y_native)]
     if settings.order >= 2:
         v = [rademacher_like(y, generator) for y in y_reference]
@@ -238,20 +244,50 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
             except BackendFailure as failure:  # the orders before it keep their checks
                 findings.append(backend_error_finding(f_n.order, failure))
                 break
-        order_checks = order_parity_checks(f_n.order, method, names, g_native, g_reference, native.dtype, noise)
+        order_checks = order_parity_checks(f_n.order, method, names, g_native, g_reference, native.dtype, noise,
+                                           previous_scale)
+        own_scale = largest(g_reference) or previous_scale
+        previous_scale = max(previous_scale, own_scale)
         checks += order_checks
         failing = [c for c in order_checks if not c.ok]
         if failing:
-            findings.append(parity_finding(f_n.order, method, failing, native))
+            finding = parity_finding(f_n.order, method, failing, native)
+            if method == "backend_parity" and all(c.max_abs_err <= precision_limit(native.dtype) * own_scale
+                                                  for c in failing):
+                excuse_as_precision_loss(finding, failing, own_scale)
+            findings.append(finding)
     return checks, findings
 
 
+def precision_limit(dtype: torch.dtype) -> float:
+    """Gaps relative to the scale up to which a backend is only less accurate than eager: sqrt(eps)."""
+    return eps_of(dtype) ** 0.5
+
+
+def excuse_as_precision_loss(finding: Finding, failing: list[Check], scale: float) -> None:
+    """A gradient gap within sqrt(eps) of the derivatives' scale (XLA's float64 eigh and svd iterate to about
+    1e-9): the backend is less accurate, not wrong. A warning; the checks pass with status precision_loss."""
+    worst = max(c.max_abs_err for c in failing)
+    finding.severity = Severity.WARNING
+    finding.message = (f"loses precision against eager float64 ({worst / max(scale, 1e-300):.2g} of the "
+                       f"derivatives' scale, within sqrt(eps)): " + finding.message)
+    finding.details["relative_to_scale"] = worst / max(scale, 1e-300)
+    for check in failing:
+        check.ok, check.status = True, "precision_loss"
+
+
+def largest(tensors: list[torch.Tensor]) -> float:
+    """The largest finite magnitude among the tensors (0 for none)."""
+    return max((float(finite_abs(t).max()) for t in tensors if t.numel()), default=0.0)
+
+
 def order_parity_checks(order: int, method: str, names: list[str], native: list[torch.Tensor],
-                        reference: list[torch.Tensor], native_dtype: torch.dtype, noise: float) -> list[Check]:
+                        reference: list[torch.Tensor], native_dtype: torch.dtype, noise: float,
+                        previous_scale: float = 0.0) -> list[Check]:
     """One check per leaf. Like rounding, the tolerance floor is relative to the largest gradient: an entry
     that cancels to zero in float64 (a bias before batch norm) keeps float32 noise of the whole computation's
-    scale."""
-    scale = max((float(finite_abs(b).max()) for b in reference if b.numel()), default=0.0)
+    scale; ``previous_scale`` (the largest output or lower-order derivative) floors it further."""
+    scale = max(largest(reference), previous_scale)
     checks = [compare_elementwise(order, name, method, a, b, native_dtype,
                                   lambda size: ROUNDING_FACTOR * noise * (size + scale))
               for name, a, b in zip(names, native, reference)]

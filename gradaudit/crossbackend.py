@@ -4,6 +4,8 @@ op is found by ``analyzers.divergence``. Used by ``gradaudit.compare`` and by ``
 other than eager."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from gradaudit.core.checks import Auditor, Settings
@@ -17,6 +19,7 @@ from gradaudit.core.probe import Numerics, ProbeSpace
 from gradaudit.errors import AuditError, BackendFailure, Unsupported
 from gradaudit.isolation import annotate_isolated
 from gradaudit.backends.base import Program
+from gradaudit.registry import usable_backend
 from gradaudit.report import Check, Finding
 
 
@@ -105,7 +108,43 @@ def compare_backend(backend, case, reference: Program, settings: Settings, dtype
         return [], [backend_error_finding(0, failure)], [], {}
     with program:
         checks, findings, notes = compare_program(program, reference, settings, localize)
+        if program.dtype != torch.float64 and divergences_to_explain(findings):
+            annotate_isolated("same-precision triage", findings, notes, [program, reference], lambda: excuse_precision(
+                program, reference, settings, checks, findings, lambda: usable_backend("eager").load(
+                    case, "cpu", program.dtype)))
         return checks, findings, notes, program.stats.to_dict()
+
+
+def divergences_to_explain(findings: list[Finding]) -> list[Finding]:
+    """Error divergences of values (not of form) that the program's lower precision might explain."""
+    return [f for f in findings if f.severity == Severity.ERROR and not f.details.get("mismatch")
+            and f.kind in (FaultKind.FORWARD_DIVERGENCE, FaultKind.BACKWARD_DIVERGENCE)]
+
+
+def excuse_precision(program: Program, reference: Program, settings: Settings, checks: list[Check],
+                     findings: list[Finding], load_eager: Callable[[], Program]) -> None:
+    """A float32 program that parts from eager float64 the way eager itself does in float32 (a product that
+    underflows, a loss that rounds to 0, finite differences in float32 stepping over a staircase) shows its
+    precision, not the backend: those divergences become warnings and their checks ``precision_loss``."""
+    with load_eager() as eager:
+        if program.capabilities.autograd:
+            same = forward_checks(program, eager)[0] + parity_checks(program, eager, settings, "backend_parity")[0]
+            explained = {order for order in (0, 1, 2) if all(c.ok for c in same if c.order == order)}
+        else:  # finite differences of eager in the same precision: do they fail the same way?
+            explained = {0} if all(c.ok for c in forward_checks(program, eager)[0]) else set()
+            model_error = model_error_of(forward_checks(eager, reference)[1], eps_of(eager.dtype))
+            eager_findings = Auditor(reference, settings, None, numeric=eager, model_error=model_error).run()[1]
+            explained |= {f.order for f in eager_findings if f.kind in FAULTS and f.severity == Severity.ERROR}
+    dtype = str(program.dtype).replace("torch.", "")
+    for finding in divergences_to_explain(findings):
+        if finding.order in explained:
+            finding.severity = Severity.WARNING
+            finding.details["precision"] = f"eager {dtype} parts from eager float64 the same way"
+            finding.message = (f"{dtype} precision, not the backend (eager {dtype} parts from float64 the same "
+                               f"way): " + finding.message)
+            for check in checks:
+                if check.order == finding.order and not check.ok:
+                    check.ok, check.status = True, "precision_loss"
 
 
 def on_backend_load(backend, case, dtype: torch.dtype | None) -> Program:

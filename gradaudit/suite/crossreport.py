@@ -1,0 +1,158 @@
+"""The report of a cross-backend suite (``gradaudit suite ZOO --compare``) as Markdown: per backend and dtype, which
+cases diverge in the forward, in the gradient, in the second derivative, which the backend does not support, which
+crash it, which only lose precision or differ at a kink, with each divergence's localized op and its repro.
+
+Each case's records (one per order) are folded into one row under the most serious category any order gave:
+gradaudit error > backend crash > forward > gradient > second derivative > unsupported > precision > kink > pass.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gradaudit.suite.records import SuiteRecord, SuiteStatus, as_record, one_line
+
+# (key, heading), most serious first: a case is listed under the first that any of its records falls in.
+CATEGORIES = [
+    ("gradaudit_error", "gradaudit errors (the audit itself failed; must be empty)"),
+    ("backend_crash", "Backend crashes (the backend raised or died where eager float64 runs)"),
+    ("forward", "Forward divergences"),
+    ("gradient", "Gradient divergences (order 1)"),
+    ("second", "Second-derivative divergences (order 2 only)"),
+    ("unsupported", "Unsupported on the backend (skipped, with the reason)"),
+    ("precision", "Precision loss (within sqrt(eps) of the result's scale: less accurate, not wrong)"),
+    ("kink", "Kink conventions (another one-sided derivative at a non-differentiable point)"),
+    ("pass", "Pass"),
+]
+SEVERITY = {key: rank for rank, (key, _) in enumerate(CATEGORIES)}
+DIVERGENCES = ("backend_crash", "forward", "gradient", "second")
+
+
+def category(record: SuiteRecord) -> str:
+    """Which category one record falls in."""
+    if record.status == SuiteStatus.SKIP:
+        return "unsupported"
+    if record.status == SuiteStatus.ERROR:
+        reason = record.reason or ""
+        return "backend_crash" if reason.startswith(("crashed:", "timed out")) else "gradaudit_error"
+    findings = (record.report or {}).get("findings", [])
+    errors = [f for f in findings if f.get("severity") == "error"]
+    kinds = {(f.get("kind"), f.get("order")) for f in errors}
+    if any(kind == "backend_error" for kind, _ in kinds):
+        return "backend_crash"
+    if any(kind == "forward_divergence" for kind, _ in kinds):
+        return "forward"
+    if any(order == 1 for kind, order in kinds if kind == "backward_divergence"):
+        return "gradient"
+    if errors:
+        return "second"
+    warnings = {f.get("kind") for f in findings}
+    if any(f.get("status") == "precision_loss" for f in (record.report or {}).get("checks", [])) or \
+            "forward_divergence" in warnings or "backward_divergence" in warnings:
+        return "precision"
+    return "kink" if "nondifferentiable_point" in warnings else "pass"
+
+
+@dataclass
+class CaseRow:
+    """One case of the table: its category, the record that put it there and every record's category."""
+
+    case: str
+    category: str = "pass"
+    record: SuiteRecord | None = None
+    orders: dict[int, str] = field(default_factory=dict)
+
+
+def case_rows(records: list) -> list[CaseRow]:
+    """One row per case (in the order the records came), under the most serious category of its orders."""
+    rows: dict[str, CaseRow] = {}
+    for record in map(as_record, records):
+        row = rows.setdefault(record.case, CaseRow(record.case))
+        kind = category(record)
+        row.orders[record.order] = kind
+        if row.record is None or SEVERITY[kind] < SEVERITY[row.category]:
+            row.category, row.record = kind, record
+    return list(rows.values())
+
+
+def main_finding(record: SuiteRecord) -> dict:
+    """The finding that names the record's category (the first error, else the first warning), or {}."""
+    findings = (record.report or {}).get("findings", [])
+    return next((f for f in findings if f.get("severity") == "error"), findings[0] if findings else {})
+
+
+def what_happened(record: SuiteRecord) -> str:
+    """One line: the main finding's message, else the record's reason."""
+    finding = main_finding(record)
+    text = finding.get("message") or record.reason or ""
+    return one_line(text, 300).replace("|", "\\|")
+
+
+def localized(record: SuiteRecord) -> str:
+    """Where the divergence was localized: op (autograd node) at module, source."""
+    finding = main_finding(record)
+    parts = [finding.get("op") or "", f"({finding['node']})" if finding.get("node") and
+             finding.get("node") != finding.get("op") else ""]
+    return " ".join(p for p in parts if p) or "-"
+
+
+def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> str:
+    """The repro's file (written under ``repro_dir``) and whether running it showed the divergence."""
+    details = main_finding(record).get("details", {})
+    code = details.get("repro")
+    if not code:
+        return "-"
+    confirmed = {True: "confirmed", False: "not confirmed"}.get(details.get("repro_confirmed"),
+                                                                  f"did not run: {details.get('repro_confirmed')}")
+    if repro_dir is None:
+        return confirmed
+    name = repro_file_name(record.case)
+    repro_dir.mkdir(parents=True, exist_ok=True)
+    (repro_dir / name).write_text(code)
+    return f"[{name}]({link_base}{name}) {confirmed}"
+
+
+def repro_file_name(case: str) -> str:
+    return case.replace("[sample ", "-sample").replace("]", "").replace("/", "_") + ".py"
+
+
+def render_markdown(records: list, title: str, preamble: str = "", repro_dir: Path | None = None,
+                    link_base: str = "") -> str:
+    """The cross-backend report: a summary of how many cases fall in each category, then a table per
+    category (the passing cases as one list)."""
+    rows = case_rows(records)
+    by_category: dict[str, list[CaseRow]] = defaultdict(list)
+    for row in rows:
+        by_category[row.category].append(row)
+    lines = [f"# {title}", "", preamble.strip(), "", "| category | cases |", "|---|---:|"]
+    lines += [f"| {heading.split(' (')[0]} | {len(by_category[key])} |" for key, heading in CATEGORIES]
+    lines += [f"| **total** | **{len(rows)}** |", ""]
+    for key, heading in CATEGORIES:
+        found = by_category[key]
+        if not found:
+            continue
+        lines += [f"## {heading}: {len(found)}", ""]
+        if key == "pass":
+            lines += [", ".join(f"`{row.case}`" for row in found), ""]
+            continue
+        with_repro = key in DIVERGENCES
+        lines += ["| case | orders | what | localized op | repro |" if with_repro else "| case | orders | what |",
+                  "|---|---|---|---|---|" if with_repro else "|---|---|---|"]
+        for row in found:
+            orders = ", ".join(f"{order}: {kind}" for order, kind in sorted(row.orders.items()))
+            cells = [f"`{row.case}`", orders, what_happened(row.record)]
+            if with_repro:
+                cells += [localized(row.record), repro_cell(row.record, repro_dir, link_base)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def timing(records: list) -> dict[str, float]:
+    """Seconds the records took in all, and how much of it their backends spent compiling (XLA) or
+    exporting (ONNX), from the reports' ``stats.compile_seconds``."""
+    records = [as_record(r) for r in records]
+    total = sum(r.seconds for r in records)
+    compiling = sum(float((r.report or {}).get("stats", {}).get("compile_seconds", 0.0) or 0.0) for r in records)
+    return {"seconds": round(total, 1), "compile_seconds": round(compiling, 1), "run_seconds": round(total - compiling, 1)}

@@ -1,0 +1,215 @@
+"""Standalone repros of cross-backend divergences of ``torch.ops`` cases: a few lines of Python a backend engineer
+can paste into a bug report. The script rebuilds the sample from torch's own op database (seeded exactly as the
+zoo draws it), runs the op on eager float64 and on the backend, and prints, per phase (forward, gradient, second
+derivative), how far the backend's results are from eager's, ending in one ``verdict:`` line.
+
+:func:`confirm` runs a repro the way a user would (its own process) and reads that verdict back.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from gradaudit.suite.zoos.torch_ops import SEED
+
+# The comparison the repros share, kept in the script itself so that it runs without gradaudit. Relative to
+# each result's largest finite magnitude; another shape or dtype, or NaN on one side only, always diverges.
+_COMPARE = '''
+def gap(got, expected, what):
+    """Largest |got - expected| relative to expected's scale; inf for another form or NaN on one side."""
+    if len(got) != len(expected):
+        print(f"{what}: {len(got)} results, eager has {len(expected)}")
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(got, expected):
+        # Complex results come back as their real view: torch-xla 2.9 drops imaginary parts copying to the host.
+        a, b = [torch.view_as_real(t.detach().resolve_conj()).cpu() if t.is_complex() else t.detach().cpu()
+                for t in (a, b)]
+        if a.shape != b.shape or (a.dtype != b.dtype and b.dtype != torch.float64):
+            print(f"{what}: {tuple(a.shape)} {a.dtype} on the backend, {tuple(b.shape)} {b.dtype} on eager")
+            return float("inf")
+        a, b = a.double(), b.double()
+        both = (a.isnan() & b.isnan()) | (a.isinf() & (a == b))
+        diff = torch.where(both, torch.zeros_like(a), (a - b).abs()).nan_to_num(nan=float("inf"), posinf=float("inf"))
+        scale = b.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().max().item() if b.numel() else 0.0
+        worst = max(worst, (diff.max().item() if diff.numel() else 0.0) / (scale or 1.0))
+    print(f"{what}: largest gap {worst:.3g} of the result's scale")
+    return worst
+'''
+
+_SAMPLE = '''
+op = next(o for o in op_db if (o.name, o.variant_test_name) == ({name!r}, {variant!r}))
+random.seed({seed}); numpy.random.seed({seed}); torch.manual_seed({seed})
+sample = next(itertools.islice(op.sample_inputs("cpu", torch.float64, requires_grad=True), {index}, None))
+
+
+def prepared(device, dtype):
+    """The sample's arguments on ``device``, floating tensors in ``dtype``, and the ones torch differentiates."""
+    def move(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        moved = t.detach().to(device, dtype if t.is_floating_point() else t.dtype)
+        return moved.requires_grad_(t.requires_grad)
+    args, kwargs = tree_map(move, ([sample.input, *sample.args], sample.kwargs))
+    return args, kwargs, [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def outputs(args, kwargs):
+    out = sample.output_process_fn_grad(op.gradcheck_wrapper(op.get_op(), *args, **kwargs))
+    return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+'''
+
+_AUTOGRAD_RUN = '''
+def run(device, dtype):
+    """Forward, gradient (seeded ±1 cotangents) and second derivative on ``device``."""
+    args, kwargs, leaves = prepared(device, dtype)
+    outs = outputs(args, kwargs)
+    generator = torch.Generator().manual_seed(1)
+
+    def signs(tensors):  # ±1 cotangents (±1 ± 1j for complex results)
+        drawn = [torch.randint(0, 2, (*t.shape, 2) if t.is_complex() else t.shape, generator=generator) * 2.0 - 1
+                 for t in tensors]
+        return [(torch.view_as_complex(s) if t.is_complex() else s).to(t.device, t.dtype)
+                for s, t in zip(drawn, tensors)]
+    differentiable = [o for o in outs if o.requires_grad]
+    grads = torch.autograd.grad(differentiable, leaves, signs(differentiable), create_graph=True, allow_unused=True,
+                                materialize_grads=True) if differentiable and leaves else []
+    second = []
+    if {order} >= 2 and grads and any(g.requires_grad for g in grads):
+        second = torch.autograd.grad([g for g in grads if g.requires_grad], leaves,
+                                     signs([g for g in grads if g.requires_grad]), allow_unused=True,
+                                     materialize_grads=True)
+    return outs, list(grads), list(second)
+
+
+device = torch_xla.device()  # before the first backward: autograd sizes its device queues once
+expected = run("cpu", torch.float64)
+got = run(device, {dtype})
+'''
+
+_ONNX_RUN = '''
+class Op(torch.nn.Module):
+    """The op with the differentiated tensors as inputs, the way gradaudit exports it."""
+
+    def forward(self, *values):
+        args, kwargs, leaves = prepared("cpu", {dtype})
+        swap = dict(zip(map(id, leaves), values))
+        args, kwargs = tree_map(lambda t: swap.get(id(t), t), (args, kwargs))
+        return tuple(outputs(args, kwargs))
+
+
+def onnx_outputs(values):
+    feed = {{i.name: v.detach().numpy() for i, v in zip(session.get_inputs(), values)}}
+    return [torch.from_numpy(r) for r in session.run(None, feed)]
+
+
+_, _, leaves = prepared("cpu", {dtype})
+exported = torch.onnx.export(Op(), tuple(v.detach() for v in leaves), dynamo=True)
+session = onnxruntime.InferenceSession(exported.model_proto.SerializeToString())
+args, kwargs, eager_leaves = prepared("cpu", torch.float64)
+eager_outs = outputs(args, kwargs)
+got_outs = onnx_outputs([v.detach() for v in leaves])
+# The gradient along one seeded direction: onnxruntime by central differences, eager by autograd.
+generator = torch.Generator().manual_seed(1)
+direction = [torch.randn(v.shape, generator=generator, dtype=torch.float64) for v in eager_leaves]
+cotangent = [torch.randn(o.shape, generator=generator, dtype=torch.float64) for o in eager_outs]
+step = torch.finfo({dtype}).eps ** (1 / 3)
+shifted = lambda sign: onnx_outputs([(v.detach().double() + sign * step * u).to({dtype}) for v, u in zip(leaves, direction)])
+numerical = sum(((p.double() - m.double()) / (2 * step) * c).sum() for p, m, c in zip(shifted(1), shifted(-1), cotangent))
+grads = torch.autograd.grad(eager_outs, eager_leaves, cotangent, allow_unused=True, materialize_grads=True)
+analytical = sum((g * u).sum() for g, u in zip(grads, direction))
+expected = (eager_outs, [analytical.reshape(1)], [])
+got = (got_outs, [numerical.reshape(1)], [])
+'''
+
+_VERDICT = '''
+tolerance = 64 * torch.finfo({dtype}).eps
+forward = gap(got[0], expected[0], "forward")
+gradient = gap(got[1], expected[1], "gradient") if expected[1] else 0.0
+second = gap(got[2], expected[2], "second derivative") if expected[2] else 0.0
+drift = max(forward, torch.finfo({dtype}).eps)
+phases = [name for name, value, limit in (("forward", forward, tolerance), ("gradient", gradient, {gradient_limit}),
+                                           ("second derivative", second, {gradient_limit})) if not value <= limit]
+print("verdict:", "diverges in " + ", ".join(phases) if phases else "agrees")
+'''
+
+
+def op_repro(case_name: str, backend: str, dtype: str | None, order: int, seed: int = SEED) -> str | None:
+    """The repro script of a ``torch.ops`` case (``NAME[.VARIANT][sample K]``) on ``backend`` (xla or onnx),
+    or None for another backend or case name."""
+    full_name, _, rest = case_name.partition("[sample ")
+    if not rest.endswith("]") or backend not in ("xla", "onnx"):
+        return None
+    from gradaudit.suite.zoos.torch_ops import find_op
+
+    op = find_op(full_name)
+    fields = {"name": op.name, "variant": op.variant_test_name, "seed": seed, "index": int(rest[:-1]),
+              "order": order, "device": "xla", "dtype": f"torch.{dtype or 'float64'}"}
+    # Gradients inherit the forward's drift, like gradaudit's own parity tolerance; finite differences in
+    # onnxruntime's precision carry an error of about eps^(2/3) on top.
+    fields["gradient_limit"] = ("64 * max(drift, torch.finfo({dtype}).eps) + 64 * torch.finfo({dtype}).eps ** (2 / 3)"
+                                if backend == "onnx" else "64 * drift").format(**fields)
+    imports = ["import itertools", "import random", "", "import numpy", "import torch"]
+    imports += ["import torch_xla  # noqa: F401  (registers the xla device)"] if backend == "xla" else \
+        ["import onnxruntime"]
+    imports += ["from torch.testing._internal.common_methods_invocations import op_db  # pip install expecttest "
+                "hypothesis", "from torch.utils._pytree import tree_leaves, tree_map"]
+    header = (f"# gradaudit repro: {case_name} on {backend} ({dtype or 'float64'}) against eager float64 on the CPU, "
+              f"order {order}")
+    body = _AUTOGRAD_RUN if backend == "xla" else _ONNX_RUN
+    return "\n".join([header] + imports) + "\n" + _COMPARE + _SAMPLE.format(**fields) + body.format(**fields) + \
+        _VERDICT.format(**fields)
+
+
+def confirm(code: str, timeout: float = 300.0) -> tuple[bool | None, str]:
+    """Run a repro in a fresh Python process: (True if its verdict says it diverges, False if it agrees, None
+    if it did not run to a verdict; and its output's last lines, or how it ended: the exception's last line,
+    the signal that killed it)."""
+    import signal
+
+    env = dict(os.environ)
+    env.setdefault("PJRT_DEVICE", "CPU")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:g} s"
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    verdicts = [line for line in lines if line.startswith("verdict:")]
+    if verdicts:
+        return verdicts[-1].startswith("verdict: diverges"), "\n".join(lines[-4:])
+    if done.returncode < 0:
+        return None, f"killed by signal {-done.returncode} ({signal.Signals(-done.returncode).name})"
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    return None, (errors[-1] if errors else f"exit code {done.returncode}")[:400]
+
+
+def confirms_failure(output: str, exception: str) -> bool:
+    """Whether a repro that stopped without a verdict failed the way the audit saw the backend fail."""
+    message = exception.split(": ", 1)[-1][:80]
+    return bool(message) and message in output
+
+
+REPRO_KINDS = ("forward_divergence", "backward_divergence", "backend_error")
+
+
+def attach_repros(case_name: str, report, backend: str, dtype: str | None, order: int, seed: int = SEED,
+                  run: bool = True) -> None:
+    """Put the repro of a ``torch.ops`` case on each error divergence of a compare report
+    (``details.repro``), and, with ``run``, whether running it in a fresh process showed the divergence
+    (``details.repro_confirmed``: True, False, or why it did not run; ``details.repro_output``)."""
+    targets = [f for f in report.findings if f.severity == "error" and f.kind in REPRO_KINDS]
+    if not targets:
+        return
+    code = op_repro(case_name, backend, dtype, order, seed)
+    if code is None:
+        return
+    verdict, output = confirm(code) if run else (None, "not run")
+    for finding in targets:
+        if finding.kind == "backend_error":  # confirmed when the repro fails the same way
+            confirmed = run and verdict is None and confirms_failure(output, finding.details.get("exception", ""))
+        else:
+            confirmed = verdict if verdict is not None else output
+        finding.details["repro"] = code
+        finding.details["repro_confirmed"] = confirmed
+        finding.details["repro_output"] = output

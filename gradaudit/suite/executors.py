@@ -132,7 +132,8 @@ class WorkerProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["GRADAUDIT_SUITE_PID"] = str(os.getpid())  # the worker dies with this process (Linux)
         process = workers.start(list(command or WORKER_COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=cwd, env=env, start_new_session=True)
+                                stderr=subprocess.PIPE, text=True, errors="replace", cwd=cwd, env=env,
+                                start_new_session=True)  # errors: a runtime's odd bytes never stop a reader
         if process is None:
             return None
         payload = json.dumps(jobs[0] if len(jobs) == 1 else jobs)  # one job: the plain object, as ever
@@ -148,14 +149,16 @@ class WorkerProcess:
             pass
 
     def _read_stdout(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line)
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self.lines.put(line)
         self.lines.put(None)  # end of output: the worker ended
 
     def _read_stderr(self) -> None:
-        for line in self.process.stderr:
-            if line.strip():
-                self.stderr_tail.append(line)
+        with self.process.stderr:
+            for line in self.process.stderr:
+                if line.strip():
+                    self.stderr_tail.append(line)
 
     def read_records(self, job: dict, timeout: float) -> tuple[list[SuiteRecord], str | None]:
         """The records of the job in progress, once there is one for each of its orders: ``(records, None)``;

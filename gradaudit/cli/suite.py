@@ -82,6 +82,9 @@ def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) ->
 @json_option("all records as JSON")
 @click.option("--junit", "junit_path", type=OutputPath(), default=None, help="Write JUnit XML to PATH.")
 @click.option("--html", "html_path", type=OutputPath(), default=None, help="Write a static HTML report to PATH.")
+@click.option("--markdown", "markdown_path", type=OutputPath(), default=None,
+              help="With --compare: write the cross-backend report (cases by category, localized ops, repros "
+                   "under PATH's stem + '-repros/') to PATH.")
 @click.option("--only", default=None, help="Only cases whose name contains SUBSTRING (comma-separated: any).")
 @click.option("--compare", is_flag=True, default=False,
               help="Compare each case on each backend against eager float64 on CPU (eager is the reference: "
@@ -95,7 +98,8 @@ def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) ->
 @verbosity_options
 def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, address: str | None,
                   workers: int | None, timeout: float, results_dir: str | None, json_path: str | None,
-                  junit_path: str | None, html_path: str | None, only: str | None, compare: bool,
+                  junit_path: str | None, html_path: str | None, markdown_path: str | None, only: str | None,
+                  compare: bool,
                   shard: str | None, jobs_per_worker: int, seed: int, dtype: str | None, quiet: bool,
                   verbose: int) -> None:
     """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend.
@@ -107,6 +111,8 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
     outputs = (json_path, junit_path, html_path)
     try:
         orders = _int_list(order_list, "orders")
+        if markdown_path and not compare:
+            raise AuditError("--markdown writes the cross-backend report: it needs --compare")
         logger.info("suite %s on %s, orders %s, executor %s%s", zoo, ", ".join(backends), orders, executor,
                     ", compared against eager float64" if compare else "")
         records = run_suite(zoo, backends, orders, executor=executor, workers=workers, timeout=timeout,
@@ -129,6 +135,12 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
     code = EXIT_PROBLEM if counts["fail"] or counts["error"] else EXIT_OK
     with write_outputs(code if audited else EXIT_ERROR):
         write_reports(records, zoo, backends, orders, *outputs)
+        if markdown_path:
+            import sys
+
+            from gradaudit.suite.crossreport import write_markdown
+
+            write_markdown(records, markdown_path, zoo, backends, dtype, " ".join(["gradaudit"] + sys.argv[1:]))
         _summary(records, counts, to_stderr=json_path == "-", quiet=quiet)
         if not audited:
             click.echo(f"gradaudit: error: nothing was audited ({counts['error']} errors, {counts['skip']} "

@@ -7,6 +7,7 @@ gradaudit error > backend crash > forward > gradient > second derivative > unsup
 """
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,9 +98,28 @@ def localized(record: SuiteRecord) -> str:
     return " ".join(p for p in parts if p) or "-"
 
 
+def crashed_worker_repro(record: SuiteRecord) -> dict:
+    """For a record whose worker was killed by a signal: the op's repro, run once to see it die the same way
+    (the worker could not attach one)."""
+    from gradaudit.suite.zoos.op_repro import confirm, op_repro
+
+    reason = record.reason or ""
+    if record.zoo != "torch.ops" or not reason.startswith("crashed: signal"):
+        return {}
+    with warnings.catch_warnings():  # (building torch's op_db warns about beta features)
+        warnings.simplefilter("ignore")
+        code = op_repro(record.case, record.backend, record.dtype, record.order)
+    if code is None:
+        return {}
+    verdict, output = confirm(code)
+    signal = reason.split("(")[-1].rstrip(")") if "signal" in reason else None
+    return {"repro": code, "repro_output": output,
+            "repro_confirmed": bool(verdict is None and signal and signal in output) or output}
+
+
 def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> str:
     """The repro's file (written under ``repro_dir``) and whether running it showed the divergence."""
-    details = main_finding(record).get("details", {})
+    details = main_finding(record).get("details", {}) or crashed_worker_repro(record)
     code = details.get("repro")
     if not code:
         return "-"
@@ -150,9 +170,48 @@ def render_markdown(records: list, title: str, preamble: str = "", repro_dir: Pa
 
 
 def timing(records: list) -> dict[str, float]:
-    """Seconds the records took in all, and how much of it their backends spent compiling (XLA) or
-    exporting (ONNX), from the reports' ``stats.compile_seconds``."""
+    """Seconds the audits took (the reports' ``stats.seconds``), how much of it their backends spent compiling
+    (XLA) or exporting (ONNX) (``stats.compile_seconds``), and the records' seconds in all (with each worker's
+    start-up and the repro runs)."""
     records = [as_record(r) for r in records]
-    total = sum(r.seconds for r in records)
-    compiling = sum(float((r.report or {}).get("stats", {}).get("compile_seconds", 0.0) or 0.0) for r in records)
-    return {"seconds": round(total, 1), "compile_seconds": round(compiling, 1), "run_seconds": round(total - compiling, 1)}
+    stats = [(r.report or {}).get("stats", {}) for r in records]
+    audits = sum(float(s.get("seconds", 0.0) or 0.0) for s in stats)
+    compiling = sum(float(s.get("compile_seconds", 0.0) or 0.0) for s in stats)
+    return {"audit_seconds": round(audits, 1), "compile_seconds": round(compiling, 1),
+            "run_seconds": round(audits - compiling, 1), "record_seconds": round(sum(r.seconds for r in records), 1)}
+
+
+def versions() -> str:
+    """The versions the report was made with (torch and whichever backends are installed)."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("torch", "torch_xla", "onnxruntime", "onnx", "onnxscript", "gradaudit"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def write_markdown(records: list, path: str, zoo: str, backends: list[str], dtype: str | None,
+                   command: str) -> None:
+    """The cross-backend report at ``path``, its repros under ``<path stem>-repros/`` beside it."""
+    import datetime
+    import os
+
+    target = Path(path)
+    repro_dir = target.with_name(f"{target.stem}-repros")
+    spent = timing(records)
+    title = f"{zoo} on {', '.join(backends)} ({dtype or 'float64'}) against eager float64 on the CPU"
+    preamble = "\n".join([
+        f"Made with `{command}` on {datetime.date.today().isoformat()} ({os.cpu_count()} CPU cores).", "",
+        f"Versions: {versions()}.", "",
+        f"Time in the audits: {spent['audit_seconds']} s, of which {spent['compile_seconds']} s compiling (XLA) or "
+        f"exporting (ONNX) and {spent['run_seconds']} s running and comparing; {spent['record_seconds']} s with "
+        "the workers' start-up and the repro runs.", "",
+        "Each case is one sample of an op of PyTorch's `op_db`, compared at orders 1 and 2 (forward first) with "
+        "eager float64 on the CPU; a case is listed under the most serious thing any order showed. Repros are "
+        f"standalone scripts in [{repro_dir.name}/]({repro_dir.name}/), each run in a fresh process: "
+        "*confirmed* means running it showed the divergence (or the same crash)."])
+    target.write_text(render_markdown(records, title, preamble, repro_dir, f"{repro_dir.name}/"))

@@ -214,10 +214,17 @@ def check_audit(case: "Case", order: int, job: dict) -> "Report":
 def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "Report":
     """gradaudit.compare of the case on the job's backend against eager float64 on CPU: the Report."""
     import gradaudit
+    from gradaudit.suite.zoos.op_repro import attach_repros
 
-    return gradaudit.compare(case, backends=(job.get("backend", "eager"),), order=order, dtype=job.get("dtype"),
-                             seed=_seed(job), probes=int(job.get("probes", 3)),
-                             localize=bool(job.get("localize", True)))
+    backend = job.get("backend", "eager")
+    report = gradaudit.compare(case, backends=(backend,), order=order, dtype=job.get("dtype"), seed=_seed(job),
+                               probes=int(job.get("probes", 3)), localize=bool(job.get("localize", True)))
+    if job.get("zoo") == "torch.ops":  # a divergence of an op gets its repro, run in a process of its own
+        try:
+            attach_repros(zoo_case.name, report, backend, job.get("dtype"), order)
+        except Exception as exc:  # optional: the verdict stands without it
+            report.skipped.append({"what": "repro", "reason": f"{type(exc).__name__}: {one_line(exc)}"})
+    return report
 
 
 def attach_pictures(case, report, seed: int) -> None:

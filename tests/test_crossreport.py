@@ -64,7 +64,7 @@ def test_the_markdown_names_the_localized_op_and_writes_repros_only_where_they_e
     assert "shape [1, 3] where eager float64 gives [3]" in forward and "sum" in forward
     assert "`sin[sample 0]`" in text.split("## Pass")[1]
     assert not (tmp_path / "repros").exists()  # planted cases are not op_db ops: no repro to write
-    assert timing(records)["seconds"] >= timing(records)["compile_seconds"] >= 0
+    assert timing(records)["audit_seconds"] >= timing(records)["compile_seconds"] >= 0
 
 
 @pytest.mark.slow
@@ -78,3 +78,30 @@ def test_the_repro_of_a_real_torch_xla_divergence_shows_it_when_run():
     assert "diverges in gradient" in output
     agrees, output = confirm(op_repro("sin[sample 0]", "xla", None, 2))
     assert agrees is False, output
+
+
+def test_markdown_needs_compare(tmp_path):
+    from click.testing import CliRunner
+
+    from gradaudit.cli import main
+
+    result = CliRunner().invoke(main, ["suite", "torch.ops", "--markdown", str(tmp_path / "x.md")])
+    assert result.exit_code == 2 and "needs --compare" in result.output
+
+
+@pytest.mark.slow
+def test_a_cross_backend_suite_writes_its_report_with_confirmed_repros(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from gradaudit.cli import main
+
+    monkeypatch.setenv("GRADAUDIT_OPINFO_SAMPLES", "1")
+    report = tmp_path / "xla.md"
+    result = CliRunner().invoke(main, ["suite", "torch.ops", "--only", "nn.functional.elu[,sin[", "--backends",
+                                       "eager,xla", "--compare", "--orders", "1", "--markdown", str(report), "-q"])
+    assert result.exit_code == 1, result.output  # elu's gradient diverges on torch-xla 2.9.0
+    text = report.read_text()
+    elu = next(line for line in text.splitlines() if line.startswith("| `nn.functional.elu[sample 0]`"))
+    assert "aten.elu" in elu and "confirmed" in elu and "not confirmed" not in elu
+    assert (tmp_path / "xla-repros" / "nn.functional.elu-sample0.py").is_file()
+    assert "`sin[sample 0]`" in text.split("## Pass")[1]

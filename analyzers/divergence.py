@@ -80,7 +80,11 @@ def locate_divergence(program, reference, findings: list[Finding]) -> None:
         for finding in targets:
             finding.details["localization"] = {"error": f"{type(exc).__name__}: {exc}"}
         return
-    if divergence is None:
+    if divergence is None:  # no module to blame (a function, or the top module): name what the graph runs
+        if program.capabilities.node_modules:
+            exported = list(dict.fromkeys(op for _, op, _, _ in program.node_modules()))
+            for finding in targets:
+                finding.details["exported_ops"] = exported
         return
     for finding in targets:
         finding.module, finding.node, finding.op = divergence.module, divergence.node, divergence.op

@@ -108,6 +108,7 @@ def compare_backend(backend, case, reference: Program, settings: Settings, dtype
         return [], [backend_error_finding(0, failure)], [], {}
     with program:
         checks, findings, notes = compare_program(program, reference, settings, localize)
+        notes = list(program.notes) + notes  # (what loading changed: a graph run in float32 for want of kernels)
         if program.dtype != torch.float64 and divergences_to_explain(findings):
             annotate_isolated("same-precision triage", findings, notes, [program, reference], lambda: excuse_precision(
                 program, reference, settings, checks, findings, lambda: usable_backend("eager").load(

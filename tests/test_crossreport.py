@@ -105,3 +105,13 @@ def test_a_cross_backend_suite_writes_its_report_with_confirmed_repros(tmp_path,
     assert "aten.elu" in elu and "confirmed" in elu and "not confirmed" not in elu
     assert (tmp_path / "xla-repros" / "nn.functional.elu-sample0.py").is_file()
     assert "`sin[sample 0]`" in text.split("## Pass")[1]
+
+
+def test_an_onnx_graph_run_in_float32_for_want_of_kernels_is_unsupported_in_the_float64_report():
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    report = gradaudit.compare(torch.erf, (x,), backends=["onnx"])  # onnxruntime has no float64 Erf
+    status, reason = status_of(report)
+    record = SuiteRecord(case="erf[sample 0]", backend="onnx", order=1, status=status, reason=reason,
+                         report=report.to_dict())
+    assert category(record) == "unsupported"
+    assert "NOT_IMPLEMENTED" in render_markdown([record.to_dict()], "onnx float64")

@@ -30,9 +30,18 @@ SEVERITY = {key: rank for rank, (key, _) in enumerate(CATEGORIES)}
 DIVERGENCES = ("backend_crash", "forward", "gradient", "second")
 
 
+def lower_precision_fallback(record: SuiteRecord) -> str | None:
+    """Why an exported graph ran in a lower precision than asked (onnxruntime lacks a float64 kernel), if it did:
+    in a float64 report, such a case is unsupported in float64 (its float32 verdict belongs to the float32 one)."""
+    for note in (record.report or {}).get("skipped", []):
+        if note.get("what", "").endswith("onnx float64"):
+            return note.get("reason")
+    return None
+
+
 def category(record: SuiteRecord) -> str:
     """Which category one record falls in."""
-    if record.status == SuiteStatus.SKIP:
+    if record.status == SuiteStatus.SKIP or lower_precision_fallback(record):
         return "unsupported"
     if record.status == SuiteStatus.ERROR:
         reason = record.reason or ""
@@ -86,15 +95,20 @@ def main_finding(record: SuiteRecord) -> dict:
 def what_happened(record: SuiteRecord) -> str:
     """One line: the main finding's message, else the record's reason."""
     finding = main_finding(record)
-    text = finding.get("message") or record.reason or ""
+    text = lower_precision_fallback(record) or finding.get("message") or record.reason or ""
     return one_line(text, 300).replace("|", "\\|")
 
 
 def localized(record: SuiteRecord) -> str:
-    """Where the divergence was localized: op (autograd node) at module, source."""
+    """Where the divergence was localized: the op (and autograd node) that first diverged, or, for an exported
+    graph of one op (nothing smaller to blame), that op and the ONNX operators it was exported to."""
     finding = main_finding(record)
     parts = [finding.get("op") or "", f"({finding['node']})" if finding.get("node") and
              finding.get("node") != finding.get("op") else ""]
+    exported = finding.get("details", {}).get("exported_ops")
+    if not finding.get("op") and exported:
+        parts = [f"{record.module or record.case} → ONNX {', '.join(exported[:8])}" + (" …" if len(exported) > 8
+                                                                                          else "")]
     return " ".join(p for p in parts if p) or "-"
 
 

@@ -481,7 +481,7 @@ def prepare_case(case: Case, dtype: torch.dtype | None = None, device: str | tor
         raise Unsupported("nothing to differentiate: no floating-point or complex tensor in args/kwargs "
                          "and no trainable parameter")
     for leaf in leaves:
-        if torch.isnan(leaf.value).any():
+        if torch.isnan(leaf.value.detach().cpu()).any():  # (on the CPU: on XLA a check is a graph per shape)
             raise AuditError(f"{leaf.name} contains NaN; gradients cannot be checked there")
     return PreparedCase(case.label, case.fn, module, inputs, [name for name, _ in params], leaves,
                         complex_precision_notes(leaves, dtype))

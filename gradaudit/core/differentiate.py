@@ -92,7 +92,9 @@ def vjps(f, x: Tensors, cotangents: list[Tensors]) -> list[Tensors]:
 
 def jvp(f, x: Tensors, direction: list) -> Tensors:
     """Forward mode (forward over reverse for gradient functions); Unsupported when an op has no formula."""
-    tangents = [torch.zeros_like(xi) if ui is None else ui.to(xi.device) for xi, ui in zip(x, direction)]
+    # (zeros made on the CPU and handed over as data: on XLA a fill on the device is a graph per shape)
+    tangents = [torch.zeros(xi.shape, dtype=xi.dtype).to(xi.device) if ui is None else ui.to(xi.device)
+                for xi, ui in zip(x, direction)]
     try:
         # Inputs require grad so that an output which depends on them but lost its tangent (an op without
         # a forward-mode formula drops it silently) is told apart from one that is constant.

@@ -72,8 +72,16 @@ def step_size(dtype: torch.dtype) -> float:
 
 
 def shifted(x: Tensors, direction: Sequence[torch.Tensor | None], t: float) -> Tensors:
-    """x + t u, with u moved to x's device (probe directions live on the CPU: see probe.ProbeSpace)."""
-    return [xi if ui is None else xi + t * ui.to(xi.device) for xi, ui in zip(x, direction)]
+    """x + t u, computed on the CPU (where probe directions live: see probe.ProbeSpace) and handed to x's device
+    as data: on a compiling backend (XLA) the sum on the device would be a graph of its own for every pattern
+    of shifted leaves."""
+    return [xi if ui is None else on_device_of(xi.detach().cpu() + t * ui.cpu(), xi) for xi, ui in zip(x, direction)]
+
+
+def on_device_of(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``value`` (a CPU tensor) on ``like``'s device, keeping ``like``'s ``requires_grad``."""
+    moved = value.to(like.device) if like.device.type != "cpu" else value
+    return moved.requires_grad_() if like.requires_grad and not moved.requires_grad else moved
 
 
 @dataclass

@@ -96,7 +96,7 @@ class ProbeSpace:
         # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
         # Infinite elements (-inf in an attention mask) cannot be moved by a finite step: every direction leaves
         # them where they are, and they do not count in the scale.
-        self.movable = [torch.isfinite(x).cpu() for x in self.x]
+        self.movable = [torch.isfinite(x.detach().cpu()) for x in self.x]  # (a copy, not a device graph)
         self.scales = [leaf_scale(x) for x in self.x]
 
     @classmethod

@@ -8,6 +8,8 @@ is a ``nondifferentiable_point``, not a faulty backward), else narrowed to its w
 """
 from __future__ import annotations
 
+import math
+
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -132,8 +134,23 @@ def split_failures(state: OrderState, group: Group) -> list[Group]:
             groups += [Group(names[i], [i], group.results) for i in half]
             continue
         name = names[half[0]] if len(half) == 1 else f"{len(half)} leaves from {names[half[0]]}"
-        groups += split_failures(state, probed_group(state, name, half))
+        sub = probed_group(state, name, half)
+        if not failed and not sharper(group, sub, set(half) & coarse):
+            groups += [Group(names[i], [i], sub.results) for i in half]  # as resolved as they can be
+            continue
+        groups += split_failures(state, sub)
     return groups
+
+
+def sharper(parent: Group, half: Group, members: set[int]) -> bool:
+    """Whether probing ``half`` alone resolved its coarse ``members`` at least twice as finely as ``parent``
+    did, or failed. Where it did not, the backend's own accuracy (its model error) bounds what any group
+    resolves, not the other leaves' share of the probe: smaller groups would only cost more probes (a ReLU
+    transformer on XLA: 1541 forward evaluations splitting down to single tensors that resolve no better)."""
+    if any(o.failed for o in half.results.values()):
+        return True
+    worst = lambda group: max((group.resolution.get(i, math.inf) for i in members), default=0.0)  # noqa: E731
+    return worst(half) * 2 <= worst(parent)
 
 
 def resolution_target(state: OrderState) -> float:

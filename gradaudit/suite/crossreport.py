@@ -22,10 +22,15 @@ CATEGORIES = [
     ("gradient", "Gradient divergences (order 1)"),
     ("second", "Second-derivative divergences (order 2 only)"),
     ("unsupported", "Unsupported on the backend (skipped, with the reason)"),
-    ("precision", "Precision loss (within sqrt(eps) of the result's scale: less accurate, not wrong)"),
+    ("not_comparable", "Not comparable (random ops, sparse or non-finite inputs, an order eager float64 lacks)"),
+    ("precision", "Precision loss (within sqrt(eps) of the result's scale, or eager shows it in the same dtype)"),
     ("kink", "Kink conventions (another one-sided derivative at a non-differentiable point)"),
     ("pass", "Pass"),
+    ("not_applicable", "Not applicable (an order the op's OpInfo does not support)"),
 ]
+# Reasons of skips that are about the case or the comparison, not about the backend.
+NOT_COMPARABLE = ("draws random numbers", "differentiates dense tensors only", "produced NaN or Inf",
+                  "nothing to differentiate", "could not run: ", "contains NaN")
 SEVERITY = {key: rank for rank, (key, _) in enumerate(CATEGORIES)}
 DIVERGENCES = ("backend_crash", "forward", "gradient", "second")
 
@@ -41,6 +46,11 @@ def lower_precision_fallback(record: SuiteRecord) -> str | None:
 
 def category(record: SuiteRecord) -> str:
     """Which category one record falls in."""
+    reason = record.reason or ""
+    if record.status == SuiteStatus.SKIP and reason.startswith("order ") and "not supported by this case" in reason:
+        return "not_applicable"
+    if record.status == SuiteStatus.SKIP and any(text in reason for text in NOT_COMPARABLE):
+        return "not_comparable"
     if record.status == SuiteStatus.SKIP or lower_precision_fallback(record):
         return "unsupported"
     if record.status == SuiteStatus.ERROR:
@@ -81,7 +91,7 @@ def case_rows(records: list) -> list[CaseRow]:
         row = rows.setdefault(record.case, CaseRow(record.case))
         kind = category(record)
         row.orders[record.order] = kind
-        if row.record is None or SEVERITY[kind] < SEVERITY[row.category]:
+        if row.record is None or SEVERITY[kind] < SEVERITY[row.category]:  # (not_applicable ranks last)
             row.category, row.record = kind, record
     return list(rows.values())
 
@@ -133,10 +143,19 @@ def crashed_worker_repro(record: SuiteRecord) -> dict:
 
 def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> str:
     """The repro's file (written under ``repro_dir``) and whether running it showed the divergence."""
-    details = main_finding(record).get("details", {}) or crashed_worker_repro(record)
+    details = dict(main_finding(record).get("details", {})) or crashed_worker_repro(record)
     code = details.get("repro")
     if not code:
         return "-"
+    if details.get("repro_confirmed") is not True and "exception" not in details and record.zoo == "torch.ops":
+        from gradaudit.suite.zoos.op_repro import confirm  # unconfirmed where it was made: run it once more
+
+        details["repro_confirmed"] = confirm(code)[0]
+    elif details.get("repro_confirmed") is not True and "exception" in details:
+        from gradaudit.suite.zoos.op_repro import confirm, confirms_failure
+
+        verdict, output = confirm(code)
+        details["repro_confirmed"] = verdict is None and confirms_failure(output, details["exception"])
     confirmed = {True: "confirmed", False: "not confirmed"}.get(details.get("repro_confirmed"),
                                                                   f"did not run: {details.get('repro_confirmed')}")
     if repro_dir is None:

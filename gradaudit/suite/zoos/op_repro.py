@@ -8,6 +8,7 @@ derivative), how far the backend's results are from eager's, ending in one ``ver
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -180,8 +181,15 @@ def confirm(code: str, timeout: float = 300.0) -> tuple[bool | None, str]:
         return verdicts[-1].startswith("verdict: diverges"), "\n".join(lines[-4:])
     if done.returncode < 0:
         return None, f"killed by signal {-done.returncode} ({signal.Signals(-done.returncode).name})"
-    errors = [line for line in done.stderr.splitlines() if line.strip()]
-    return None, (errors[-1] if errors else f"exit code {done.returncode}")[:400]
+    return None, exception_line(done.stderr) or f"exit code {done.returncode}"
+
+
+def exception_line(stderr: str) -> str | None:
+    """The line of a traceback that names the exception (``RuntimeError: ...``): the last one, since C++
+    backends append their own frames after it."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*", line)]
+    return (named[-1] if named else (lines[-1] if lines else ""))[:400] or None
 
 
 def confirms_failure(output: str, exception: str) -> bool:

@@ -14,7 +14,7 @@ from gradaudit.core.findings import backend_error_finding, kink_convention_findi
 from gradaudit.core.followups import kink_elements
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.numerics import eps_of, model_error_of
-from gradaudit.core.parity import forward_checks, forward_divergences, parity_checks
+from gradaudit.core.parity import forward_checks, forward_divergences, grad_mode_form_checks, parity_checks
 from gradaudit.core.probe import Numerics, ProbeSpace
 from gradaudit.errors import AuditError, BackendFailure, Unsupported
 from gradaudit.isolation import annotate_isolated
@@ -82,6 +82,8 @@ def compare_program(program, reference, settings: Settings,
             checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
             return checks, findings, notes
         checks, drift = forward_checks(program, reference)
+        if not any(check.mismatch for check in checks):
+            checks += grad_mode_form_checks(program, reference)
     except BackendFailure as failure:
         return [], [backend_error_finding(0, failure)], notes
     findings = forward_divergences(checks, drift)

@@ -170,3 +170,14 @@ def test_second_derivatives_that_cancel_to_zero_keep_the_first_order_scale():
     y = torch.tensor([-1.0, 2.0, -0.5], dtype=torch.float64)
     report = gradaudit.compare(torch.copysign, (x, y), backends=["xla"], order=2)
     assert report.ok, report
+
+
+def test_a_real_shape_changing_reduction_is_reported_and_localized_to_its_op():
+    # torch-xla 2.9.0: the nuclear norm over dims (1, 2) of a [5, 3, 4] batch reduces the wrong dims and
+    # returns 3 values where eager returns 5 (with gradients enabled the tensor even claims shape []).
+    x = torch.randn(5, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    report = gradaudit.compare(lambda t: torch.norm(t, p="nuc", dim=(1, 2)), (x,), backends=["xla"])
+    (finding,) = errors(report)
+    assert finding.kind == "forward_divergence"
+    assert "shape [3] where eager float64 gives [5]" in finding.message
+    assert finding.op == "aten._linalg_svd"

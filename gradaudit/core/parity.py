@@ -169,6 +169,30 @@ def forward_checks(native: Program, reference: Program, seed: int = 0) -> tuple[
     return checks, forward_drift(y_native, y_reference)
 
 
+def grad_mode_form_checks(native: Program, reference: Program) -> list[Check]:
+    """Failing order-0 checks for outputs whose form changes when the leaves require grad, as the backward
+    sees them (torch-xla 2.9's nuclear norm returns a scalar there where eager returns one value per matrix):
+    the backward would then fail on mismatched shapes, hiding the op that changed them."""
+    y_reference = evaluate(ForwardFunction(reference), [leaf.value for leaf in reference.leaves])
+
+    def run() -> list[torch.Tensor]:
+        with torch.enable_grad():
+            values = [leaf.value.detach().requires_grad_() for leaf in native.leaves]
+            return results_on_cpu(ForwardFunction(native).outputs(values))
+
+    y_native = on_backend(native, "the forward with gradients enabled", run)
+    checks = []
+    for name, a, b in zip(reference.output_names, y_native, y_reference):
+        mismatch = form_mismatch(a, b, native.dtype)
+        if mismatch is not None:
+            check = _check(0, name, "forward_parity", Outcome(), native.dtype, None)
+            check.ok, check.status, check.mismatch = False, CheckStatus.FAIL, f"with gradients enabled, {mismatch}"
+            check.max_abs_err = check.max_rel_err = math.inf
+            checks.append(check)
+    extra = count_mismatch(0, "outputs", y_native, y_reference, native.dtype)
+    return checks + ([extra] if extra else [])
+
+
 def forward_divergences(checks: list[Check], drift: float) -> list[Finding]:
     """One ``forward_divergence`` finding for the worst failing forward check, if any. A gap beyond the
     precision's rounding but below sqrt(eps) of the output's scale is a backend computing a function less

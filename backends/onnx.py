@@ -306,7 +306,8 @@ def refuse_unexportable(prepared: PreparedCase) -> None:
         if leaf.value.is_complex():
             raise Unsupported(f"{leaf.name} is complex; the onnx backend exports real tensors only")
         if not torch.isfinite(leaf.value).all():
-            raise AuditError(f"{leaf.name} contains NaN or Inf; gradients cannot be checked there")
+            raise Unsupported(f"{leaf.name} contains NaN or Inf; finite differences cannot move it (the onnx "
+                              "backend perturbs every element)")
     if prepared.module is None:
         return
     norms = [name for name, m in prepared.module.named_modules()

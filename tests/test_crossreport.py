@@ -115,3 +115,13 @@ def test_an_onnx_graph_run_in_float32_for_want_of_kernels_is_unsupported_in_the_
                          report=report.to_dict())
     assert category(record) == "unsupported"
     assert "NOT_IMPLEMENTED" in render_markdown([record.to_dict()], "onnx float64")
+
+
+def test_an_order_that_could_not_run_does_not_hide_the_other_orders_pass(records):
+    onnx_order_2 = SuiteRecord("sin[sample 0]", "onnx", 2, SuiteStatus.SKIP,
+                               "order 2 could not run: on onnx: the backend has no double backward").to_dict()
+    passing = dict(records[2], backend="onnx")
+    (row,) = case_rows([passing, onnx_order_2])
+    assert row.category == "pass" and row.orders == {1: "pass", 2: "unsupported"}
+    (alone,) = case_rows([onnx_order_2])
+    assert alone.category == "unsupported"

@@ -3,7 +3,8 @@ cases diverge in the forward, in the gradient, in the second derivative, which t
 crash it, which only lose precision or differ at a kink, with each divergence's localized op and its repro.
 
 Each case's records (one per order) are folded into one row under the most serious category any order gave:
-gradaudit error > backend crash > forward > gradient > second derivative > unsupported > precision > kink > pass.
+gradaudit error > backend crash > forward > gradient > second derivative > precision > kink > pass, and only
+where no order gave a verdict: unsupported > not comparable > not applicable.
 """
 from __future__ import annotations
 
@@ -21,16 +22,17 @@ CATEGORIES = [
     ("forward", "Forward divergences"),
     ("gradient", "Gradient divergences (order 1)"),
     ("second", "Second-derivative divergences (order 2 only)"),
-    ("unsupported", "Unsupported on the backend (skipped, with the reason)"),
-    ("not_comparable", "Not comparable (random ops, sparse or non-finite inputs, an order eager float64 lacks)"),
     ("precision", "Precision loss (within sqrt(eps) of the result's scale, or eager shows it in the same dtype)"),
     ("kink", "Kink conventions (another one-sided derivative at a non-differentiable point)"),
     ("pass", "Pass"),
+    # Only where no order gave a verdict: an order that could not run does not hide another order's pass.
+    ("unsupported", "Unsupported on the backend (skipped, with the reason)"),
+    ("not_comparable", "Not comparable (random ops, sparse or non-finite inputs, an order eager float64 lacks)"),
     ("not_applicable", "Not applicable (an order the op's OpInfo does not support)"),
 ]
 # Reasons of skips that are about the case or the comparison, not about the backend.
 NOT_COMPARABLE = ("draws random numbers", "differentiates dense tensors only", "produced NaN or Inf",
-                  "nothing to differentiate", "could not run: ", "contains NaN")
+                  "nothing to differentiate", "gradaudit.compare could not run: ", "contains NaN")
 SEVERITY = {key: rank for rank, (key, _) in enumerate(CATEGORIES)}
 DIVERGENCES = ("backend_crash", "forward", "gradient", "second")
 

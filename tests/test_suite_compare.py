@@ -1,7 +1,6 @@
 """Cross-backend suites (``--compare``) and shards (``--shard K/N``): the plan, real workers on eager and XLA,
 resuming from a results directory, the CLI."""
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from gradaudit.errors import AuditError
 from gradaudit.suite.plan import parse_shard, plan
 from gradaudit.suite.runner import run_suite
 from gradaudit.suite.worker import run_job
+from test_suite import counting_command, launches
 
 DATA = Path(__file__).parent / "data"
 PLANTED = f"{DATA / 'suite_zoo.py'}:zoo"
@@ -45,17 +45,6 @@ def device_zoo(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("zoo") / "device_zoo.py"
     path.write_text(DEVICE_ZOO)
     return f"{path}:zoo"
-
-
-def counting_command(count_file: Path) -> list[str]:
-    """The worker, but each launch appends a line to count_file first."""
-    code = ("import sys; open(sys.argv[1], 'a').write('launch\\n'); "
-            "from gradaudit.suite.worker import main; sys.exit(main())")
-    return [sys.executable, "-c", code, str(count_file)]
-
-
-def launches(count_file: Path) -> int:
-    return len(count_file.read_text().splitlines()) if count_file.exists() else 0
 
 
 def cells(records) -> dict:

@@ -181,3 +181,13 @@ def test_a_real_shape_changing_reduction_is_reported_and_localized_to_its_op():
     assert finding.kind == "forward_divergence"
     assert "shape [3] where eager float64 gives [5]" in finding.message
     assert finding.op == "aten._linalg_svd"
+
+
+def test_a_float32_underflow_that_eager_float32_shares_is_precision_not_a_divergence():
+    # 0.05**120 is 7.5e-157 in float64 and 0 in float32, on onnxruntime and on eager alike.
+    x = torch.full((3, 40), 0.05, dtype=torch.float64)
+    report = gradaudit.compare(lambda t: t.prod(), (x,), backends=["onnx"], dtype="float32")
+    assert report.ok, report
+    assert {f.severity for f in report.findings} == {"warning"}
+    assert all("float32 precision, not the backend" in f.message for f in report.findings)
+    assert {c.status for c in report.checks if c.order == 0} == {"precision_loss"}

@@ -16,7 +16,7 @@ from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.numerics import eps_of, model_error_of
 from gradaudit.core.parity import forward_checks, forward_divergences, grad_mode_form_checks, parity_checks
 from gradaudit.core.probe import Numerics, ProbeSpace
-from gradaudit.errors import AuditError, BackendFailure, Unsupported
+from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.isolation import annotate_isolated
 from gradaudit.backends.base import Program
 from gradaudit.registry import usable_backend
@@ -158,13 +158,13 @@ def excuse_checks(checks: list[Check], findings: list[Finding]) -> None:
 
 def on_backend_load(backend, case, dtype: torch.dtype | None) -> Program:
     """``backend.load(case)`` with anything but an AuditError (a refusal naming what is wrong) counted as the
-    backend failing: the same case has loaded on eager already."""
+    backend failing, or lacking the op (``errors.backend_failure``): the same case has loaded on eager already."""
     try:
         return backend.load(case, None, dtype)
     except AuditError:
         raise
     except Exception as exc:
-        raise BackendFailure(backend.default_device(), f"loading the case on {backend.name}", exc) from exc
+        raise backend_failure(backend.default_device(), f"loading the case on {backend.name}", exc) from exc
 
 
 def localize_divergences(program: Program, reference: Program, findings: list[Finding], seed: int) -> None:

@@ -23,7 +23,8 @@ class BackendFailure(AuditError):
         self.device, self.what = device, what
         kind = type(cause).__name__
         text = first_line(cause) or kind
-        self.cause = (text if kind.startswith("_") else f"{kind}: {text}")[:400]  # (a private wrapper's name says nothing)
+        # (a private wrapper's name, onnx's _RuntimeGap, says nothing to the reader)
+        self.cause = (text if kind.startswith("_") else f"{kind}: {text}")[:400]
         super().__init__(f"{what} on {device} raised {self.cause}")
 
 

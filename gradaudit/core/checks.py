@@ -9,7 +9,6 @@ is a ``nondifferentiable_point``, not a faulty backward), else narrowed to its w
 from __future__ import annotations
 
 import math
-
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable

@@ -93,12 +93,9 @@ def compare_elementwise(order: int, name: str, method: str, native: torch.Tensor
     if reference.is_complex() and not native.is_complex() and tuple(native.shape) == (*reference.shape, 2):
         native = torch.view_as_complex(native.contiguous())  # ONNX's form of a complex tensor: its real view
     mismatch = form_mismatch(native, reference, native_dtype)
-    outcome, worst = Outcome(), None
     if mismatch is not None:
-        check = _check(order, name, method, outcome, native_dtype, None)
-        check.ok, check.status, check.mismatch = False, CheckStatus.FAIL, mismatch
-        check.max_abs_err = check.max_rel_err = math.inf
-        return check
+        return form_check(order, name, method, native_dtype, mismatch)
+    outcome, worst = Outcome(), None
     if reference.numel():
         tolerance = tolerance_of(finite_abs(reference)) + 1e-300
         gaps = elementwise_gaps(native, reference)
@@ -119,15 +116,20 @@ def _describe(value: torch.Tensor) -> str:
     return "NaN" if math.isnan(number) else f"{number:.9g}"
 
 
+def form_check(order: int, name: str, method: str, native_dtype: torch.dtype, mismatch: str) -> Check:
+    """A failed check of results that differ in form (``mismatch`` says how): no element can be compared."""
+    check = _check(order, name, method, Outcome(), native_dtype, None)
+    check.ok, check.status, check.mismatch = False, CheckStatus.FAIL, mismatch
+    check.max_abs_err = check.max_rel_err = math.inf
+    return check
+
+
 def count_mismatch(order: int, what: str, native: list, reference: list, native_dtype: torch.dtype) -> Check | None:
     """A failing check when the program returns another number of results than the reference."""
     if len(native) == len(reference):
         return None
-    check = _check(order, what, "forward_parity" if order == 0 else "backend_parity", Outcome(), native_dtype, None)
-    check.ok, check.status = False, CheckStatus.FAIL
-    check.max_abs_err = check.max_rel_err = math.inf
-    check.mismatch = f"{len(native)} results where eager float64 gives {len(reference)}"
-    return check
+    return form_check(order, what, "forward_parity" if order == 0 else "backend_parity", native_dtype,
+                      f"{len(native)} results where eager float64 gives {len(reference)}")
 
 
 def forward_drift(native: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
@@ -185,10 +187,7 @@ def grad_mode_form_checks(native: Program, reference: Program) -> list[Check]:
     for name, a, b in zip(reference.output_names, y_native, y_reference):
         mismatch = form_mismatch(a, b, native.dtype)
         if mismatch is not None:
-            check = _check(0, name, "forward_parity", Outcome(), native.dtype, None)
-            check.ok, check.status, check.mismatch = False, CheckStatus.FAIL, f"with gradients enabled, {mismatch}"
-            check.max_abs_err = check.max_rel_err = math.inf
-            checks.append(check)
+            checks.append(form_check(0, name, "forward_parity", native.dtype, f"with gradients enabled, {mismatch}"))
     extra = count_mismatch(0, "outputs", y_native, y_reference, native.dtype)
     return checks + ([extra] if extra else [])
 
@@ -221,8 +220,13 @@ def forward_divergences(checks: list[Check], drift: float) -> list[Finding]:
                     message=message, details=details)]
 
 
+def precision_limit(dtype: torch.dtype) -> float:
+    """Gaps relative to the scale up to which a backend is only less accurate than eager: sqrt(eps)."""
+    return eps_of(dtype) ** 0.5
+
+
 # Forward gaps, relative to the output's scale, up to which a backend is only less accurate: sqrt(eps).
-PRECISION_LOSS_LIMIT = {name: eps_of(dtype) ** 0.5 for name, dtype in
+PRECISION_LOSS_LIMIT = {name: precision_limit(dtype) for name, dtype in
                         (("float64", torch.float64), ("float32", torch.float32), ("float16", torch.float16),
                          ("bfloat16", torch.bfloat16))}
 
@@ -283,11 +287,6 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
                 excuse_as_precision_loss(finding, failing, own_scale)
             findings.append(finding)
     return checks, findings
-
-
-def precision_limit(dtype: torch.dtype) -> float:
-    """Gaps relative to the scale up to which a backend is only less accurate than eager: sqrt(eps)."""
-    return eps_of(dtype) ** 0.5
 
 
 def excuse_as_precision_loss(finding: Finding, failing: list[Check], scale: float) -> None:

@@ -127,7 +127,7 @@ def localized(record: SuiteRecord) -> str:
 def crashed_worker_repro(record: SuiteRecord) -> dict:
     """For a record whose worker was killed by a signal: the op's repro, run once to see it die the same way
     (the worker could not attach one)."""
-    from gradaudit.suite.zoos.op_repro import confirm, op_repro
+    from gradaudit.suite.zoos.op_repro import confirm, confirmation, op_repro
 
     reason = record.reason or ""
     if record.zoo != "torch.ops" or not reason.startswith("crashed: signal"):
@@ -137,27 +137,23 @@ def crashed_worker_repro(record: SuiteRecord) -> dict:
         code = op_repro(record.case, record.backend, record.dtype, record.order)
     if code is None:
         return {}
-    verdict, output = confirm(code)
-    signal = reason.split("(")[-1].rstrip(")") if "signal" in reason else None
-    return {"repro": code, "repro_output": output,
-            "repro_confirmed": bool(verdict is None and signal and signal in output) or output}
+    ran = confirm(code)
+    signal = reason.split("(")[-1].rstrip(")")  # "crashed: signal 8 (SIGFPE)": the repro must die of it too
+    return {"repro": code, "repro_output": ran[1], "repro_confirmed": confirmation(ran, signal)}
 
 
 def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> str:
     """The repro's file (written under ``repro_dir``) and whether running it showed the divergence."""
-    details = dict(main_finding(record).get("details", {})) or crashed_worker_repro(record)
+    details = dict(main_finding(record).get("details", {}))
+    if not details:
+        details = crashed_worker_repro(record)
+    elif details.get("repro") and details.get("repro_confirmed") is not True:  # run it once more
+        from gradaudit.suite.zoos.op_repro import confirm, confirmation
+
+        details["repro_confirmed"] = confirmation(confirm(details["repro"]), details.get("exception"))
     code = details.get("repro")
     if not code:
         return "-"
-    if details.get("repro_confirmed") is not True and "exception" not in details and record.zoo == "torch.ops":
-        from gradaudit.suite.zoos.op_repro import confirm  # unconfirmed where it was made: run it once more
-
-        details["repro_confirmed"] = confirm(code)[0]
-    elif details.get("repro_confirmed") is not True and "exception" in details:
-        from gradaudit.suite.zoos.op_repro import confirm, confirms_failure
-
-        verdict, output = confirm(code)
-        details["repro_confirmed"] = verdict is None and confirms_failure(output, details["exception"])
     confirmed = {True: "confirmed", False: "not confirmed"}.get(details.get("repro_confirmed"),
                                                                   f"did not run: {details.get('repro_confirmed')}")
     if repro_dir is None:

@@ -146,7 +146,7 @@ def op_repro(case_name: str, backend: str, dtype: str | None, order: int, seed: 
 
     op = find_op(full_name)
     fields = {"name": op.name, "variant": op.variant_test_name, "seed": seed, "index": int(rest[:-1]),
-              "order": order, "device": "xla", "dtype": f"torch.{dtype or 'float64'}"}
+              "order": order, "dtype": f"torch.{dtype or 'float64'}"}
     # Gradients inherit the forward's drift, like gradaudit's own parity tolerance; finite differences in
     # onnxruntime's precision carry an error of about eps^(2/3) on top.
     fields["gradient_limit"] = ("64 * max(drift, torch.finfo({dtype}).eps) + 64 * torch.finfo({dtype}).eps ** (2 / 3)"
@@ -212,12 +212,17 @@ def attach_repros(case_name: str, report, backend: str, dtype: str | None, order
     code = op_repro(case_name, backend, dtype, order, seed)
     if code is None:
         return
-    verdict, output = confirm(code) if run else (None, "not run")
+    ran = confirm(code) if run else (None, "not run")
     for finding in targets:
-        if finding.kind == "backend_error":  # confirmed when the repro fails the same way
-            confirmed = run and verdict is None and confirms_failure(output, finding.details.get("exception", ""))
-        else:
-            confirmed = verdict if verdict is not None else output
         finding.details["repro"] = code
-        finding.details["repro_confirmed"] = confirmed
-        finding.details["repro_output"] = output
+        finding.details["repro_confirmed"] = confirmation(ran, finding.details.get("exception"))
+        finding.details["repro_output"] = ran[1]
+
+
+def confirmation(ran: tuple[bool | None, str], exception: str | None) -> bool | str:
+    """What a repro's run (:func:`confirm`'s answer) says of the finding: for a backend that raised
+    (``exception``), whether the repro failed the same way; for a divergence, its verdict, or why it gave none."""
+    verdict, output = ran
+    if exception is not None:
+        return verdict is None and confirms_failure(output, exception)
+    return verdict if verdict is not None else output

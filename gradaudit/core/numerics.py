@@ -23,6 +23,7 @@ ROUNDING_FACTOR = 64.0
 # The smallest relative disagreement called a fault. torch's formulas carry regularizers (1e-12 added to a
 # denominator in one derivative and clamped in the next, as binary_cross_entropy's) that make correct first and
 # second derivatives differ by ~1e-11 relative: real, and nothing a user can act on. Faults of 1e-8 stay visible.
+# It is relative to each term of an inner product: summed under the probe's random signs (see probe_tolerance).
 RELATIVE_FLOOR = 1e-10
 # Standard deviation of the Richardson value (4 q(h/2) - q(h)) / 3, in units of (output noise) / h.
 RICHARDSON_NOISE = 2.0
@@ -90,6 +91,7 @@ class NumericalDerivative:
 
     value: Tensors
     error: Tensors
+    top: float = 0.0  # the largest step the estimate and its error bar were made from (0: not from a ladder)
 
 
 # Functions are evaluated at many points at once: a backend that can batch (an exported graph in a runtime)
@@ -175,7 +177,7 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
         error = [t + r for t, r in zip(truncation, roundings[k + 1])]
         total = sum(float(e.sum()) for e in error)
         if best is None or total < best[0] or not math.isfinite(best[0]):
-            best = (total, NumericalDerivative(value, error))
+            best = (total, NumericalDerivative(value, error, steps[k - 1]))
         if sum(float(t.sum()) for t in truncation) <= sum(float(r.sum()) for r in roundings[k + 1]):
             break  # rounding has caught up with truncation: a smaller step no longer helps
     return best[1]
@@ -241,24 +243,32 @@ def probe_tolerance(numerical: NumericalDerivative, cotangent: Tensors, gradient
     """How far ``<gradient, direction>`` may sit from ``<cotangent, J·u>`` before it is a real mismatch: the
     numerical error bars summed under the cotangent's random signs, the analytical side's rounding (relative
     to the result, and from the measured noise of the values it differentiates), and ``model_error``, the
-    relative error a backend's approximations of elementary functions add (0 where they are accurate)."""
+    relative error a backend's approximations of elementary functions add (0 where they are accurate).
+
+    The relative floor bounds an error of each term of the two inner products; under the independent random
+    signs of u and v their sum stays within RSS_SAFETY root-sum-squares of the terms (Hoeffding), which for an
+    aggregate of millions of terms is thousands of times below their absolute sum (the bound used up to
+    that point, and still where it is the smaller)."""
     cotangent = [real(v) for v in cotangent]
     numerical_error = rss_inner(cotangent, numerical.error)
     analytical_error = ANALYTICAL_NOISE * rss_inner(cotangent, noise) if noise is not None else 0.0
     magnitude = abs_inner(gradient, direction) + abs_inner(cotangent, numerical.value)
-    return (RSS_SAFETY * numerical_error + analytical_error + (relative_floor(eps) + model_error) * magnitude
-            + 1e-300)
+    spread = RSS_SAFETY * (rss_inner(gradient, direction) + rss_inner(cotangent, numerical.value))
+    return (RSS_SAFETY * numerical_error + analytical_error + relative_floor(eps) * min(magnitude, spread)
+            + model_error * magnitude + 1e-300)
 
 
 def relative_floor(eps: float) -> float:
     return max(ROUNDING_FACTOR * eps, RELATIVE_FLOOR)
 
 
-def rss_inner(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
-    """sqrt(sum (a_i b_i)^2): the spread of sum(s_i a_i b_i) under independent random signs s_i."""
+def rss_inner(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> float:
+    """sqrt(sum (a_i b_i)^2): the spread of sum(s_i a_i b_i) under independent random signs s_i (None stands
+    for zeros)."""
     total = 0.0
     for x, y in zip(a, b):
-        total += float((x.double().cpu() * y.double().cpu()).pow(2).sum())
+        if x is not None and y is not None:
+            total += float((real(x).double().cpu() * real(y).double().cpu()).pow(2).sum())
     return total ** 0.5
 
 

@@ -170,12 +170,18 @@ class Analytical:
 class Numerics:
     """Where and how finite differences run: the function's values at a list of points, the rounding noise
     measured at x (or None), and an extra relative error of the model for backends that compute in another
-    precision than the analytical side (see numerics.model_error_of)."""
+    precision than the analytical side (see numerics.model_error_of).
+
+    ``ladder_start``: where the next probe's Richardson ladder begins. The first starts at the space's top
+    step and descends as far as truncation demands (a ReLU transformer: 10-12 levels, two evaluations each);
+    the function's curvature along random directions is alike, so later probes start a level above the step
+    where the previous one converged, and descend from there."""
 
     values: Evaluate
     space: ProbeSpace
     noise: Tensors | None = None
     model_error: float = 0.0
+    ladder_start: float | None = None
 
     def derivative(self, x: Tensors, u: list, top: float, at_top: list[Tensors] | None = None) -> NumericalDerivative:
         return extrapolated_derivative(self.values, x, u, top, self.space.eps, self.noise, at_top=at_top)
@@ -183,11 +189,13 @@ class Numerics:
     def derivative_in_domain(self, x: Tensors, u: list) -> tuple[NumericalDerivative, float]:
         """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at
         1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure."""
-        top = self.space.top
+        top = self.ladder_start or self.space.top
         for _ in range(DOMAIN_SHRINKS):
             at_top = self.values_or_none([shifted(x, u, top), shifted(x, u, -top)])
             if at_top is not None and all(is_finite(y) for y in at_top):
-                return self.derivative(x, u, top, at_top), top  # the domain check was the ladder's first level
+                numerical = self.derivative(x, u, top, at_top)  # the domain check was the ladder's first level
+                self.ladder_start = min(self.space.top, 2 * numerical.top)
+                return numerical, top
             top /= 8
         return self.derivative(x, u, top), top
 

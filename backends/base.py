@@ -30,11 +30,14 @@ class Stats:
     backward_evals: int = 0
     compilations: int = 0
     compile_seconds: float = 0.0  # of the wall time, how much went to compiling (XLA) or exporting (ONNX)
+    batched_evals: int = 0  # of the forward evaluations, how many ran in batches (Program.evaluate_batch)
+    batching: str = "none"  # how batches run: "none", "vmap", or why they fell back to one call per point
 
     def to_dict(self) -> dict:
         """The report's ``stats`` keys."""
         return {"forward_evals": self.forward_evals, "backward_evals": self.backward_evals,
-                "compilations": self.compilations, "compile_seconds": round(self.compile_seconds, 4)}
+                "compilations": self.compilations, "compile_seconds": round(self.compile_seconds, 4),
+                "batched_evals": self.batched_evals, "batching": self.batching}
 
 
 @dataclass

@@ -7,6 +7,7 @@ import torch
 
 from gradaudit.case import Case, PreparedCase, call_failed, flatten_outputs
 from gradaudit.errors import AuditError, Unsupported, backend_failure
+from gradaudit.outcome import first_line
 from gradaudit.backends.base import Availability, Backend, Capabilities, Program
 from gradaudit.rng import RngSnapshot
 
@@ -32,7 +33,7 @@ class EagerProgram(Program):
     """The case run by PyTorch itself (CPU, or CUDA at full float32 precision): the reference every other
     backend is held against. Every evaluation resets the module's buffers and the RNG first."""
 
-    capabilities = Capabilities(reference=True)
+    capabilities = Capabilities(reference=True, batch_evaluation=True)
 
     def __init__(self, case: Case, device: torch.device, dtype: torch.dtype | None) -> None:
         super().__init__(str(device))
@@ -49,6 +50,8 @@ class EagerProgram(Program):
         self._buffers = [] if self.module is None else [
             (b, b.detach().clone()) for b in self.module.buffers()]
         self._rng = RngSnapshot(cuda=self._torch_device.type == "cuda")
+        self._vmap_failure: str | None = None  # why batches run one call per point, once vmap failed
+        self._batch_verified = False
         first = prepared.first_outputs(lambda values: self._call_case(values, first=True))
         self.output_names, self._keep = first.names, first.keep
         self.notes += first.notes
@@ -86,6 +89,48 @@ class EagerProgram(Program):
         tensors, _ = flatten_outputs(self._call_case(values))
         return [t for t, keep in zip(tensors, self._keep) if keep]
 
+    def evaluate_batch(self, points: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        """The outputs at many points in one vectorized call of the case (``torch.func.vmap``; a leaf that no
+        point moves is passed once, unbatched). Where vmap cannot run the case (an op without a batching
+        rule, data-dependent control flow, train-mode batch norm writing its running statistics) or its first
+        batch does not give the single evaluations' values (a random op drawing per point), this and every
+        later batch run one call per point, and ``stats.batching`` says why."""
+        if len(points) < 2 or self._vmap_failure is not None:
+            return super().evaluate_batch(points)
+        counted = self.stats.forward_evals
+        try:
+            batch = self._vmapped(points)
+        except Exception as exc:
+            self.stats.forward_evals = counted  # (the failed call evaluated nothing)
+            # One by one: what the points themselves raise (a domain check) propagates, and vmap stays on.
+            single = super().evaluate_batch(points)
+            return self._batching_failed(f"vmap cannot run the case ({first_line(exc)})", single)
+        if not self._batch_verified:
+            self._batch_verified = True
+            single = super().evaluate_batch(points[-1:])[0]
+            if not all(same_values(a, b) for a, b in zip(batch[-1], single)):
+                return self._batching_failed("vmap gives other values than single calls",
+                                             super().evaluate_batch(points))
+        self.stats.batched_evals += len(points)
+        self.stats.batching = "vmap"
+        return batch
+
+    def _batching_failed(self, why: str, results: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        self._vmap_failure = why
+        self.stats.batching = f"one call per point: {why}"
+        return results
+
+    def _vmapped(self, points: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+        moved = [any(p[i] is not points[0][i] for p in points) for i in range(len(points[0]))]
+        stacked = [torch.stack([p[i] for p in points]) if m else points[0][i] for i, m in enumerate(moved)]
+
+        def one(*values):
+            return tuple(self._evaluate(list(values)))
+        # randomness="same": the RNG is restored before every call, so every point sees the same random draws
+        outputs = torch.func.vmap(one, in_dims=tuple(0 if m else None for m in moved), randomness="same")(*stacked)
+        self.stats.forward_evals += len(points) - 1  # (the vmapped call counted one)
+        return [[out[j] for out in outputs] for j in range(len(points))]
+
     def close(self) -> None:
         """Give back the module's buffers, the caller's RNG state and the precision flags."""
         self._reset_buffers()
@@ -110,6 +155,18 @@ class EagerBackend(Backend):
 
     def load(self, case: Case, device: str | None = None, dtype: torch.dtype | None = None) -> EagerProgram:
         return EagerProgram(case, local_device(device or self.default_device(), self.name), dtype)
+
+
+def same_values(batched: torch.Tensor, single: torch.Tensor) -> bool:
+    """Whether a batched evaluation gave a single call's values, up to the rounding of other kernels."""
+    if batched.shape != single.shape or batched.dtype != single.dtype:
+        return False
+    if not (batched.is_floating_point() or batched.is_complex()):
+        return bool(torch.equal(batched, single))
+    eps = torch.finfo(batched.real.dtype if batched.is_complex() else batched.dtype).eps
+    scale = float(single.detach().abs().max()) if single.numel() else 0.0
+    return bool(torch.allclose(batched.detach(), single.detach(), rtol=0.0, atol=256 * eps * max(scale, 1e-300),
+                               equal_nan=True))
 
 
 def local_device(device: str, backend: str) -> torch.device:

@@ -111,6 +111,7 @@ class OnnxProgram(Program):
         super().__init__(device)
         self.session_runs = 0
         self.points_evaluated = 0
+        self.stats.batching = "onnx Scan"
         self.precision: torch.dtype | None = None  # what the exported graph runs in
         self._providers = providers
         self._batched = None
@@ -220,6 +221,7 @@ class OnnxProgram(Program):
             except _RuntimeGap as exc:
                 raise BackendFailure(self.device, f"onnxruntime on a batch of {len(part)} points", exc) from None
             self.points_evaluated += len(part)
+            self.stats.batched_evals += len(part)
             results += [[out[b] for out in outputs] for b in range(len(part))]
         return results
 

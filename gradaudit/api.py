@@ -12,7 +12,7 @@ from gradaudit import __version__
 from gradaudit.case import as_case
 from gradaudit.core.checks import Auditor, Settings
 from gradaudit.errors import AuditError
-from gradaudit.isolation import annotate_isolated, collect_isolated
+from gradaudit.isolation import annotate_isolated, collect_isolated, start_optional_phase
 from gradaudit.outcome import user_code_boundary
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks
@@ -27,7 +27,7 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 MODES = ("auto", "fast", "full")
 
 
-def checked_settings(order: int, mode: str, probes: int, seed: int) -> Settings:
+def checked_settings(order: int, mode: str, probes: int, seed: int, batch: bool = False) -> Settings:
     """The audit's settings, or an AuditError naming the bad value."""
     if order not in (1, 2):
         raise AuditError(f"order must be 1 or 2, got {order}")
@@ -35,7 +35,7 @@ def checked_settings(order: int, mode: str, probes: int, seed: int) -> Settings:
         raise AuditError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if probes < 1:
         raise AuditError(f"probes must be at least 1, got {probes}")
-    return Settings(order=order, mode=mode, probes=probes, seed=seed)
+    return Settings(order=order, mode=mode, probes=probes, seed=seed, batch=batch)
 
 
 def load_reference(case, backend, program: Program, device: str | None, shadow: bool, rewind: Callable[[], None],
@@ -77,7 +77,7 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
           device: str | None = None, order: int = 1, dtype: str | torch.dtype | None = None, mode: str = "auto",
           seed: int = 0, probes: int = 3, shadow: bool = True, localize: bool = True, static_only: bool = False,
           fail_on_hazard: bool = False, progress: Callable[[str, int, int], None] | None = None,
-          name: str | None = None, wrt: str | list[str] | None = None) -> Report:
+          name: str | None = None, wrt: str | list[str] | None = None, batch: bool = False) -> Report:
     """Audit the gradients of a function or module at ``args``/``kwargs``.
 
     ``target`` is a callable (function or ``nn.Module``), a ``gradaudit.Case``, or a factory's
@@ -88,9 +88,11 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     with ``requires_grad=True`` (every floating input when none has it); ``wrt`` (names or globs such as
     ``"fc1.*, args[0]"``) overrides that. Static hazards (dead parameters, non-differentiable ops on a gradient
     path, ...) are reported as warnings, as errors with ``fail_on_hazard``, and alone with ``static_only``. Raises
-    :class:`gradaudit.AuditError` when the audit cannot run.
+    :class:`gradaudit.AuditError` when the audit cannot run. ``batch`` runs each probe's points in one
+    ``torch.func.vmap`` call on eager programs, falling back to one call per point where vmap cannot run the
+    case (``stats["batching"]`` says which); off by default: on the CPU it saves nothing measurable.
     """
-    settings = checked_settings(order, mode, probes, seed)
+    settings = checked_settings(order, mode, probes, seed, batch)
     case = as_case(target, args, kwargs, name, wrt)
     chosen = usable_backend(backend)
     started = time.perf_counter()
@@ -114,7 +116,8 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                     reference.close()
             stats = program.stats.to_dict()
             if reference is not None:
-                stats = {k: v + reference.stats.to_dict()[k] for k, v in stats.items()}
+                more = reference.stats.to_dict()
+                stats = {k: v + more[k] if isinstance(v, (int, float)) else v for k, v in stats.items()}
     if fail_on_hazard:
         for finding in findings:
             if finding.kind == FaultKind.HAZARD:
@@ -185,6 +188,8 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
     if not program.capabilities.reference:
         rewind()
         eager = usable_backend("eager").load(case, "cpu", torch.float64)
+    # The hazard scan needs no verdict: where it runs in a forked child, it works beside the checks.
+    scan = start_optional_phase(lambda: static_hazards(program), [program])
     try:
         if eager is not None:
             checks, findings, model_error = forward_parity(program, eager, skipped)
@@ -202,9 +207,10 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
         if localize and any(f.severity == Severity.ERROR for f in findings):  # (a pass has nothing to localize)
             annotate_isolated("localization", findings, skipped, [audited, eager],
                               lambda: localize_findings(audited, findings, settings.seed, eager))
-        findings += collect_isolated("hazard scan", skipped, [program], lambda: static_hazards(program))
+        findings += collect_isolated("hazard scan", skipped, [program], scan)
         findings += fallback_hazards(program)
     finally:
+        scan.cancel()
         if eager is not None:
             eager.close()
     return checks, findings

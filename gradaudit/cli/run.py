@@ -32,11 +32,14 @@ from gradaudit.outcome import command_outcome
 @verbosity_options
 @click.option("--static-only", is_flag=True, help="Only walk the autograd graph for hazards; no numerics.")
 @click.option("--fail-on-hazard", is_flag=True, help="Static hazards fail the audit (exit 1).")
+@click.option("--batch", is_flag=True,
+              help="Evaluate each probe's points in one torch.func.vmap call (eager; one call per point where "
+                   "vmap cannot run the case).")
 @allow_skip_option
 def run(target: str, backend: str, device: str | None, order: int, dtype: str | None, mode: str, seed: int,
         probes: int, json_path: str | None, wrt: str | None, no_localize: bool, no_shadow: bool,
         show_traceback: bool, quiet: bool, verbose: int, static_only: bool, fail_on_hazard: bool,
-        allow_skip: bool) -> None:
+        batch: bool, allow_skip: bool) -> None:
     """Audit the gradients of TARGET (path/to/file.py:NAME or dotted.module:NAME)."""
     from gradaudit import api
 
@@ -46,6 +49,7 @@ def run(target: str, backend: str, device: str | None, order: int, dtype: str | 
         with progress_bar(sys.stderr.isatty() and not quiet) as progress:
             report = api.check(case, backend=backend, device=device, order=order, dtype=dtype, mode=mode,
                                seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize, wrt=wrt,
-                               static_only=static_only, fail_on_hazard=fail_on_hazard, progress=progress)
+                               static_only=static_only, fail_on_hazard=fail_on_hazard, progress=progress,
+                               batch=batch)
     log_verdict(report)
     finish(report, target, json_path, verbose > 0, allow_skip, quiet=quiet)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from gradaudit.core.differentiate import (ForwardFunction, GradientFunction, evaluate, jvp,
+from gradaudit.core.differentiate import (ForwardFunction, GradientFunction, evaluate, evaluate_batch, jvp,
                                           twice_differentiable_attention, vjps)
 from gradaudit.core.findings import nondeterminism_finding, order_findings, to_check
 from gradaudit.core.followups import at_kink, worst_element
@@ -52,6 +52,7 @@ class Settings:
     per_element_limit: int = 16  # the worst element: every element up to this size, bisection above it
     kink_scan_limit: int = 256  # elements scanned for kinks (one-sided derivatives) per leaf
     full_jacobian_limit: int = 200_000  # full mode refuses Jacobians with more entries than this
+    batch: bool = False  # run each probe's points in one call where the program batches (eager: vmap)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -369,6 +370,8 @@ class Auditor:
         itself, or the numeric backend with the points moved to its dtype and device (in one batched run
         where it can)."""
         if self.numeric is self.program:
+            if isinstance(f, ForwardFunction) and self.settings.batch and self.program.capabilities.batch_evaluation:
+                return lambda points: [on_cpu(y) for y in evaluate_batch(self.program, points)]
             return lambda points: [on_cpu(evaluate(f, z)) for z in points]
         leaves = self.numeric.leaves
 

@@ -82,6 +82,12 @@ def evaluate(f, x: Tensors) -> Tensors:
         return [y.detach() for y in f.outputs(x)]
 
 
+def evaluate_batch(program: Program, points: list[Tensors]) -> list[Tensors]:
+    """The case's outputs at many points in the program's batches (``Program.evaluate_batch``)."""
+    with torch.no_grad():
+        return [[y.detach() for y in outputs] for outputs in program.evaluate_batch(points)]
+
+
 def vjps(f, x: Tensors, cotangents: list[Tensors]) -> list[Tensors]:
     """Reverse mode: one forward, one backward per cotangent."""
     with torch.enable_grad():

@@ -139,8 +139,23 @@ def ladder_top(dtype: torch.dtype) -> float:
     return eps_of(dtype) ** (1 / 7)
 
 
+# The ladder's first levels, evaluated in one call (a backend that batches runs them together): every ladder
+# needs at least three (two extrapolations, whose difference is the first error bar).
+FIRST_LEVELS = 3
+
+
+def ladder_steps(top: float, levels: int) -> list[float]:
+    """The ladder's steps: top / 2^k."""
+    return [top / 2 ** k for k in range(levels)]
+
+
+def ladder_points(x: Tensors, u, steps: Sequence[float]) -> list[Tensors]:
+    """x + s u and x - s u for each step s, in that order."""
+    return [shifted(x, u, sign * s) for s in steps for sign in (1.0, -1.0)]
+
+
 def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, noise: Tensors | None = None,
-                            levels: int = LADDER_LEVELS, at_top: list[Tensors] | None = None) -> NumericalDerivative:
+                            levels: int = LADDER_LEVELS, first: list[Tensors] | None = None) -> NumericalDerivative:
     """J·u from a ladder of central differences at steps top / 2^k, extrapolated (Richardson) pairwise:
     R_k = (4 D_(k+1) - D_k) / 3. The error bar of R_k is what the arithmetic shows: its distance from the
     coarser R_(k-1) (truncation, about 15x the error of R_k where the ladder converges) plus the rounding of
@@ -148,13 +163,14 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
     where rounding is small, and goes down a level (two more evaluations) while truncation still outweighs
     rounding; the estimate with the smallest bar is kept. A smooth direction stops after three levels with a
     bar near the arithmetic's limit; a strongly curved or kinked one goes down to steps where it converges.
-    ``at_top``: f at x + top u and x - top u when the caller has them already."""
-    steps = [top / 2 ** k for k in range(levels)]
+    ``first``: f at the first FIRST_LEVELS levels' points (``ladder_points``) when the caller has them."""
+    steps = ladder_steps(top, levels)
+    pending = list(first) if first is not None else f(ladder_points(x, u, steps[:FIRST_LEVELS]))
     quotients, roundings = [], []
 
     def add_level() -> None:
         s = steps[len(quotients)]
-        plus, minus = at_top if at_top is not None and not quotients else f([shifted(x, u, s), shifted(x, u, -s)])
+        plus, minus = (pending.pop(0), pending.pop(0)) if pending else f(ladder_points(x, u, [s]))
         # An output may be rounded coarser than the leaves (x.to(torch.bfloat16)): its own eps counts.
         output_eps = [max(eps, eps_of(t.dtype)) if t.is_floating_point() or t.is_complex() else eps for t in plus]
         plus, minus = [real(t).double() for t in plus], [real(t).double() for t in minus]

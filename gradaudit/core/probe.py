@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from gradaudit.core.numerics import (Evaluate, NumericalDerivative, Tensors, elementwise_tolerance, eps_of,
-                                     extrapolated_derivative, inner, is_finite, ladder_top, probe_tolerance,
-                                     rademacher_like, real, shifted, step_size)
+from gradaudit.core.numerics import (FIRST_LEVELS, Evaluate, NumericalDerivative, Tensors, elementwise_tolerance,
+                                     eps_of, extrapolated_derivative, inner, is_finite, ladder_points, ladder_steps,
+                                     ladder_top, probe_tolerance, rademacher_like, real, step_size)
 
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
 DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
@@ -183,17 +183,17 @@ class Numerics:
     model_error: float = 0.0
     ladder_start: float | None = None
 
-    def derivative(self, x: Tensors, u: list, top: float, at_top: list[Tensors] | None = None) -> NumericalDerivative:
-        return extrapolated_derivative(self.values, x, u, top, self.space.eps, self.noise, at_top=at_top)
+    def derivative(self, x: Tensors, u: list, top: float, first: list[Tensors] | None = None) -> NumericalDerivative:
+        return extrapolated_derivative(self.values, x, u, top, self.space.eps, self.noise, first=first)
 
     def derivative_in_domain(self, x: Tensors, u: list) -> tuple[NumericalDerivative, float]:
         """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at
         1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure."""
         top = self.ladder_start or self.space.top
         for _ in range(DOMAIN_SHRINKS):
-            at_top = self.values_or_none([shifted(x, u, top), shifted(x, u, -top)])
-            if at_top is not None and all(is_finite(y) for y in at_top):
-                numerical = self.derivative(x, u, top, at_top)  # the domain check was the ladder's first level
+            first = self.values_or_none(ladder_points(x, u, ladder_steps(top, FIRST_LEVELS)))
+            if first is not None and all(is_finite(y) for y in first[:2]):  # (the top level: the domain check)
+                numerical = self.derivative(x, u, top, first)
                 self.ladder_start = min(self.space.top, 2 * numerical.top)
                 return numerical, top
             top /= 8

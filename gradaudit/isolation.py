@@ -63,15 +63,45 @@ def run_optional_phase(work: Callable[[], Any], programs: Iterable[Any] = ()) ->
     """Run ``work()`` (an optional phase over ``programs``) so that nothing it does can cost the verdict: its
     exceptions, and where the programs allow a fork its crashes, come back as ``failure``. The programs'
     evaluation counters are carried back from the child."""
+    return start_optional_phase(work, programs).result()
+
+
+class PendingPhase:
+    """An optional phase started by :func:`start_optional_phase`: running in a forked child while the parent
+    goes on, or (where no fork is safe) waiting to run in-process when its result is asked for."""
+
+    def __init__(self, work: Callable[[], Any], programs: list, child: tuple[int, int] | None) -> None:
+        self._work, self._programs, self._child = work, programs, child
+
+    def result(self) -> PhaseResult:
+        if self._child is None:
+            return _in_process(self._work)
+        pid, read_end = self._child
+        self._child = None
+        result = _finish_child(pid, read_end, self._programs)
+        if result is None:  # a forked child cannot run backward in this process: never again, run it here
+            _fork_breaks_autograd["seen"] = True
+            return _in_process(self._work)
+        return result
+
+    def cancel(self) -> None:
+        """Stop the child (the audit it served failed or was interrupted)."""
+        if self._child is not None:
+            pid, read_end = self._child
+            self._child = None
+            _kill(pid)
+            os.close(read_end)
+
+
+def start_optional_phase(work: Callable[[], Any], programs: Iterable[Any] = ()) -> PendingPhase:
+    """Start ``work()`` as an optional phase (see :func:`run_optional_phase`) and return at once where it runs
+    in a forked child: the child works on the second core while the parent audits. Only the counters the
+    child's own work adds are carried back."""
     programs = [p for p in programs if p is not None]
     if not fork_safe(programs):
-        return _in_process(work)
+        return PendingPhase(work, programs, None)
     _import_phase_modules()
-    result = _in_child(work, programs)
-    if result is None:  # a forked child cannot run backward in this process: never again, run it here
-        _fork_breaks_autograd["seen"] = True
-        return _in_process(work)
-    return result
+    return PendingPhase(work, programs, _start_child(work, programs))
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,7 +135,9 @@ def _child_main(work: Callable[[], Any], programs: list, write_end: int) -> None
             if not _backward_runs():
                 message = ("no autograd", None, None)
             else:
-                message = ("ok", work(), [_counters(p) for p in programs])
+                before = [_counters(p) for p in programs]
+                value = work()
+                message = ("ok", value, [_added(_counters(p), b) for p, b in zip(programs, before)])
         except KeyboardInterrupt:
             message = ("interrupted", None, None)
         except SystemExit as exc:
@@ -151,7 +183,12 @@ def _counters(program: Any) -> dict:
     return program.stats.to_dict()
 
 
-def _in_child(work: Callable[[], Any], programs: list) -> PhaseResult | None:
+def _added(after: dict, before: dict) -> dict:
+    """What a child's work added to the counters: the parent may have counted on meanwhile."""
+    return {key: value - before[key] for key, value in after.items() if isinstance(value, (int, float))}
+
+
+def _start_child(work: Callable[[], Any], programs: list) -> tuple[int, int]:
     _flush_standard_streams()  # what the parent buffered must not be written twice
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -159,6 +196,10 @@ def _in_child(work: Callable[[], Any], programs: list) -> PhaseResult | None:
         os.close(read_end)
         _child_main(work, programs, write_end)
     os.close(write_end)
+    return pid, read_end
+
+
+def _finish_child(pid: int, read_end: int, programs: list) -> PhaseResult | None:
     try:
         payload = _read_all(read_end)
         _, status = os.waitpid(pid, 0)
@@ -202,10 +243,9 @@ def _result_of(payload: bytes, status: int, programs: list) -> PhaseResult | Non
         raise value
     if kind == "error":
         return PhaseResult(failure=f"failed: {value}")
-    for program, counted in zip(programs, counters):
-        if counted is not None:
-            for key, number in counted.items():
-                setattr(program.stats, key, number)
+    for program, added in zip(programs, counters):
+        for key, number in added.items():
+            setattr(program.stats, key, getattr(program.stats, key) + number)
     return PhaseResult(value=value)
 
 
@@ -239,13 +279,15 @@ def annotate_isolated(name: str, findings: list, notes: list[dict], programs: It
 
 
 def collect_isolated(name: str, notes: list[dict], programs: Iterable[Any],
-                     collect: Callable[[], list]) -> list:
-    """``collect()`` (the hazard scan) as an optional phase: its list, or [] and a note."""
-    result = run_optional_phase(collect, programs)
+                     collect: Callable[[], list] | PendingPhase) -> list:
+    """``collect()`` (the hazard scan) as an optional phase, or the result of one already started: its list,
+    or [] and a note."""
+    pending = collect if isinstance(collect, PendingPhase) else start_optional_phase(collect, programs)
+    result = pending.result()
     if not result.ok:
         notes.append(note(name, result.failure))
         return []
     return result.value
 
 
-__all__ = ["PhaseResult", "run_optional_phase", "annotate_isolated", "collect_isolated", "fork_safe", "note"]
+__all__ = ["PendingPhase", "PhaseResult", "run_optional_phase", "start_optional_phase", "annotate_isolated", "collect_isolated", "fork_safe", "note"]

@@ -149,7 +149,8 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     chosen = [usable_backend(b) for b in backends]
     started = time.perf_counter()
     checks, findings, skipped = [], [], []
-    stats = {"forward_evals": 0, "backward_evals": 0, "compilations": 0, "compile_seconds": 0.0}
+    stats, batching = {"forward_evals": 0, "backward_evals": 0, "compilations": 0, "compile_seconds": 0.0,
+                       "batched_evals": 0}, []
     with same_rng_for_each_program() as rewind:
         with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
             refuse_random_ops(reference)
@@ -167,8 +168,10 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
                 checks += backend_checks
                 findings += backend_findings
                 skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
-                for key, value in program_stats.items():
-                    stats[key] += value
+                for key in stats:
+                    stats[key] += program_stats.get(key, 0)
+                batching.append(f"{backend.name}: {program_stats.get('batching', 'none')}")
+    stats["batching"] = "; ".join(batching)
     stats["seconds"] = round(time.perf_counter() - started, 4)
     return Report(target=case.label, backend=",".join(b.name for b in chosen), device="cpu (reference)",
                   dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,

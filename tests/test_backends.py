@@ -75,9 +75,9 @@ def test_private_copy_casts_and_does_not_share_buffers():
 
 
 # ------------------------------------------------------------------ capabilities
-def test_eager_declares_itself_the_reference_with_the_defaults_of_program():
+def test_eager_declares_itself_the_reference_and_a_batching_program():
     with get_backend("eager").load(Case(*fx.groupnorm_gelu())) as program:
-        assert program.capabilities == Capabilities(reference=True)
+        assert program.capabilities == Capabilities(reference=True, batch_evaluation=True)
         assert program.capabilities.autograd and program.supports_autograd
         assert program.notes == [] and program.fallback_counts == {}
         assert program.module is not None

@@ -143,7 +143,7 @@ ISOLATION_CHECKS = f"""
 import os, signal, sys, torch
 sys.path.insert(0, {str(DATA)!r})
 import gradaudit, hostile_targets as hostile
-from gradaudit.isolation import run_optional_phase
+from gradaudit.isolation import run_optional_phase, start_optional_phase
 
 report = gradaudit.check(hostile.faulty_crashes_when_traced())
 assert not report.ok and report.findings[0].kind == "faulty_backward", report
@@ -160,6 +160,17 @@ with usable_backend("eager").load(gradaudit.Case(torch.sin, (torch.ones(3, dtype
     result = run_optional_phase(lambda: [os.getpid(), p([leaf.value for leaf in p.leaves])[0].sum().item()], [p])
     assert result.ok and result.value[0] != os.getpid(), result  # it ran in a child
     assert p.stats.forward_evals == before + 1  # the child's evaluation is counted here
+    # a phase started before the parent's own work (the hazard scan beside the checks) adds only its own
+    pending = start_optional_phase(lambda: p([leaf.value + 1 for leaf in p.leaves])[0].sum().item(), [p])
+    p([leaf.value for leaf in p.leaves])
+    assert pending.result().ok and p.stats.forward_evals == before + 3
+report = gradaudit.check(hostile.correct_crashes_when_traced())  # the scan crashes beside passing checks
+assert report.ok and report.skipped[-1]["reason"].startswith("crashed: signal 11 (SIGSEGV)"), report.skipped
+os.environ["GRADAUDIT_NO_FORK"] = "1"
+in_process_stats = gradaudit.check(torch.sin, (torch.ones(3, dtype=torch.float64),)).stats
+del os.environ["GRADAUDIT_NO_FORK"]
+forked_stats = gradaudit.check(torch.sin, (torch.ones(3, dtype=torch.float64),)).stats
+assert forked_stats["forward_evals"] == in_process_stats["forward_evals"], (forked_stats, in_process_stats)
 assert run_optional_phase(lambda: 1 / 0).failure == "failed: ZeroDivisionError: division by zero"
 assert run_optional_phase(lambda: os.kill(os.getpid(), signal.SIGABRT)).failure.startswith(
     "crashed: signal 6 (SIGABRT)")

@@ -11,9 +11,10 @@ import torch
 from gradaudit import __version__
 from gradaudit.case import as_case
 from gradaudit.core.checks import Auditor, Settings
-from gradaudit.errors import AuditError
+from gradaudit.core.findings import backend_error_finding
+from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.isolation import annotate_isolated, collect_isolated, start_optional_phase
-from gradaudit.outcome import user_code_boundary
+from gradaudit.outcome import raised_in_users_code, user_code_boundary
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks
 from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
@@ -201,7 +202,8 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
                                 "dtype, number, NaN) from eager float64's"})
                 return checks, findings
         audited = reference or program
-        more_checks, more_findings, more = Auditor(audited, settings, progress, model_error=model_error).run()
+        auditor = Auditor(audited, settings, progress, model_error=model_error)
+        more_checks, more_findings, more = audit_or_backend_error(auditor, eager, settings)
         checks, findings = checks + more_checks, findings + more_findings
         skipped += more
         if reference is not None:
@@ -217,6 +219,28 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
         if eager is not None:
             eager.close()
     return checks, findings
+
+
+def audit_or_backend_error(auditor: Auditor, eager: Program | None,
+                           settings: Settings) -> tuple[list[Check], list[Finding], list[dict]]:
+    """``auditor.run()``. On a backend other than eager, an exception that is neither the user's code raising
+    nor the backend saying it lacks an op, and that eager float64 does not raise in the same audit, is the
+    backend failing: a ``backend_error`` finding at the order under way, after the checks of the orders before
+    it (torch-xla 2.9's eval-mode BatchNorm2d backward). Otherwise the exception stands: the audit could not
+    run."""
+    try:
+        return auditor.run()
+    except Exception as exc:
+        if eager is None or isinstance(exc, AuditError) or raised_in_users_code(exc):
+            raise
+        failure = backend_failure(auditor.program.device, "differentiation", exc)
+        if isinstance(failure, Unsupported):
+            raise failure from exc
+        try:
+            Auditor(eager, settings).run()
+        except Exception:
+            raise exc from None  # eager fails too: not the backend's doing
+        return auditor.checks, auditor.findings + [backend_error_finding(auditor.order, failure)], auditor.skipped
 
 
 def localize_findings(program: Program, findings: list[Finding], seed: int, eager: Program | None = None) -> None:

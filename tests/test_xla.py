@@ -200,3 +200,35 @@ def test_a_fault_of_the_code_itself_is_localized_on_xla_too():
     report = gradaudit.check(*fixtures.wrong_parameter_gradient(), backend="xla")
     fault = next(f for f in report.findings if f.kind == "faulty_backward")
     assert fault.node == "FnBackward", fault
+
+
+# ---------------------------------------------------------------- the backend raising where eager runs
+def eval_batch_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.ReLU()).double().eval()
+    return model, (torch.randn(2, 2, 6, 6, dtype=torch.float64),)
+
+
+def test_a_backward_torch_xla_cannot_run_is_a_backend_error_finding():
+    """torch-xla 2.9 fails the backward of an eval-mode BatchNorm2d that eager runs: a finding about the
+    backend (exit 1), not an audit that could not run; the same case on eager passes."""
+    report = gradaudit.check(*eval_batch_norm(), backend="xla")
+    assert not report.ok
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert [(f.kind, f.order) for f in errors] == [("backend_error", 1)], report
+    assert "raised where eager float64 runs" in errors[0].message
+    assert "size of mean" in errors[0].details["exception"]
+    assert gradaudit.check(*eval_batch_norm()).ok
+
+
+def test_the_users_own_exception_on_xla_is_still_the_case_raising():
+    calls = {"xla": 0}
+
+    def fn(x):
+        calls["xla"] += x.device.type == "xla"
+        if calls["xla"] == 8:  # (a later call: the first ones are the backend loading and forward parity)
+            raise RuntimeError("planted failure")
+        return torch.sin(x)
+
+    with pytest.raises(AuditError, match="the case raised RuntimeError: planted failure"):
+        gradaudit.check(fn, (torch.ones(3, dtype=torch.float64),), backend="xla")

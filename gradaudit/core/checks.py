@@ -302,6 +302,7 @@ class Auditor:
         # mismatch would be that backend's divergence, which the reverse-mode tests already report.
         self.forward_ad = program.capabilities.forward_ad and self.numeric is program
         self._done, self._steps = 0, 0
+        self.order = 0
 
     def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
         first = ForwardFunction(self.program)
@@ -332,6 +333,7 @@ class Auditor:
 
     def check_order(self, f) -> None:
         x, order = self.space.x, f.order
+        self.order = order  # (the order under way, for a failure's report)
         outputs = on_cpu(evaluate(f, x))
         for name, out in zip(f.output_names, outputs):
             if not torch.isfinite(out).all():  # (order 1's outputs were checked when the program loaded)

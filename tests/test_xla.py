@@ -232,3 +232,13 @@ def test_the_users_own_exception_on_xla_is_still_the_case_raising():
 
     with pytest.raises(AuditError, match="the case raised RuntimeError: planted failure"):
         gradaudit.check(fn, (torch.ones(3, dtype=torch.float64),), backend="xla")
+
+
+def test_complex_results_and_leaves_survive_the_host_copy():
+    """torch-xla 2.9 drops the imaginary parts when a complex tensor is copied to the host; the checker's
+    numerics copy through the real view (view_as_complex was a false faulty_backward: numerical 0)."""
+    real_input = gradaudit.check(lambda x: torch.view_as_complex(x) * 2, (fixtures.randn(3, 2),), backend="xla")
+    assert real_input.ok, real_input
+    complex_leaf = gradaudit.check(lambda z: (z * z).real + z.exp().imag, (fixtures.randn(4, dtype=torch.complex128),),
+                                   backend="xla")
+    assert complex_leaf.ok, complex_leaf

@@ -21,7 +21,7 @@ from gradaudit.core.findings import nondeterminism_finding, order_findings, to_c
 from gradaudit.core.followups import at_kink, worst_element
 from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
-                                     rademacher_like, real, rounding_noise)
+                                     rademacher_like, real, rounding_noise, to_host)
 from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group_resolving
 from gradaudit.errors import AuditError, Unsupported
 from gradaudit.outcome import first_line
@@ -238,7 +238,7 @@ CHECK_MODES: dict[str, Callable[[OrderState], list[Check]]] = {
 def on_cpu(tensors: Tensors) -> list[torch.Tensor]:
     """The program's results where the probes' arithmetic runs: on the CPU (a no-op for CPU programs; on a
     compiling backend, each small formula on device tensors would be a graph of its own)."""
-    return [t.cpu() for t in tensors]
+    return [to_host(t) for t in tensors]
 
 
 # ------------------------------------------------------------------------------------------ measurements

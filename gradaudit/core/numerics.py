@@ -44,6 +44,15 @@ def real(tensor: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(tensor.resolve_conj()) if tensor.is_complex() else tensor
 
 
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached CPU copy. Complex tensors travel as their real view: torch-xla 2.9's device-to-host copy of a
+    complex tensor drops the imaginary parts (docs/crossbackend), while the real view copies correctly."""
+    tensor = tensor.detach()
+    if tensor.is_complex() and tensor.device.type != "cpu":
+        return torch.view_as_complex(torch.view_as_real(tensor.resolve_conj()).cpu())
+    return tensor.cpu()
+
+
 def inner(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]) -> float:
     """Real inner product of two lists of tensors (None stands for zeros)."""
     total = 0.0
@@ -76,7 +85,7 @@ def shifted(x: Tensors, direction: Sequence[torch.Tensor | None], t: float) -> T
     """x + t u, computed on the CPU (where probe directions live: see probe.ProbeSpace) and handed to x's device
     as data: on a compiling backend (XLA) the sum on the device would be a graph of its own for every pattern
     of shifted leaves."""
-    return [xi if ui is None else on_device_of(xi.detach().cpu() + t * ui.cpu(), xi) for xi, ui in zip(x, direction)]
+    return [xi if ui is None else on_device_of(to_host(xi) + t * ui.cpu(), xi) for xi, ui in zip(x, direction)]
 
 
 def on_device_of(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from gradaudit.core.findings import backend_error_finding, fault_finding, to_che
 from gradaudit.core.kinds import CheckStatus, FaultKind, Severity
 from gradaudit.core.probe import Outcome
 from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
-from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
+from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real, to_host
 from gradaudit.errors import BackendFailure, Unsupported, backend_failure
 from gradaudit.report import Check, Finding
 
@@ -47,8 +47,7 @@ def results_on_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """A program's results on the CPU in their own dtype (a dtype mismatch is itself a divergence). Complex
     results travel as their real view: torch-xla 2.9's device-to-host copy of a complex tensor drops the
     imaginary parts (see docs/crossbackend), a transfer defect that would hide what the ops computed."""
-    return [torch.view_as_complex(torch.view_as_real(t.detach().resolve_conj()).cpu()) if t.is_complex()
-            and t.device.type != "cpu" else t.detach().cpu() for t in tensors]
+    return [to_host(t) for t in tensors]
 
 
 def expected_dtype(reference_output: torch.Tensor, native_dtype: torch.dtype) -> torch.dtype:

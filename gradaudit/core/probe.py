@@ -14,7 +14,8 @@ import torch
 
 from gradaudit.core.numerics import (FIRST_LEVELS, Evaluate, NumericalDerivative, Tensors, elementwise_tolerance,
                                      eps_of, extrapolated_derivative, inner, is_finite, ladder_points, ladder_steps,
-                                     ladder_top, probe_tolerance, rademacher_like, real, step_size)
+                                     ladder_top, probe_tolerance, rademacher_like, real, step_size,
+                                     to_host)
 
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
 DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
@@ -61,7 +62,7 @@ class Outcome:
 def leaf_scale(x: torch.Tensor) -> float:
     """The root mean square of a leaf's finite elements, at least 1: probe steps are relative to it. (On the
     CPU: a boolean mask on an XLA tensor would be a data-dependent shape, a CPU fallback.)"""
-    values = x.detach().cpu()
+    values = to_host(x)
     values = real(values[torch.isfinite(values)]).double()
     return max(1.0, float(values.pow(2).mean().sqrt())) if values.numel() else 1.0
 
@@ -96,7 +97,7 @@ class ProbeSpace:
         # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
         # Infinite elements (-inf in an attention mask) cannot be moved by a finite step: every direction leaves
         # them where they are, and they do not count in the scale.
-        self.movable = [torch.isfinite(x.detach().cpu()) for x in self.x]  # (a copy, not a device graph)
+        self.movable = [torch.isfinite(to_host(x)) for x in self.x]  # (a copy, not a device graph)
         self.scales = [leaf_scale(x) for x in self.x]
 
     @classmethod

@@ -14,7 +14,7 @@ from gradaudit.core.checks import Auditor, Settings
 from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.isolation import annotate_isolated, collect_isolated, start_optional_phase
-from gradaudit.outcome import raised_in_users_code, user_code_boundary
+from gradaudit.outcome import raised_in_users_code, user_code_boundary, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks
 from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
@@ -233,7 +233,9 @@ def audit_or_backend_error(auditor: Auditor, eager: Program | None,
     except Exception as exc:
         if eager is None or isinstance(exc, AuditError) or raised_in_users_code(exc):
             raise
-        failure = backend_failure(auditor.program.device, "differentiation", exc)
+        where = where_it_happened(exc)
+        failure = backend_failure(auditor.program.device, f"differentiation ({where})" if where else "differentiation",
+                                  exc)
         if isinstance(failure, Unsupported):
             raise failure from exc
         try:

@@ -14,7 +14,7 @@ from gradaudit.core.checks import Auditor, Settings
 from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.isolation import annotate_isolated, collect_isolated, start_optional_phase
-from gradaudit.outcome import raised_in_users_code, user_code_boundary, where_it_happened
+from gradaudit.outcome import user_code_boundary, users_own_exception, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks
 from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
@@ -227,11 +227,12 @@ def audit_or_backend_error(auditor: Auditor, eager: Program | None,
     nor the backend saying it lacks an op, and that eager float64 does not raise in the same audit, is the
     backend failing: a ``backend_error`` finding at the order under way, after the checks of the orders before
     it (torch-xla 2.9's eval-mode BatchNorm2d backward). Otherwise the exception stands: the audit could not
-    run."""
+    run. Forward mode raising on the backend (torch-xla 2.9's var, std, dist, quantile) only turns forward mode
+    off there, and is a ``backend_error`` finding where eager float64's forward mode ran."""
     try:
-        return auditor.run()
+        checks, findings, skipped = auditor.run()
     except Exception as exc:
-        if eager is None or isinstance(exc, AuditError) or raised_in_users_code(exc):
+        if eager is None or isinstance(exc, AuditError) or users_own_exception(exc):
             raise
         where = where_it_happened(exc)
         failure = backend_failure(auditor.program.device, f"differentiation ({where})" if where else "differentiation",
@@ -243,6 +244,17 @@ def audit_or_backend_error(auditor: Auditor, eager: Program | None,
         except Exception:
             raise exc from None  # eager fails too: not the backend's doing
         return auditor.checks, auditor.findings + [backend_error_finding(auditor.order, failure)], auditor.skipped
+    # Forward mode that raised on the backend was turned off there (the reverse-mode checks stand); where eager
+    # float64's forward mode runs the same audit, that is the backend failing too.
+    failures = [(order, backend_failure(auditor.program.device, "forward-mode AD", exc))
+                for order, exc in auditor.forward_ad_failures]
+    failures = [(order, failure) for order, failure in failures if not isinstance(failure, Unsupported)]
+    if failures and eager is not None:
+        reference = Auditor(eager, settings)
+        reference.run()
+        if reference.forward_ad:
+            findings = findings + [backend_error_finding(order, failure) for order, failure in failures]
+    return checks, findings, skipped
 
 
 def localize_findings(program: Program, findings: list[Finding], seed: int, eager: Program | None = None) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import linecache
 import os
 import sys
 import sysconfig
@@ -117,6 +118,18 @@ def _frames(exc: BaseException) -> list:
 def _is_users(file: str) -> bool:
     path = str(Path(file).resolve()) if not file.startswith("<") else file
     return not (file.startswith("<") or is_own_file(file) or path.startswith(_LIBRARY_DIRS))
+
+
+def users_own_exception(exc: BaseException) -> bool:
+    """Whether the user's code raised ``exc`` itself: its traceback starts at a ``raise`` or ``assert``
+    statement in a file of the user's (rather than in an op the user's code called, which fails in C and
+    leaves the user's line as the innermost frame too)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or not _is_users(tb.tb_frame.f_code.co_filename):
+        return False
+    return linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip().startswith(("raise", "assert"))
 
 
 def where_it_happened(exc: BaseException) -> str:

@@ -242,3 +242,15 @@ def test_complex_results_and_leaves_survive_the_host_copy():
     complex_leaf = gradaudit.check(lambda z: (z * z).real + z.exp().imag, (fixtures.randn(4, dtype=torch.complex128),),
                                    backend="xla")
     assert complex_leaf.ok, complex_leaf
+
+
+def test_forward_mode_raising_on_xla_keeps_the_reverse_mode_verdict():
+    """torch-xla 2.9's forward mode of var gives a tangent of the input's shape: forward mode is turned off
+    there and reported as the backend's error, while the reverse-mode checks run and pass."""
+    report = gradaudit.check(lambda x: x.var(), (fixtures.randn(5, 5),), backend="xla")
+    assert {c.method for c in report.checks if c.order == 1} == {"reverse"}
+    assert all(c.ok for c in report.checks if c.order == 1)
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert [(f.kind, f.order) for f in errors] == [("backend_error", 1)]
+    assert errors[0].message.startswith("forward-mode AD on xla")
+    assert any(s["what"] == "forward-mode AD (order 1)" for s in report.skipped)

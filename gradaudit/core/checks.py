@@ -24,7 +24,7 @@ from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate
                                      rademacher_like, real, rounding_noise, to_host)
 from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group_resolving
 from gradaudit.errors import AuditError, Unsupported
-from gradaudit.outcome import first_line
+from gradaudit.outcome import first_line, users_own_exception
 from gradaudit.report import Check, Finding
 
 if TYPE_CHECKING:  # the core sees a backend only through the Program interface
@@ -301,6 +301,9 @@ class Auditor:
         # Forward mode checks the program's own JVPs; against another backend's finite differences a
         # mismatch would be that backend's divergence, which the reverse-mode tests already report.
         self.forward_ad = program.capabilities.forward_ad and self.numeric is program
+        # (order, exception) where forward mode raised on a backend other than eager: the caller holds these
+        # against eager float64 (a backend_error), while the reverse-mode checks go on without forward mode.
+        self.forward_ad_failures: list[tuple[int, Exception]] = []
         self._done, self._steps = 0, 0
         self.order = 0
 
@@ -365,6 +368,14 @@ class Auditor:
         except Unsupported as exc:
             self.forward_ad = False
             self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(exc)})
+            return None
+        except Exception as exc:
+            if self.program.capabilities.reference or users_own_exception(exc):
+                raise
+            self.forward_ad = False
+            self.forward_ad_failures.append((f.order, exc))
+            self.skipped.append({"what": f"forward-mode AD (order {f.order})",
+                                 "reason": f"{self.program.device} raised {type(exc).__name__}: {first_line(exc)}"})
             return None
 
     def numeric_values(self, f) -> Evaluate:

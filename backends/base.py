@@ -33,6 +33,10 @@ class Stats:
     batched_evals: int = 0  # of the forward evaluations, how many ran in batches (Program.evaluate_batch)
     batching: str = "none"  # how batches run: "none", "vmap", or why they fell back to one call per point
 
+    def counters(self) -> dict[str, float]:
+        """The keys of :meth:`to_dict` that add up across programs (all but ``batching``)."""
+        return {key: value for key, value in self.to_dict().items() if isinstance(value, (int, float))}
+
     def to_dict(self) -> dict:
         """The report's ``stats`` keys."""
         return {"forward_evals": self.forward_evals, "backward_evals": self.backward_evals,

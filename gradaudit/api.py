@@ -20,7 +20,7 @@ from gradaudit.core.parity import parity_checks
 from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
 from gradaudit.registry import usable_backend
 from gradaudit.rng import preserved_rng
-from gradaudit.backends.base import Program
+from gradaudit.backends.base import Program, Stats
 from gradaudit.report import Check, Finding, Report
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -117,8 +117,8 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
                     reference.close()
             stats = program.stats.to_dict()
             if reference is not None:
-                more = reference.stats.to_dict()
-                stats = {k: v + more[k] if isinstance(v, (int, float)) else v for k, v in stats.items()}
+                for key, value in reference.stats.counters().items():
+                    stats[key] += value
     if fail_on_hazard:
         for finding in findings:
             if finding.kind == FaultKind.HAZARD:
@@ -150,8 +150,7 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     chosen = [usable_backend(b) for b in backends]
     started = time.perf_counter()
     checks, findings, skipped = [], [], []
-    stats, batching = {"forward_evals": 0, "backward_evals": 0, "compilations": 0, "compile_seconds": 0.0,
-                       "batched_evals": 0}, []
+    stats, batching = Stats().counters(), []
     with same_rng_for_each_program() as rewind:
         with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
             refuse_random_ops(reference)
@@ -235,8 +234,8 @@ def audit_or_backend_error(auditor: Auditor, eager: Program | None,
         if eager is None or isinstance(exc, AuditError) or users_own_exception(exc):
             raise
         where = where_it_happened(exc)
-        failure = backend_failure(auditor.program.device, f"differentiation ({where})" if where else "differentiation",
-                                  exc)
+        what = f"differentiation ({where})" if where else "differentiation"
+        failure = backend_failure(auditor.program.device, what, exc)
         if isinstance(failure, Unsupported):
             raise failure from exc
         try:

@@ -180,12 +180,12 @@ def _backward_runs() -> bool:
 
 def _counters(program: Any) -> dict:
     """A program's evaluation counters (``Program.stats``), to carry back from a forked child."""
-    return program.stats.to_dict()
+    return program.stats.counters()
 
 
 def _added(after: dict, before: dict) -> dict:
     """What a child's work added to the counters: the parent may have counted on meanwhile."""
-    return {key: value - before[key] for key, value in after.items() if isinstance(value, (int, float))}
+    return {key: value - before[key] for key, value in after.items()}
 
 
 def _start_child(work: Callable[[], Any], programs: list) -> tuple[int, int]:
@@ -290,4 +290,5 @@ def collect_isolated(name: str, notes: list[dict], programs: Iterable[Any],
     return result.value
 
 
-__all__ = ["PendingPhase", "PhaseResult", "run_optional_phase", "start_optional_phase", "annotate_isolated", "collect_isolated", "fork_safe", "note"]
+__all__ = ["PendingPhase", "PhaseResult", "run_optional_phase", "start_optional_phase", "annotate_isolated",
+           "collect_isolated", "fork_safe", "note"]

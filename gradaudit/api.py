@@ -245,14 +245,12 @@ def audit_or_backend_error(auditor: Auditor, eager: Program | None,
         return auditor.checks, auditor.findings + [backend_error_finding(auditor.order, failure)], auditor.skipped
     # Forward mode that raised on the backend was turned off there (the reverse-mode checks stand); where eager
     # float64's forward mode runs the same audit, that is the backend failing too.
-    failures = [(order, backend_failure(auditor.program.device, "forward-mode AD", exc))
-                for order, exc in auditor.forward_ad_failures]
-    failures = [(order, failure) for order, failure in failures if not isinstance(failure, Unsupported)]
-    if failures and eager is not None:
+    if auditor.forward_ad_failures and eager is not None:
         reference = Auditor(eager, settings)
         reference.run()
         if reference.forward_ad:
-            findings = findings + [backend_error_finding(order, failure) for order, failure in failures]
+            findings = findings + [backend_error_finding(order, failure)
+                                   for order, failure in auditor.forward_ad_failures]
     return checks, findings, skipped
 
 

@@ -23,7 +23,7 @@ from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
                                      rademacher_like, real, rounding_noise, to_host)
 from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group_resolving
-from gradaudit.errors import AuditError, Unsupported
+from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.outcome import first_line, users_own_exception
 from gradaudit.report import Check, Finding
 
@@ -236,8 +236,9 @@ CHECK_MODES: dict[str, Callable[[OrderState], list[Check]]] = {
 
 
 def on_cpu(tensors: Tensors) -> list[torch.Tensor]:
-    """The program's results where the probes' arithmetic runs: on the CPU (a no-op for CPU programs; on a
-    compiling backend, each small formula on device tensors would be a graph of its own)."""
+    """The program's results where the probes' arithmetic runs: on the CPU, in their own dtype (a no-op for CPU
+    programs; on a compiling backend, each small formula on device tensors would be a graph of its own).
+    Complex results travel as their real view (see numerics.to_host)."""
     return [to_host(t) for t in tensors]
 
 
@@ -301,9 +302,9 @@ class Auditor:
         # Forward mode checks the program's own JVPs; against another backend's finite differences a
         # mismatch would be that backend's divergence, which the reverse-mode tests already report.
         self.forward_ad = program.capabilities.forward_ad and self.numeric is program
-        # (order, exception) where forward mode raised on a backend other than eager: the caller holds these
+        # (order, failure) where forward mode raised on a backend other than eager: the caller holds these
         # against eager float64 (a backend_error), while the reverse-mode checks go on without forward mode.
-        self.forward_ad_failures: list[tuple[int, Exception]] = []
+        self.forward_ad_failures: list[tuple[int, BackendFailure]] = []
         self._done, self._steps = 0, 0
         self.order = 0
 
@@ -372,10 +373,11 @@ class Auditor:
         except Exception as exc:
             if self.program.capabilities.reference or users_own_exception(exc):
                 raise
+            failure = backend_failure(self.program.device, "forward-mode AD", exc)
             self.forward_ad = False
-            self.forward_ad_failures.append((f.order, exc))
-            self.skipped.append({"what": f"forward-mode AD (order {f.order})",
-                                 "reason": f"{self.program.device} raised {type(exc).__name__}: {first_line(exc)}"})
+            self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(failure)})
+            if not isinstance(failure, Unsupported):
+                self.forward_ad_failures.append((f.order, failure))
             return None
 
     def numeric_values(self, f) -> Evaluate:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 
-from gradaudit.core.checks import Settings
+from gradaudit.core.checks import Settings, on_cpu
 from gradaudit.core.findings import backend_error_finding, fault_finding, to_check
 from gradaudit.core.kinds import CheckStatus, FaultKind, Severity
 from gradaudit.core.probe import Outcome
 from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
-from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real, to_host
+from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
 from gradaudit.errors import BackendFailure, Unsupported, backend_failure
 from gradaudit.report import Check, Finding
 
@@ -41,13 +41,6 @@ def on_backend(program: "Program", what: str, run: Callable[[], T]) -> T:
         raise
     except Exception as exc:
         raise backend_failure(program.device, what, exc) from exc
-
-
-def results_on_cpu(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """A program's results on the CPU in their own dtype (a dtype mismatch is itself a divergence). Complex
-    results travel as their real view: torch-xla 2.9's device-to-host copy of a complex tensor drops the
-    imaginary parts (see docs/crossbackend), a transfer defect that would hide what the ops computed."""
-    return [to_host(t) for t in tensors]
 
 
 def expected_dtype(reference_output: torch.Tensor, native_dtype: torch.dtype) -> torch.dtype:
@@ -153,7 +146,7 @@ def forward_checks(native: Program, reference: Program, seed: int = 0) -> tuple[
     x_reference = [leaf.value for leaf in reference.leaves]
     f_reference = ForwardFunction(reference)
     y_reference = evaluate(f_reference, x_reference)
-    y_native = on_backend(native, "the forward", lambda: results_on_cpu(
+    y_native = on_backend(native, "the forward", lambda: on_cpu(
         evaluate(ForwardFunction(native), [leaf.value for leaf in native.leaves])))
     eps = eps_of(native.dtype)
     generator = torch.Generator().manual_seed(seed)
@@ -179,7 +172,7 @@ def grad_mode_form_checks(native: Program, reference: Program) -> list[Check]:
     def run() -> list[torch.Tensor]:
         with torch.enable_grad():
             values = [leaf.value.detach().requires_grad_() for leaf in native.leaves]
-            return results_on_cpu(ForwardFunction(native).outputs(values))
+            return on_cpu(ForwardFunction(native).outputs(values))
 
     y_native = on_backend(native, "the forward with gradients enabled", run)
     checks = []
@@ -249,7 +242,7 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
     f_native, f_reference = ForwardFunction(native), ForwardFunction(reference)
     y_reference = evaluate(f_reference, x_reference)
     y_native = on_backend(native, "the forward", lambda: evaluate(f_native, x_native))
-    noise = max(eps_of(native.dtype), forward_drift(results_on_cpu(y_native), y_reference))
+    noise = max(eps_of(native.dtype), forward_drift(on_cpu(y_native), y_reference))
 
     def like(cotangent, tensors):
         return [c.to(device=t.device, dtype=t.dtype) for c, t in zip(cotangent, tensors)]
@@ -268,7 +261,7 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
             g_reference = vjps(f_r, x_reference, [cotangent])[0]
             what = "the backward" if f_n.order == 1 else "the double backward"
             try:
-                g_native = on_backend(native, what, lambda: results_on_cpu(
+                g_native = on_backend(native, what, lambda: on_cpu(
                     vjps(f_n, x_native, [like(cotangent, native_like)])[0]))
             except BackendFailure as failure:  # the orders before it keep their checks
                 findings.append(backend_error_finding(f_n.order, failure))

@@ -3,7 +3,7 @@ backends."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
@@ -13,7 +13,7 @@ from gradaudit.case import as_case
 from gradaudit.core.checks import Auditor, Settings
 from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, Unsupported, backend_failure
-from gradaudit.isolation import annotate_isolated, collect_isolated, start_optional_phase
+from gradaudit.pipeline import announce, optional_phase, publish_verdict
 from gradaudit.outcome import user_code_boundary, users_own_exception, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks
@@ -92,44 +92,66 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     :class:`gradaudit.AuditError` when the audit cannot run. ``batch`` runs each probe's points in one
     ``torch.func.vmap`` call on eager programs, falling back to one call per point where vmap cannot run the
     case (``stats["batching"]`` says which); off by default: on the CPU it saves nothing measurable.
+
+    Everything runs in this process, the optional phases (localization, the hazard scan) after the verdict
+    (``gradaudit.pipeline``): an exception there is a note in ``report.skipped``, and the verdict stands.
     """
     settings = checked_settings(order, mode, probes, seed, batch)
     case = as_case(target, args, kwargs, name, wrt)
     chosen = usable_backend(backend)
     started = time.perf_counter()
     skipped: list[dict] = []
-    with same_rng_for_each_program() as rewind:
-        with chosen.load(case, device, parse_dtype(dtype)) as program:
-            reference = None if static_only else load_reference(case, chosen, program, device, shadow, rewind,
-                                                                skipped)
-            try:
-                skipped += program.notes
-                if static_only:
-                    checks, findings = [], static_hazards(program)
-                elif program.capabilities.autograd:
-                    checks, findings = autograd_backend_audit(case, program, reference, settings,
-                                                              progress, skipped, localize, rewind)
-                else:
-                    checks, findings = numeric_backend_audit(program, reference, settings, progress, skipped,
-                                                             localize)
-            finally:
-                if reference is not None:
-                    reference.close()
-            stats = program.stats.to_dict()
-            if reference is not None:
-                for key, value in reference.stats.counters().items():
-                    stats[key] += value
-    if fail_on_hazard:
-        for finding in findings:
-            if finding.kind == FaultKind.HAZARD:
-                finding.severity = Severity.ERROR
-    stats["seconds"] = round(time.perf_counter() - started, 4)
-    settings_dict = settings.to_dict() | {"shadow": "float64" if reference is not None else None,
-                                          "localize": localize, "static_only": static_only}
-    return Report(target=case.label, backend=chosen.name, device=program.device,
-                  dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=checks, findings=findings,
-                  skipped=skipped, stats=stats, settings=settings_dict, version=__version__)
+    with same_rng_for_each_program() as rewind, ExitStack() as open_programs:
+        program = open_programs.enter_context(chosen.load(case, device, parse_dtype(dtype)))
+        reference = None if static_only else load_reference(case, chosen, program, device, shadow, rewind,
+                                                            skipped)
+        if reference is not None:
+            open_programs.enter_context(reference)
+        skipped += program.notes
+        announce("the checks")
+        if static_only:
+            checks, findings, later = [], static_hazards(program), []
+        elif program.capabilities.autograd:
+            checks, findings, later = autograd_backend_audit(case, program, reference, settings, progress,
+                                                             skipped, localize, rewind, open_programs)
+        else:
+            checks, findings = numeric_backend_audit(program, reference, settings, progress, skipped, localize)
+            later = []
+        if fail_on_hazard:  # hazards decide the verdict: the scan is part of it
+            findings += run_later(later, "hazard scan", skipped)
+            for finding in findings:
+                if finding.kind == FaultKind.HAZARD:
+                    finding.severity = Severity.ERROR
+        settings_dict = settings.to_dict() | {"shadow": "float64" if reference is not None else None,
+                                              "localize": localize, "static_only": static_only}
+        report = Report(target=case.label, backend=chosen.name, device=program.device,
+                        dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=checks, findings=findings,
+                        skipped=skipped, stats=audit_stats(program, reference, started), settings=settings_dict,
+                        version=__version__)
+        publish_verdict(report)
+        for phase, work in later:
+            report.findings += optional_phase(phase, work, report.skipped) or []
+        report.stats = audit_stats(program, reference, started)
+    return report
 
+
+def audit_stats(program: Program, reference: Program | None, started: float) -> dict:
+    """The program's counters, the float64 reference's added, and the seconds since ``started``."""
+    stats = program.stats.to_dict()
+    if reference is not None:
+        for key, value in reference.stats.counters().items():
+            stats[key] += value
+    stats["seconds"] = round(time.perf_counter() - started, 4)
+    return stats
+
+
+def run_later(later: list[tuple[str, Callable[[], list[Finding]]]], phase: str, skipped: list[dict]) -> list[Finding]:
+    """Take ``phase`` out of the optional phases ``later`` and run it now (its findings, or [] and a note)."""
+    for index, (name, work) in enumerate(later):
+        if name == phase:
+            del later[index]
+            return optional_phase(name, work, skipped) or []
+    return []
 
 
 @user_code_boundary("gradaudit.compare")
@@ -181,43 +203,35 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
 
 
 def autograd_backend_audit(case, program: Program, reference: Program | None, settings: Settings,
-                           progress, skipped: list[dict], localize: bool,
-                           rewind: Callable[[], None]) -> tuple[list[Check], list[Finding]]:
-    """Checks of a backend with torch autograd (eager, XLA). A backend that is not the eager reference itself
-    (``capabilities.reference``) is also held against eager float64 on CPU: its forward (order-0 checks; how
-    accurate its elementary functions are sets the checker's model error) and, for localization, its gradients
-    node by node."""
+                           progress, skipped: list[dict], localize: bool, rewind: Callable[[], None],
+                           open_programs: ExitStack) -> tuple[list[Check], list[Finding], list[tuple]]:
+    """Checks of a backend with torch autograd (eager, XLA): (checks, findings, the optional phases to run
+    once the verdict is out, as (name, work) pairs whose work returns findings to add). A backend that is not
+    the eager reference itself (``capabilities.reference``) is also held against eager float64 on CPU: its
+    forward (order-0 checks; how accurate its elementary functions are sets the checker's model error) and, for
+    localization, its gradients node by node. Programs stay open in ``open_programs`` for the optional phases."""
     checks, findings, model_error, eager = [], [], 0.0, None
     if not program.capabilities.reference:
         rewind()
-        eager = usable_backend("eager").load(case, "cpu", torch.float64)
-    # The hazard scan needs no verdict: where it runs in a forked child, it works beside the checks.
-    scan = start_optional_phase(lambda: static_hazards(program), [program])
-    try:
-        if eager is not None:
-            checks, findings, model_error = forward_parity(program, eager, skipped)
-            if any(check.mismatch for check in checks):  # another function than eager's: nothing to audit
-                skipped.append({"what": "gradient checks", "reason": "the forward results differ in form (shape, "
-                                "dtype, number, NaN) from eager float64's"})
-                return checks, findings
-        audited = reference or program
-        auditor = Auditor(audited, settings, progress, model_error=model_error)
-        more_checks, more_findings, more = audit_or_backend_error(auditor, eager, settings)
-        checks, findings = checks + more_checks, findings + more_findings
-        skipped += more
-        if reference is not None:
-            parity, parity_findings = parity_checks(program, reference, settings)
-            checks, findings = checks + parity, findings + parity_findings
-        if localize and any(f.severity == Severity.ERROR for f in findings):  # (a pass has nothing to localize)
-            annotate_isolated("localization", findings, skipped, [audited, eager],
-                              lambda: localize_findings(audited, findings, settings.seed, eager))
-        findings += collect_isolated("hazard scan", skipped, [program], scan)
-        findings += fallback_hazards(program)
-    finally:
-        scan.cancel()
-        if eager is not None:
-            eager.close()
-    return checks, findings
+        eager = open_programs.enter_context(usable_backend("eager").load(case, "cpu", torch.float64))
+        checks, findings, model_error = forward_parity(program, eager, skipped)
+        if any(check.mismatch for check in checks):  # another function than eager's: nothing to audit
+            skipped.append({"what": "gradient checks", "reason": "the forward results differ in form (shape, "
+                            "dtype, number, NaN) from eager float64's"})
+            return checks, findings, []
+    audited = reference or program
+    auditor = Auditor(audited, settings, progress, model_error=model_error)
+    more_checks, more_findings, more = audit_or_backend_error(auditor, eager, settings)
+    checks, findings = checks + more_checks, findings + more_findings + fallback_hazards(program)
+    skipped += more
+    if reference is not None:
+        parity, parity_findings = parity_checks(program, reference, settings)
+        checks, findings = checks + parity, findings + parity_findings
+    later = []
+    if localize and any(f.severity == Severity.ERROR for f in findings):  # (a pass has nothing to localize)
+        later.append(("localization", lambda: localize_findings(audited, findings, settings.seed, eager) or []))
+    later.append(("hazard scan", lambda: static_hazards(program)))
+    return checks, findings, later
 
 
 def audit_or_backend_error(auditor: Auditor, eager: Program | None,

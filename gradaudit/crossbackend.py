@@ -17,7 +17,7 @@ from gradaudit.core.numerics import eps_of, model_error_of
 from gradaudit.core.parity import forward_checks, forward_divergences, grad_mode_form_checks, parity_checks
 from gradaudit.core.probe import Numerics, ProbeSpace
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
-from gradaudit.isolation import annotate_isolated
+from gradaudit.pipeline import optional_phase
 from gradaudit.backends.base import Program
 from gradaudit.registry import usable_backend
 from gradaudit.report import Check, Finding
@@ -67,8 +67,7 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
     if localize and any(f.severity == Severity.ERROR for f in findings):
         from gradaudit.analyzers.divergence import locate_divergence
 
-        annotate_isolated("localization", findings, skipped, [program, reference],
-                          lambda: locate_divergence(program, reference, findings))
+        optional_phase("localization", lambda: locate_divergence(program, reference, findings), skipped)
     return checks + gradient_checks, findings
 
 
@@ -96,8 +95,8 @@ def compare_program(program, reference, settings: Settings,
         checks += gradient_checks
         findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
     if localize and any(f.severity == Severity.ERROR and f.kind != FaultKind.BACKEND_ERROR for f in findings):
-        annotate_isolated("localization", findings, notes, [program, reference],
-                          lambda: localize_divergences(program, reference, findings, settings.seed))
+        optional_phase("localization", lambda: localize_divergences(program, reference, findings, settings.seed),
+                       notes)
     return checks, findings, notes
 
 
@@ -114,10 +113,10 @@ def compare_backend(backend, case, reference: Program, settings: Settings, dtype
         checks, findings, notes = compare_program(program, reference, settings, localize)
         notes = list(program.notes) + notes  # (what loading changed: a graph run in float32 for want of kernels)
         if program.dtype != torch.float64 and divergences_to_explain(findings):
-            annotate_isolated("same-precision triage", findings, notes, [program, reference], lambda: excuse_precision(
+            optional_phase("same-precision triage", lambda: excuse_precision(
                 program, reference, settings, findings, lambda: usable_backend("eager").load(
-                    case, "cpu", program.dtype)))
-            excuse_checks(checks, findings)  # (here: the triage may have run in a child, which sends findings only)
+                    case, "cpu", program.dtype)), notes)
+            excuse_checks(checks, findings)
         return checks, findings, notes, program.stats.to_dict()
 
 

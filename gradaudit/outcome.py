@@ -1,7 +1,7 @@
 """The one place where whatever escapes the user's code becomes the contract's outcome.
 
 Exit codes: ``0`` every check passed, ``1`` a gradient problem was found, ``2`` the audit could not run, ``130``
-interrupted. Nothing the audited code does may turn into a 0 or a 1, so:
+interrupted (Ctrl-C), ``143`` terminated (SIGTERM). Nothing the audited code does may turn into a 0 or a 1, so:
 
 * :func:`user_code_boundary` wraps the API's entry points (``gradaudit.check``, ``gradaudit.compare``): any
   exception of the user's code, on any call, becomes one :class:`AuditError` naming the call (the original is
@@ -33,7 +33,7 @@ import click
 from gradaudit.errors import AuditError
 from gradaudit.paths import is_own_file
 
-EXIT_OK, EXIT_PROBLEM, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_PROBLEM, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -51,20 +51,10 @@ _real_os_exit = os._exit
 _guard = {"depth": 0, "pid": None}
 
 
-def real_exit(status: int) -> NoReturn:
-    """End this process now, whatever the guard says (crash-isolation children end with it)."""
-    _real_os_exit(status)
-
-
 def _raising_os_exit(status: int) -> NoReturn:
     if os.getpid() != _guard["pid"]:  # a process the user's code forked (multiprocessing): let it exit
         _real_os_exit(status)
     raise OsExitCalled(status)
-
-
-def claim_exit_guard() -> None:
-    """In a child forked by gradaudit itself: the guard applies to this process too."""
-    _guard["pid"] = os.getpid()
 
 
 @contextmanager
@@ -225,10 +215,10 @@ def fail(message: str) -> NoReturn:
     sys.exit(EXIT_ERROR)
 
 
-def interrupted(message: str = "interrupted") -> NoReturn:
-    """Exit 130 (Ctrl-C) with one line on stderr and no verdict."""
+def interrupted(message: str = "interrupted", code: int = EXIT_INTERRUPTED) -> NoReturn:
+    """Exit 130 (Ctrl-C; 143 for SIGTERM) with one line on stderr and no verdict."""
     _echo_err(f"gradaudit: {message}")
-    sys.exit(EXIT_INTERRUPTED)
+    sys.exit(code)
 
 
 @contextmanager
@@ -244,9 +234,18 @@ def command_outcome(show_traceback: bool = False) -> Iterator[None]:
         except BaseException as exc:  # noqa: B036 - the user's code may raise anything, SystemExit included
             if show_traceback:
                 traceback.print_exception(exc)
-            hint = "" if show_traceback or isinstance(exc, AuditError) else " (rerun with --traceback for details)"
-            fail(describe(exc) if isinstance(exc, (AuditError, SystemExit)) else
-                 f"the audit could not run: {describe(exc)}{hint}")
+            fail(error_line(exc, show_traceback))
+
+
+def error_line(exc: BaseException, show_traceback: bool = False) -> str:
+    """The one line for what stopped an audit before its verdict (after ``gradaudit: error: ``). A
+    ``KeyboardInterrupt`` here was raised by the target itself (a real Ctrl-C reaches the supervisor)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"the target raised KeyboardInterrupt ({where_it_happened(exc) or 'no traceback'}); nothing was audited"
+    if isinstance(exc, (AuditError, SystemExit)):
+        return describe(exc)
+    hint = "" if show_traceback else " (rerun with --traceback for details)"
+    return f"the audit could not run: {describe(exc)}{hint}"
 
 
 class InterruptibleGroup(click.Group):
@@ -287,10 +286,11 @@ def _silence_stdout() -> None:
 
 
 @contextmanager
-def write_outputs(exit_code: int) -> Iterator[None]:
-    """Wrap everything a command writes once it has a verdict, then leave with ``exit_code``. A reader that
-    went away (``| head``) is no error: silence, and the verdict's exit code. Any other write error (a full
-    disk, ``/dev/full``) is one line and exit 2."""
+def write_outputs(exit_code: int, leave: bool = True) -> Iterator[None]:
+    """Wrap everything a command writes once it has a verdict, then leave with ``exit_code`` (go on instead
+    where ``leave`` is false: the verdict written before the optional phases). A reader that went away
+    (``| head``) is no error: silence, and the verdict's exit code. Any other write error (a full disk,
+    ``/dev/full``) is one line and exit 2."""
     try:
         yield
         sys.stdout.flush()
@@ -304,15 +304,22 @@ def write_outputs(exit_code: int) -> Iterator[None]:
         _silence_stdout()
         where = f" {exc.filename}" if exc.filename else " the report to stdout"
         fail(f"cannot write{where}: {exc.strerror or exc}")
-    sys.exit(exit_code)
+    if leave:
+        sys.exit(exit_code)
 
 
 def write_text_file(path: str, text: str) -> None:
-    """Write a report file; an OSError becomes one line and exit 2 (through :func:`write_outputs`)."""
+    """Write a report file atomically (a reader sees the old file or the new one, never a part; a failed
+    write leaves the old one and no temporary file); an OSError becomes one line and exit 2 (through
+    :func:`write_outputs`)."""
+    target = Path(path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        Path(path).write_text(text)
+        temporary.write_text(text)
+        os.replace(temporary, target)
     except OSError as exc:
-        exc.filename = exc.filename or path
+        temporary.unlink(missing_ok=True)
+        exc.filename = path
         raise
 
 

@@ -99,6 +99,21 @@ def allow_skip_option(command: F) -> F:
         command)
 
 
+def timeout_options(command: F) -> F:
+    """``--timeout S`` (everything up to the verdict) and ``--phase-timeout S`` (each optional phase after it:
+    localization, the hazard scan); 0 is no limit."""
+    from gradaudit.cli.supervisor import DEFAULT_TIMEOUT, MIN_PHASE_TIMEOUT
+
+    seconds = click.FloatRange(min=0)
+    command = click.option("--phase-timeout", type=seconds, default=None, metavar="SECONDS",
+                           help=f"Time limit of each optional phase after the verdict (localization, the hazard "
+                                f"scan); past it the phase is a note and the verdict stands. [default: the larger "
+                                f"of {MIN_PHASE_TIMEOUT:g} s and twice the time to the verdict]")(command)
+    return click.option("--timeout", type=seconds, default=DEFAULT_TIMEOUT, show_default=True, metavar="SECONDS",
+                        help="Time limit of the audit up to its verdict (loading the target, the checks); past it "
+                             "exit 2. 0: no limit.")(command)
+
+
 def verbosity_options(command: F) -> F:
     """``-q/--quiet`` and ``-v/--verbose`` (counted); the ``gradaudit`` logger is set up from them before the
     command runs (``-q`` errors only, ``-v`` info, ``-vv`` debug and other libraries' messages too)."""

@@ -57,7 +57,7 @@ def graph_command(target: str, out: str, format: str | None, order: int, seed: i
     """Write the autograd graph of TARGET (GraphML, DOT or SVG, from the suffix of --out unless --format says);
     a failed check is localized and its culprit node highlighted."""
     import gradaudit
-    from gradaudit.isolation import run_optional_phase
+    from gradaudit.pipeline import optional_phase
 
     with command_outcome(show_traceback):
         try:
@@ -67,13 +67,14 @@ def graph_command(target: str, out: str, format: str | None, order: int, seed: i
         case = load_case(target)
         report = gradaudit.check(case, backend="eager", order=order, seed=seed, localize=False)
         log_verdict(report)
-        drawn = run_optional_phase(lambda: draw(case, report, seed))
+        failures: list[dict] = []
+        drawn = optional_phase("graph export", lambda: draw(case, report, seed), failures)
     with write_outputs(EXIT_OK if report.ok else EXIT_PROBLEM):
-        if not drawn.ok:
-            click.echo(f"gradaudit: note: graph export {drawn.failure}; no graph written, the verdict stands "
-                       f"({'PASS' if report.ok else 'FAIL'})", err=True)
+        if drawn is None:
+            click.echo(f"gradaudit: note: graph export {failures[0]['reason'].split(';')[0]}; no graph written, "
+                       f"the verdict stands ({'PASS' if report.ok else 'FAIL'})", err=True)
             return
-        graph, culprit, lines = drawn.value
+        graph, culprit, lines = drawn
         title = f"{case.label}: " + ("; ".join(lines) if lines else "PASS" if report.ok else "FAIL, not localized")
         write_graph(graph, out, format, culprit, title=title)
         nodes = sum(1 for _, d in graph.nodes(data=True) if d.get("kind") == "node")

@@ -1,11 +1,14 @@
 """What a command prints and how it exits: the progress bar, the rendered report, the JSON file, the exit code."""
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
-from gradaudit.outcome import EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, orders_not_run, write_outputs, write_text_file
+from gradaudit.outcome import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail,
+                               interrupted, orders_not_run, write_outputs, write_text_file)
 
 
 @contextmanager
@@ -26,20 +29,41 @@ def progress_bar(enabled: bool):
         yield update
 
 
-def render(report, stderr: bool, verbose: bool = False, quiet: bool = False) -> None:
+def render(report, stderr: bool, verbose: bool = False, quiet: bool = False, verdict_shown: bool = False) -> None:
     """Print the report on stdout (or stderr): the rich layout on a terminal, the plain text (never truncated)
-    when piped or redirected. ``verbose`` lists every check; ``quiet`` prints the verdict line only."""
+    when piped or redirected. ``verbose`` lists every check; ``quiet`` prints the verdict line only;
+    ``verdict_shown``: the verdict line was printed already (:func:`render_verdict`), print the rest."""
     from rich.console import Console
 
+    if quiet and verdict_shown:
+        return
     console = Console(stderr=stderr, highlight=False)
     if console.is_terminal:
         from gradaudit.renderers.rich import render_rich
 
-        render_rich(report, console, verbose=verbose, quiet=quiet)
+        render_rich(report, console, verbose=verbose, quiet=quiet, show_verdict=not verdict_shown)
     else:
         from gradaudit.renderers.text import render_text
 
-        click.echo(render_text(report, verbose=verbose, quiet=quiet, max_checks=None), err=stderr)
+        lines = render_text(report, verbose=verbose, quiet=quiet, max_checks=None).split("\n")
+        rest = lines[1:] if verdict_shown else lines
+        if rest:
+            click.echo("\n".join(rest), err=stderr)
+
+
+def render_verdict(report, stderr: bool) -> None:
+    """Print the verdict line alone (the rest follows once the optional phases are done)."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if console.is_terminal:
+        from gradaudit.renderers.rich import verdict
+
+        console.print(verdict(report), soft_wrap=True)
+    else:
+        from gradaudit.renderers.text import verdict_line
+
+        click.echo(verdict_line(report), err=stderr)
 
 
 def exit_code_of(report, allow_skip: bool) -> int:
@@ -51,16 +75,52 @@ def exit_code_of(report, allow_skip: bool) -> int:
 
 
 def finish(report, target: str, json_path: str | None, verbose: bool, allow_skip: bool = False,
-           quiet: bool = False) -> None:
-    """Write the report (file, stdout) and exit with its code; write errors are exit 2, a closed pipe is not."""
+           quiet: bool = False, verdict_shown: bool = False, code: int | None = None) -> None:
+    """Write the report (file, stdout) and exit with its code (``code`` overrides it: an interrupted audit);
+    write errors are exit 2, a closed pipe is not."""
     report.target = target
-    code = exit_code_of(report, allow_skip)
+    code = exit_code_of(report, allow_skip) if code is None else code
     with write_outputs(code):
         if json_path and json_path != "-":
             write_text_file(json_path, report.to_json() + "\n")
         if json_path == "-":
             click.echo(report.to_json())
-        render(report, stderr=json_path == "-", verbose=verbose, quiet=quiet)
+        render(report, stderr=json_path == "-", verbose=verbose, quiet=quiet, verdict_shown=verdict_shown)
         if code == EXIT_ERROR:
             missing = "; ".join(f"order {order} could not run ({why})" for order, why in orders_not_run(report))
             click.echo(f"gradaudit: error: {missing}; --allow-skip accepts the partial audit", err=True)
+
+
+def audit_in_worker(command: str, target: str, options: dict[str, Any], limits: Any, json_path: str | None,
+                    verbose: int, quiet: bool, show_traceback: bool, allow_skip: bool) -> None:
+    """Run ``gradaudit.check`` (``command`` "run") or ``gradaudit.compare`` ("compare") on TARGET in a
+    supervised worker process (``gradaudit.cli.supervisor``), print the verdict as soon as it is known, then
+    the complete report, and exit with the contract's code."""
+    from gradaudit.cli.common import log_verdict
+    from gradaudit.cli.supervisor import supervise
+
+    request = {"command": command, "target": target, "options": options,
+               "verbosity": -1 if quiet else verbose, "traceback": show_traceback}
+    shown = []
+
+    def on_verdict(report: Any) -> None:
+        report.target = target
+        with write_outputs(exit_code_of(report, allow_skip), leave=False):
+            if json_path and json_path != "-":
+                write_text_file(json_path, report.to_json() + "\n")
+            if json_path != "-":
+                render_verdict(report, stderr=False)
+                shown.append(True)
+
+    with progress_bar(sys.stderr.isatty() and not quiet) as progress:
+        outcome = supervise(request, limits, on_verdict, progress)
+    stopped = {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(outcome.stopped_by)
+    if outcome.report is None:
+        if stopped is not None:
+            interrupted(outcome.stopped_by, stopped)
+        fail(outcome.error)
+    log_verdict(outcome.report)
+    if stopped is not None:
+        click.echo(f"gradaudit: {outcome.stopped_by}; the report holds what was finished", err=True)
+    finish(outcome.report, target, json_path, verbose > 0, allow_skip, quiet=quiet, verdict_shown=bool(shown),
+           code=stopped)

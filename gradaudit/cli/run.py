@@ -1,15 +1,13 @@
 """``gradaudit run TARGET``: audit the gradients of one case on one backend."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, load_case, log_verdict, logger,
-                                  no_localize_option, order_option, seed_option, target_argument,
-                                  traceback_option, verbosity_options)
-from gradaudit.cli.output import finish, progress_bar
-from gradaudit.outcome import command_outcome
+from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, logger, no_localize_option,
+                                  order_option, seed_option, target_argument, timeout_options, traceback_option,
+                                  verbosity_options)
+from gradaudit.cli.output import audit_in_worker
+from gradaudit.cli.supervisor import Limits
 
 
 @click.command("run")
@@ -36,20 +34,15 @@ from gradaudit.outcome import command_outcome
               help="Evaluate each probe's points in one torch.func.vmap call (eager; one call per point where "
                    "vmap cannot run the case).")
 @allow_skip_option
+@timeout_options
 def run(target: str, backend: str, device: str | None, order: int, dtype: str | None, mode: str, seed: int,
         probes: int, json_path: str | None, wrt: str | None, no_localize: bool, no_shadow: bool,
         show_traceback: bool, quiet: bool, verbose: int, static_only: bool, fail_on_hazard: bool,
-        batch: bool, allow_skip: bool) -> None:
+        batch: bool, allow_skip: bool, timeout: float, phase_timeout: float | None) -> None:
     """Audit the gradients of TARGET (path/to/file.py:NAME or dotted.module:NAME)."""
-    from gradaudit import api
-
-    with command_outcome(show_traceback):
-        case = load_case(target)
-        logger.info("auditing on %s (order %d, mode %s, seed %d)", backend, order, mode, seed)
-        with progress_bar(sys.stderr.isatty() and not quiet) as progress:
-            report = api.check(case, backend=backend, device=device, order=order, dtype=dtype, mode=mode,
-                               seed=seed, probes=probes, shadow=not no_shadow, localize=not no_localize, wrt=wrt,
-                               static_only=static_only, fail_on_hazard=fail_on_hazard, progress=progress,
-                               batch=batch)
-    log_verdict(report)
-    finish(report, target, json_path, verbose > 0, allow_skip, quiet=quiet)
+    logger.info("auditing %s on %s (order %d, mode %s, seed %d)", target, backend, order, mode, seed)
+    options = dict(backend=backend, device=device, order=order, dtype=dtype, mode=mode, seed=seed, probes=probes,
+                   shadow=not no_shadow, localize=not no_localize, wrt=wrt, static_only=static_only,
+                   fail_on_hazard=fail_on_hazard, batch=batch)
+    audit_in_worker("run", target, options, Limits(timeout, phase_timeout), json_path=json_path,
+                    verbose=verbose, quiet=quiet, show_traceback=show_traceback, allow_skip=allow_skip)

@@ -59,9 +59,12 @@ def fits(checks: list[Check], width: int) -> bool:
     return needed + len(columns) - 1 <= width
 
 
-def render_rich(report: Report, console: Console, verbose: bool = False, quiet: bool = False) -> None:
-    """Print the report on ``console``: verdict, then (unless ``quiet``) checks, findings, skips and counts."""
-    console.print(verdict(report), soft_wrap=True)
+def render_rich(report: Report, console: Console, verbose: bool = False, quiet: bool = False,
+                show_verdict: bool = True) -> None:
+    """Print the report on ``console``: verdict (unless already shown), then (unless ``quiet``) checks, findings,
+    skips and counts."""
+    if show_verdict:
+        console.print(verdict(report), soft_wrap=True)
     if quiet:
         return
     shown = plain.shown_checks(report, verbose)

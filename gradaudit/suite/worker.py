@@ -229,19 +229,20 @@ def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "
 
 def attach_pictures(case, report, seed: int) -> None:
     """The autograd graph with the culprit highlighted, as SVG text on each localized fault (the HTML report
-    shows it). Drawn on eager, where ops map onto autograd nodes; best effort, crash-isolated: a crash while
-    drawing must not cost the record."""
-    from gradaudit.isolation import run_optional_phase
+    shows it). Drawn on eager, where ops map onto autograd nodes; best effort, an optional phase: an error while
+    drawing must not cost the record (a crash costs this worker's job, which the suite's runner reports)."""
+    from gradaudit.pipeline import optional_phase
 
     faults = [f for f in report.findings if f.node and f.kind.startswith("faulty_")]
     if not faults:
         return
-    drawn = run_optional_phase(lambda: pictures(case, faults, seed))
-    for finding, svg in zip(faults, drawn.value or [None] * len(faults)):
+    failures: list[dict] = []
+    drawn = optional_phase("graph export", lambda: pictures(case, faults, seed), failures)
+    for finding, svg in zip(faults, drawn or [None] * len(faults)):
         if svg is not None:
             finding.details["graph_svg_text"] = svg
-        elif not drawn.ok:
-            finding.details.setdefault("graph_svg_error", f"drawing the graph {drawn.failure}")
+        elif failures:
+            finding.details.setdefault("graph_svg_error", f"drawing the graph: {failures[0]['reason']}")
 
 
 def pictures(case, faults: list, seed: int) -> list[str | None]:

@@ -1,0 +1,77 @@
+"""An audit in phases: the checks give the verdict; optional phases (localization, the hazard scan, graph export)
+only add detail, and run after the verdict is out.
+
+Every phase runs in this process: nothing is ever forked. A forked child of a process that has threads (torch's
+own, inductor's compile workers, the user's thread pools) can deadlock on a lock some other thread held at the fork,
+and did (a localization child on a futex for 19 minutes). Crash and time isolation belong to the command line
+instead: ``gradaudit run`` and ``compare`` are a small supervisor that starts the audit in a fresh worker process
+(``gradaudit.cli.worker``, spawned: fork and exec) and hears of its progress through a :class:`Listener`. The
+supervisor owns signals and time limits; a crash or a hang in an optional phase costs that phase, never the
+verdict, which the worker has already sent.
+
+The Python API (``gradaudit.check`` on live objects) runs with the default listener, which does nothing: an
+optional phase's exceptions are a note in ``report.skipped``; the user's ``sys.exit`` is still "the target exited".
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
+
+from gradaudit.outcome import TargetExit, describe
+
+
+class Listener:
+    """Told of an audit's progress. The default hears nothing; the CLI's worker passes each event on to its
+    supervisor, which starts a phase's clock at :meth:`phase` and writes the verdict at :meth:`verdict`."""
+
+    def phase(self, name: str) -> None:
+        """A phase starts (``checks``, ``localization``, ``hazard scan``...)."""
+
+    def verdict(self, report: Any) -> None:
+        """The checks are done: ``report`` holds the verdict, before any optional phase has added to it."""
+
+
+_listener: ContextVar[Listener] = ContextVar("gradaudit_listener", default=Listener())
+
+
+@contextmanager
+def listening(listener: Listener) -> Iterator[None]:
+    """Audits run inside tell ``listener`` of their phases and verdicts."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def announce(phase: str) -> None:
+    """Tell the listener that ``phase`` starts."""
+    _listener.get().phase(phase)
+
+
+def publish_verdict(report: Any) -> None:
+    """Tell the listener the verdict (the report before any optional phase)."""
+    _listener.get().verdict(report)
+
+
+def note(name: str, failure: str) -> dict:
+    """The report's note for an optional phase that gave nothing (in ``report.skipped``)."""
+    return {"what": name, "reason": f"{failure}; the verdict and the findings stand without it"}
+
+
+def optional_phase(name: str, work: Callable[[], Any], notes: list[dict]) -> Any:
+    """``work()``, an optional phase: what it returns, or None and a note in ``notes`` when it raises. The
+    user's code ending the process there is still the target exiting (the audit could not run); Ctrl-C stays
+    Ctrl-C."""
+    announce(name)
+    try:
+        return work()
+    except SystemExit as exc:
+        raise TargetExit(describe(exc)) from exc
+    except Exception as exc:
+        notes.append(note(name, f"failed: {describe(exc)}"))
+        return None
+
+
+__all__ = ["Listener", "announce", "listening", "note", "optional_phase", "publish_verdict"]

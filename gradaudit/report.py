@@ -37,6 +37,9 @@ class Check:
     kink_elements: list | None = None  # for nondifferentiable_point: elements found on the kink, per leaf
     backend: str | None = None  # in cross-backend reports: the backend this check is about
     mismatch: str | None = None  # in cross-backend reports: how the results differ in form (shape, dtype, NaN)
+    # The smallest relative error this check could have seen: its error bar over the scale of the compared
+    # quantity (None where not measured). A pass only says the gradient is right to about this much.
+    resolution: float | None = None
 
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
@@ -85,6 +88,9 @@ class Report:
     stats: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     version: str = ""
+    # Where the computation runs below the audited precision (a float32 island in a float64 model, a float32
+    # loss): one note per drop, e.g. {"dtype": "float32", "at": "input_layernorm", "op": "aten._to_copy"}.
+    precision: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -103,6 +109,7 @@ class Report:
             "skipped": self.skipped,
             "stats": {k: _jsonable(v) for k, v in self.stats.items()},
             "settings": self.settings,
+            "precision": [_jsonable(note) for note in self.precision],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -117,7 +124,8 @@ class Report:
                    checks=[Check.from_dict(c) for c in data.get("checks") or []],
                    findings=[Finding.from_dict(f) for f in data.get("findings") or []],
                    skipped=list(data.get("skipped") or []), stats=dict(data.get("stats") or {}),
-                   settings=dict(data.get("settings") or {}), version=str(data.get("gradaudit", "")))
+                   settings=dict(data.get("settings") or {}), version=str(data.get("gradaudit", "")),
+                   precision=list(data.get("precision") or []))
 
     def __str__(self) -> str:
         from gradaudit.renderers.text import render_text

@@ -105,9 +105,16 @@ def probe_mode(state: OrderState) -> list[Check]:
     for group in groups:
         status, detail = verdicts.get(group.name, (CheckStatus.FAIL, {}))
         for method, outcome in group.results.items():
-            checks.append(to_check(order, group.name, method, outcome,
-                                   status if outcome.failed else CheckStatus.PASS, detail, state.dtype_name))
+            check = to_check(order, group.name, method, outcome, status if outcome.failed else CheckStatus.PASS,
+                             detail, state.dtype_name)
+            if method == Method.REVERSE and len(group.members) == 1:  # a leaf's own share of the probe
+                check.resolution = finite_or_none(group.resolution.get(group.members[0], check.resolution))
+            checks.append(check)
     return checks
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def probed_group(state: OrderState, name: str, members: list[int]) -> Group:
@@ -127,19 +134,24 @@ def split_failures(state: OrderState, group: Group) -> list[Group]:
     failed = any(o.failed for o in group.results.values())
     coarse = {i for i in group.members if group.resolution.get(i, 0.0) > target}
     if len(group.members) == 1 or not (failed or coarse):
-        return [Group(names[i], [i], group.results) for i in group.members]
+        return [leaf_of(group, i, names) for i in group.members]
     groups = []
     for half in (group.members[:len(group.members) // 2], group.members[len(group.members) // 2:]):
         if not failed and not set(half) & coarse:
-            groups += [Group(names[i], [i], group.results) for i in half]
+            groups += [leaf_of(group, i, names) for i in half]
             continue
         name = names[half[0]] if len(half) == 1 else f"{len(half)} leaves from {names[half[0]]}"
         sub = probed_group(state, name, half)
         if not failed and not sharper(group, sub, set(half) & coarse):
-            groups += [Group(names[i], [i], sub.results) for i in half]  # as resolved as they can be
+            groups += [leaf_of(sub, i, names) for i in half]  # as resolved as they can be
             continue
         groups += split_failures(state, sub)
     return groups
+
+
+def leaf_of(group: Group, leaf: int, names: list[str]) -> Group:
+    """Leaf ``leaf`` covered by ``group``'s probes: their outcomes, and the leaf's resolution in them."""
+    return Group(names[leaf], [leaf], group.results, {leaf: group.resolution.get(leaf, math.inf)})
 
 
 def sharper(parent: Group, half: Group, members: set[int]) -> bool:

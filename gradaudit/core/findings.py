@@ -2,6 +2,8 @@
 Every finding the checker makes is built here, so its wording and details have one source."""
 from __future__ import annotations
 
+import math
+
 from gradaudit.core.kinds import CheckStatus, FaultKind, Method, Severity, fault_kind
 from gradaudit.core.probe import Outcome
 from gradaudit.report import Check, Finding
@@ -18,7 +20,8 @@ def to_check(order: int, wrt: str, method: str, outcome: Outcome, status: CheckS
     check = Check(order=order, wrt=wrt, method=method, ok=status != CheckStatus.FAIL, status=status,
                   max_abs_err=outcome.abs_err, max_rel_err=outcome.rel_err, tolerance=outcome.tolerance,
                   analytical=outcome.analytical, numerical=outcome.numerical, probes=outcome.tests,
-                  dtype=dtype, output=outcome.output)
+                  dtype=dtype, output=outcome.output,
+                  resolution=outcome.resolution if math.isfinite(outcome.resolution) else None)
     if status == CheckStatus.FAIL and detail.get("worst_index") is not None:
         check.worst_index = detail["worst_index"]
         if method == Method.REVERSE:

@@ -98,9 +98,18 @@ def compare_elementwise(order: int, name: str, method: str, native: torch.Tensor
         if gap == 0.0 or math.isinf(gap):  # (NaN on both sides agrees; on one side it never does)
             outcome.excess = outcome.abs_err = outcome.rel_err = gap
     check = _check(order, name, method, outcome, native_dtype, worst)
+    check.resolution = elementwise_resolution(tolerance, reference) if reference.numel() else None
     if not check.ok and not math.isfinite(check.max_abs_err):
         check.mismatch = f"{_describe(a)} where eager float64 gives {_describe(b)} at element {worst}"
     return check
+
+
+def elementwise_resolution(tolerance: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """The relative error an elementwise comparison would have seen: the tolerance at the reference's largest
+    element over that element (None for an all-zero reference)."""
+    sizes = finite_abs(reference)
+    largest = int(torch.argmax(sizes))
+    return float(tolerance[largest]) / float(sizes[largest]) if float(sizes[largest]) > 0 else None
 
 
 def _describe(value: torch.Tensor) -> str:

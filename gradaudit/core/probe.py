@@ -35,22 +35,29 @@ class Outcome:
     output: str | None = None
     cotangent: int | None = None
     tests: int = 0
+    resolution: float = math.inf  # the smallest relative error any of the tests would have seen
+
 
     @property
     def failed(self) -> bool:
         return self.excess >= 1.0
 
     def merge(self, other: "Outcome") -> None:
-        """Keep the worse of the two, counting the tests of both."""
-        tests = self.tests + other.tests
+        """Keep the worse of the two, counting the tests of both (and the finer resolution)."""
+        tests, resolution = self.tests + other.tests, min(self.resolution, other.resolution)
         if other.tests and (other.excess >= self.excess or self.analytical is None):
             self.__dict__.update(other.__dict__)
-        self.tests = tests
+        self.tests, self.resolution = tests, resolution
 
     def absorb(self, analytical: float, numerical: float, tolerance: float, output: str | None = None,
-               cotangent: int | None = None) -> None:
-        """Count one test; keep it if it is the worst so far."""
+               cotangent: int | None = None, resolution: float | None = None) -> None:
+        """Count one test; keep it if it is the worst so far. ``resolution``: the relative error the test would
+        have seen (default: its tolerance over the larger of the two values)."""
         self.tests += 1
+        scale = max(abs(analytical), abs(numerical))
+        if resolution is None and scale > 0:  # (a vanishing quantity has no relative resolution)
+            resolution = tolerance / scale
+        self.resolution = min(self.resolution, resolution if resolution is not None else math.inf)
         error = abs(analytical - numerical)
         excess = error / tolerance if math.isfinite(error) else math.inf
         if excess >= self.excess or self.analytical is None:
@@ -255,8 +262,9 @@ def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: flo
         worst = int(torch.argmax(errors.flatten()))
         index = list(torch.unravel_index(torch.tensor(worst), n.shape))
         where = f"{name}[{', '.join(str(int(i)) for i in index)}]"
+        size = float(n.abs().sum())  # (the whole output's: its worst element may be near 0)
         outcome.absorb(float(t.flatten()[worst]), float(n.flatten()[worst]), float(tol.flatten()[worst]),
-                       output=where)
+                       output=where, resolution=float(tol.sum()) / size if size > 0 else None)
 
 
 def probe_group(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int],

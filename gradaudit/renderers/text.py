@@ -39,9 +39,48 @@ def verdict_line(report: Report) -> str:
     orders = sorted({c.order for c in checks if isinstance(c.order, int) and c.order > 0})
     counted = f"{failed} of {len(checks)} checks failed" if failed else f"{len(checks)} checks passed"
     not_run = "".join(f"; order {order} not checked ({why})" for order, why in orders_not_run(report))
-    return (f"gradaudit {'PASS' if report.ok else 'FAIL'}: {report.target} on {report.backend}/{report.device} "
+    verdict = "PASS" + coarse_resolution(report) if report.ok else "FAIL"
+    return (f"gradaudit {verdict}: {report.target} on {report.backend}/{report.device} "
             f"({report.dtype}), order{'s' if len(orders) > 1 else ''} {', '.join(map(str, orders)) or '-'}, "
             f"seed {report.seed}: {counted}{not_run}")
+
+
+# The relative resolution a check in each dtype is expected to reach: 1e-6 in float64 (the checker's target for
+# every leaf); in the lower precisions, 128 rounding units (the parity bound at the gradients' largest element).
+EXPECTED_RESOLUTION = {"float64": 1e-6, "complex128": 1e-6, "float32": 128 * 2.0 ** -23,
+                       "complex64": 128 * 2.0 ** -23, "float16": 128 * 2.0 ** -10, "bfloat16": 128 * 2.0 ** -7}
+
+
+def coarse_resolution(report: Report) -> str:
+    """`` (resolution 3e-04 on 12 tensors: float32 section at input_layernorm)`` when passing checks resolve
+    less finely than the audited dtype allows; "" otherwise."""
+    coarse = [c for c in report.checks if c.ok and c.resolution is not None and c.wrt != "total"
+              and c.resolution > EXPECTED_RESOLUTION.get(c.dtype or report.dtype, 1e-6)]
+    if not coarse:
+        return ""
+    worst = max(c.resolution for c in coarse)
+    tensors = len({(c.backend, c.wrt) for c in coarse})
+    why = "; ".join(precision_words(note) for note in report.precision[:2])
+    more = f" and {len(report.precision) - 2} more" if len(report.precision) > 2 else ""
+    return (f" (resolution {worst:.1g} on {tensors} tensor{'s' if tensors > 1 else ''}"
+            f"{': ' + why + more if why else ''})")
+
+
+def precision_words(note: dict) -> str:
+    """``float32 section at input_layernorm`` / ``float32 loss``: a precision note in a few words."""
+    if note.get("what") == "output":
+        return f"{note.get('dtype')} {note.get('output') or 'output'}"
+    at = note.get("at") or note.get("op")
+    return f"{note.get('dtype')} section" + (f" at {at}" if at else "")
+
+
+def precision_lines(report: Report) -> list[str]:
+    """One line per place where the computation runs below the audited precision."""
+    lines = []
+    for note in report.precision:
+        facts = [f"{k} {note[k]}" for k in ("op", "source") if note.get(k)]
+        lines.append(f"precision: {precision_words(note)}" + (f" ({', '.join(facts)})" if facts else ""))
+    return lines
 
 
 def finding_head(finding: Finding) -> str:
@@ -88,7 +127,8 @@ def check_line(check: Check) -> str:
     backend = f"[{check.backend}] " if check.backend else ""
     return (f"{backend}order {check.order} {check.method} wrt {check.wrt}{index}: {check.status}, analytical "
             f"{fmt(check.analytical)} vs numerical {fmt(check.numerical)} (|err| {fmt(check.max_abs_err)}, "
-            f"error bar {fmt(check.tolerance)})")
+            f"error bar {fmt(check.tolerance)}"
+            + ("" if check.resolution is None else f", resolution {check.resolution:.1g}") + ")")
 
 
 # The columns of the checks table: header, the cell of a check, and whether the column holds numbers (numbers
@@ -107,9 +147,17 @@ CHECK_COLUMNS: tuple[tuple[str, Callable[[Check], str], bool], ...] = (
 BACKEND_COLUMN: tuple[str, Callable[[Check], str], bool] = ("backend", lambda c: c.backend or "", False)
 
 
+# The relative error the check could have seen (one digit: it is an order of magnitude).
+RESOLUTION_COLUMN: tuple[str, Callable[[Check], str], bool] = (
+    "resol.", lambda c: "" if c.resolution is None else f"{c.resolution:.0e}", True)
+
+
 def check_columns(checks: Iterable[Check]) -> tuple:
-    """The columns for these checks: a backend column first in cross-backend reports."""
-    return ((BACKEND_COLUMN,) if any(c.backend for c in checks) else ()) + CHECK_COLUMNS
+    """The columns for these checks: a backend column first in cross-backend reports, a resolution column last
+    where checks have one."""
+    checks = list(checks)
+    return (((BACKEND_COLUMN,) if any(c.backend for c in checks) else ()) + CHECK_COLUMNS
+            + ((RESOLUTION_COLUMN,) if any(c.resolution is not None for c in checks) else ()))
 
 
 def shown_checks(report: Report, verbose: bool) -> list[Check]:
@@ -162,6 +210,7 @@ def render_text(report: Report, verbose: bool = False, quiet: bool = False, max_
         lines += checks_table(shown[:limit], indent="    ")
         if len(shown) > limit:
             lines.append(f"    ... and {len(shown) - limit} more")
+    lines += ["  " + line for line in precision_lines(report)]
     lines += ["  " + line for line in skipped_lines(report)]
     if stats_line(report):
         lines.append("  " + stats_line(report))

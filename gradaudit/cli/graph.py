@@ -14,16 +14,25 @@ from gradaudit.cli.common import (OutputPath, load_case, log_verdict, logger, or
                                   target_argument, traceback_option, verbosity_options)
 from gradaudit.errors import AuditError
 from gradaudit.outcome import EXIT_OK, EXIT_PROBLEM, command_outcome, write_outputs
-from gradaudit.analyzers.render import FORMATS, format_of, write_graph
-from gradaudit.analyzers.trace import trace_program
-from gradaudit.analyzers.hazards import static_findings
-from gradaudit.analyzers.localize import LOCALIZED_KINDS, apply, locate
 
 __all__ = ["draw", "graph_command", "static_findings"]
+
+# gradaudit.analyzers.render.FORMATS, written out: the analyzers import torch, which --help must not
+# (tests/test_startup.py checks that the two agree).
+FORMATS = ("graphml", "dot", "svg", "png")
+
+
+def static_findings(program: Any) -> list:
+    """The hazard scan's findings (``gradaudit.analyzers.hazards.static_findings``, imported on first use)."""
+    from gradaudit.analyzers.hazards import static_findings as scan
+
+    return scan(program)
 
 
 def draw(case: Any, report: Any, seed: int) -> tuple:
     """(graph, culprit id, culprit lines): the traced graph of the case with the first localized fault."""
+    from gradaudit.analyzers.localize import LOCALIZED_KINDS, apply, locate
+    from gradaudit.analyzers.trace import trace_program
     from gradaudit.registry import usable_backend
 
     culprit, graph, lines = None, None, []
@@ -57,6 +66,7 @@ def graph_command(target: str, out: str, format: str | None, order: int, seed: i
     """Write the autograd graph of TARGET (GraphML, DOT or SVG, from the suffix of --out unless --format says);
     a failed check is localized and its culprit node highlighted."""
     import gradaudit
+    from gradaudit.analyzers.render import format_of, write_graph
     from gradaudit.pipeline import optional_phase
 
     with command_outcome(show_traceback):

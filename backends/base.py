@@ -192,10 +192,16 @@ class Backend(ABC):
 
     name: str = ""
     description: str = ""
+    # The quick, import-free availability check: the top-level modules this backend needs (("torch",
+    # "torch_xla")). `gradaudit backends` without --check calls the backend installed when each one is found
+    # (importlib.util.find_spec), importing none of them. It reads this attribute, like `description`, from the
+    # class body in the source file (gradaudit.registry.declared), because importing a backend's module imports
+    # torch: write both as literals there. None: not declared (the quick listing says "unknown").
+    required_modules: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def availability(self) -> Availability:
-        """Whether this backend can run here, and why not."""
+        """Whether this backend can run here, and why not: the deep check (imports and probes what it needs)."""
 
     @abstractmethod
     def default_device(self) -> str:

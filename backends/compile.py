@@ -238,6 +238,7 @@ class CompileBackend(Backend):
 
     name = "compile"
     description = "torch.compile (inductor unless GRADAUDIT_COMPILE_BACKEND names another dynamo backend)"
+    required_modules = ("torch",)  # the quick check (Backend.required_modules)
 
     def __init__(self, compiler: str | None = None, mode: str | None = None) -> None:
         self.compiler = compiler or os.environ.get(COMPILER_ENV) or DEFAULT_COMPILER

@@ -145,6 +145,7 @@ class EagerBackend(Backend):
 
     name = "eager"
     description = "PyTorch eager mode on CPU, or CUDA with TF32 disabled"
+    required_modules = ("torch",)  # the quick check (Backend.required_modules)
 
     def availability(self) -> Availability:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

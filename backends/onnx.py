@@ -499,6 +499,7 @@ class OnnxBackend(Backend):
 
     name = "onnx"
     description = "torch.onnx.export (dynamo) graph run in onnxruntime; finite differences judged against eager"
+    required_modules = ("torch", "onnx", "onnxruntime", "onnxscript")  # the quick check (Backend.required_modules)
 
     def availability(self) -> Availability:
         missing = []

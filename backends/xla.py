@@ -344,6 +344,7 @@ class XlaBackend(Backend):
 
     name = "xla"
     description = "torch-xla lazy tensors (PJRT; CPU unless PJRT_DEVICE says otherwise)"
+    required_modules = ("torch", "torch_xla")  # the quick check (Backend.required_modules)
 
     def availability(self) -> Availability:
         try:

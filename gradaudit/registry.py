@@ -5,15 +5,28 @@ a function returning cases, or a list of them).
 An entry point that fails to import, or that gives something else than its group asks for, is one AuditError
 naming the entry point and the distribution that registered it; ``gradaudit backends`` lists such a backend as
 broken, with that reason, instead of crashing.
+
+Listing the backends has two depths. :func:`survey_backends` (``gradaudit backends``) loads no entry point: it
+reads each backend class's literal ``description`` and ``required_modules`` from its source file and looks the
+modules up with ``importlib.util.find_spec``, so it imports neither torch nor the backends' runtimes and takes
+milliseconds. :func:`describe_backends` (``gradaudit backends --check``) loads each backend and runs its
+``availability()``: the whole truth, at the price of importing torch-xla, onnxruntime and inductor.
 """
 from __future__ import annotations
 
+import ast
+import importlib.util
+from dataclasses import dataclass
 from functools import lru_cache
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable
+from importlib.machinery import PathFinder
+from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
-from gradaudit.backends.base import Availability, Backend
 from gradaudit.errors import AuditError, Unsupported
+
+if TYPE_CHECKING:  # the backends' base module imports torch: imported where a backend is really loaded
+    from gradaudit.backends.base import Availability, Backend
 from gradaudit.outcome import one_line
 
 BACKENDS = "gradaudit.backends"
@@ -70,6 +83,8 @@ def backend_names() -> list[str]:
 
 
 def _is_backend_class(value: Any) -> bool:
+    from gradaudit.backends.base import Backend
+
     return isinstance(value, type) and issubclass(value, Backend)
 
 
@@ -99,7 +114,9 @@ def usable_backend(name: str) -> Backend:
 
 def describe_backends() -> list[tuple[str, Availability, str]]:
     """(name, availability, description) for every registered backend; a broken one is unusable, with the
-    reason why."""
+    reason why. Loads every backend (torch, torch-xla, onnxruntime, inductor): the deep check."""
+    from gradaudit.backends.base import Availability
+
     rows = []
     for name in backend_names():
         try:
@@ -111,6 +128,8 @@ def describe_backends() -> list[tuple[str, Availability, str]]:
 
 
 def _availability(backend: Backend) -> Availability:
+    from gradaudit.backends.base import Availability
+
     try:
         availability = backend.availability()
     except Exception as exc:  # a plugin's bug must not crash the listing
@@ -118,6 +137,99 @@ def _availability(backend: Backend) -> Availability:
     if not isinstance(availability, Availability):
         return Availability(False, f"availability() returned a {type(availability).__name__}, not an Availability")
     return availability
+
+
+# ------------------------------------------------------------------------------------------ the quick listing
+@dataclass(frozen=True)
+class Listing:
+    """A backend as the quick listing sees it, nothing loaded. ``installed``: True when the modules it declares
+    (``Backend.required_modules``) are all found, False when one of them or its own module is missing, None when
+    it declares none (then only ``--check`` can tell)."""
+
+    name: str
+    installed: bool | None
+    reason: str
+    description: str = ""
+
+
+def survey_backends() -> list[Listing]:
+    """Every registered backend, as far as its source file and the installed packages tell: imports no backend,
+    no torch, no runtime (milliseconds). Whether one really runs here is :func:`describe_backends`' to say."""
+    return [_survey(find(BACKENDS, name)) for name in backend_names()]
+
+
+def _survey(entry_point: EntryPoint) -> Listing:
+    path = module_file(entry_point.module)
+    if path is None:
+        return Listing(entry_point.name, False, f"module {entry_point.module} not found ({origin(entry_point)})")
+    attributes = declared(path, entry_point.attr)
+    description = attributes.get("description")
+    description = description if isinstance(description, str) else ""
+    modules = attributes.get("required_modules")
+    if not (isinstance(modules, (tuple, list)) and all(isinstance(module, str) for module in modules)):
+        return Listing(entry_point.name, None, f"{entry_point.value} declares no literal required_modules",
+                       description)
+    missing = [module for module in modules if not module_found(module)]
+    if missing:
+        return Listing(entry_point.name, False, f"not found: {', '.join(missing)}", description)
+    return Listing(entry_point.name, True, "found: " + ", ".join(map(with_version, modules)), description)
+
+
+def module_file(module: str) -> str | None:
+    """The file ``module`` would be imported from, found without importing it or the package that holds it (a
+    package's ``__init__``, like ``gradaudit.backends``', may import torch); only the packages above that one are
+    imported. None when it cannot be found."""
+    package, _, _ = module.rpartition(".")
+    try:
+        if not package:
+            spec = importlib.util.find_spec(module)
+        else:
+            package_spec = importlib.util.find_spec(package)
+            locations = package_spec.submodule_search_locations if package_spec is not None else None
+            spec = PathFinder.find_spec(module, locations) if locations is not None else None
+    except Exception:  # a package above it that fails to import: the module cannot be found either
+        return None
+    return spec.origin if spec is not None and spec.origin else None
+
+
+def declared(path: str, class_name: str) -> dict[str, Any]:
+    """The literal attributes (``name = <literal>``) in the body of class ``class_name`` of the source file
+    ``path``, read without running it (as setuptools reads ``attr:`` versions); empty when there is none."""
+    try:
+        tree = ast.parse(Path(path).read_bytes(), path)
+    except (OSError, SyntaxError, ValueError):  # not a readable Python source (a compiled module)
+        return {}
+    body = next((node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name), [])
+    attributes = {}
+    for statement in body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target, value = statement.targets[0], statement.value
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            target, value = statement.target, statement.value
+        else:
+            continue
+        try:
+            if isinstance(target, ast.Name):
+                attributes[target.id] = ast.literal_eval(value)
+        except (ValueError, TypeError, SyntaxError):  # not a literal: computed when the class is built
+            pass
+    return attributes
+
+
+def module_found(module: str) -> bool:
+    """Whether the top-level package of ``module`` can be imported from here, without importing it."""
+    try:
+        return importlib.util.find_spec(module.partition(".")[0]) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def with_version(module: str) -> str:
+    """``torch 2.9.1``: the module and the version of the distribution of the same name, when there is one."""
+    try:
+        return f"{module} {version(module.partition('.')[0])}"
+    except PackageNotFoundError:
+        return module
 
 
 # ------------------------------------------------------------------------------------------ zoos
@@ -140,4 +252,5 @@ def load_zoo_entry_point(name: str) -> Any | None:
 
 
 __all__ = ["BACKENDS", "ZOOS", "registered", "names", "find", "origin", "load_checked", "backend_names",
-           "get_backend", "usable_backend", "describe_backends", "zoo_names", "load_zoo_entry_point"]
+           "get_backend", "usable_backend", "describe_backends", "Listing", "survey_backends", "module_file",
+           "declared", "module_found", "zoo_names", "load_zoo_entry_point"]

@@ -17,6 +17,7 @@ from gradaudit.core.findings import backend_error_finding, fault_finding, to_che
 from gradaudit.core.kinds import CheckStatus, FaultKind, Severity
 from gradaudit.core.probe import Outcome
 from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
+from gradaudit.core.lowprecision import NoiseMeasurement, measure_noise, ratio_to_noise, tolerance
 from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
 from gradaudit.errors import BackendFailure, Unsupported, backend_failure
 from gradaudit.report import Check, Finding
@@ -243,7 +244,11 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
                   method: str = "dtype_parity") -> tuple[list[Check], list[Finding]]:
     """Order-1 (and order-2) gradients of ``native`` against ``reference`` for the same seeded cotangents.
     The reference is differentiated first; the native program's gradients are computed and brought to the CPU
-    under :func:`on_backend`, so an exception there is a :class:`BackendFailure` of that order."""
+    under :func:`on_backend`, so an exception there is a :class:`BackendFailure` of that order. A low-precision
+    program against its float64 shadow (``dtype_parity``) is judged by its measured noise
+    (:func:`measured_parity_checks`)."""
+    if method == "dtype_parity":
+        return measured_parity_checks(native, reference, settings)
     generator = torch.Generator().manual_seed(settings.seed + 7919)
     x_native = [leaf.value for leaf in native.leaves]
     x_reference = [leaf.value for leaf in reference.leaves]
@@ -332,6 +337,115 @@ def parity_finding(order: int, method: str, failing: list[Check], native: Progra
         finding.kind = FaultKind.BACKWARD_DIVERGENCE
         finding.message = (f"{native.device} gradients disagree with eager float64 on CPU beyond {dtype} "
                            "noise: " + finding.message)
+    mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
+    if mismatches:
+        finding.message += " (" + "; ".join(mismatches[:3]) + ")"
+        finding.details["mismatch"] = mismatches
+    return finding
+
+
+# ---------------------------------------------------------------- low precision: judged by its measured noise
+def as_reference(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A native leaf value on the reference's device and precision (float64, complex128)."""
+    return x.detach().to(device=like.device, dtype=like.dtype)
+
+
+def measured_parity_checks(native: Program, reference: Program,
+                           settings: Settings) -> tuple[list[Check], list[Finding]]:
+    """Gradients of a low-precision program against its float64 shadow at the same leaf values (the native
+    ones cast up, so only the arithmetic differs), each order judged against the noise measured at jittered
+    copies of the leaves (:mod:`gradaudit.core.lowprecision`)."""
+    generator = torch.Generator().manual_seed(settings.seed + 7919)
+    x_native, names = [leaf.value for leaf in native.leaves], [leaf.name for leaf in native.leaves]
+    up = lambda xs: [as_reference(x, leaf.value) for x, leaf in zip(xs, reference.leaves)]  # noqa: E731
+    f_native, f_reference = ForwardFunction(native), ForwardFunction(reference)
+    y_reference = evaluate(f_reference, up(x_native))
+    y_native = on_backend(native, "the forward", lambda: evaluate(f_native, x_native))
+    drift = forward_drift(on_cpu(y_native), y_reference)
+    pairs = [(f_native, f_reference, y_reference, y_native)]
+    if settings.order >= 2:
+        v = [rademacher_like(y, generator) for y in y_reference]
+        pairs.append((GradientFunction(f_native, _like(v, y_native), names), GradientFunction(f_reference, v, names),
+                      up(x_native), x_native))
+    checks, findings = [], []
+    for f_n, f_r, reference_like, native_like in pairs:
+        cotangent = [rademacher_like(y, generator) for y in reference_like]
+        what = "the backward" if f_n.order == 1 else "the double backward"
+
+        def gradients_at(xs, f_n=f_n, f_r=f_r, cotangent=cotangent, native_like=native_like, what=what):
+            with twice_differentiable_attention([]) if f_n.order > 1 else nullcontext():
+                g_reference = vjps(f_r, up(xs), [cotangent])[0]
+                g_native = on_backend(native, what, lambda: on_cpu(
+                    vjps(f_n, xs, [_like(cotangent, native_like)])[0]))
+            return g_native, g_reference
+
+        try:
+            measured = measure_noise(gradients_at, x_native, settings.seed + 104729 * f_n.order)
+        except BackendFailure as failure:  # the orders before it keep their checks
+            findings.append(backend_error_finding(f_n.order, failure))
+            break
+        order_checks, ratios = measured_order_checks(f_n.order, names, measured, native.dtype, drift)
+        checks += order_checks
+        failing = [c for c in order_checks if not c.ok]
+        if failing:
+            findings.append(noise_finding(f_n.order, failing, ratios, native.dtype))
+    return checks, findings
+
+
+def _like(cotangent: list[torch.Tensor], tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [c.to(device=t.device, dtype=t.dtype) for c, t in zip(cotangent, tensors)]
+
+
+def measured_order_checks(order: int, names: list[str], measured: NoiseMeasurement, native_dtype: torch.dtype,
+                          drift: float) -> tuple[list[Check], dict[str, float]]:
+    """One check per leaf: the worst element's typical error against its tolerance from the measured noise;
+    and, per leaf, how many times the measured noise that element's error is."""
+    checks, ratios = [], {}
+    for i, name in enumerate(names):
+        native, reference = measured.native[i], measured.reference[i]
+        mismatch = form_mismatch(native, reference, native_dtype)
+        if mismatch is not None:
+            checks.append(form_check(order, name, "dtype_parity", native_dtype, mismatch))
+            continue
+        check, ratios[name] = noise_check(order, name, measured, i, native_dtype, drift)
+        checks.append(check)
+    extra = count_mismatch(order, "gradients", measured.native, measured.reference, native_dtype)
+    return checks + ([extra] if extra else []), ratios
+
+
+def noise_check(order: int, name: str, measured: NoiseMeasurement, leaf: int, native_dtype: torch.dtype,
+                drift: float) -> tuple[Check, float]:
+    """The check of one leaf, and its worst element's error over the measured noise."""
+    outcome, worst, ratio = Outcome(tests=measured.points), None, 0.0
+    typical = measured.typical_error(leaf)
+    if typical.numel():
+        bound = tolerance(measured, leaf, eps_of(native_dtype), drift)
+        excess = torch.where(typical > 0, typical / (bound + 1e-300), torch.zeros_like(typical))
+        worst = int(torch.argmax(torch.nan_to_num(excess, nan=math.inf)))
+        a = float(_cpu(measured.native[leaf]).reshape(-1)[worst])
+        b = float(_cpu(measured.reference[leaf]).reshape(-1)[worst])
+        error, allowed = float(typical[worst]), float(bound[worst])
+        outcome.excess, outcome.abs_err, outcome.tolerance = float(excess[worst]), error, allowed
+        outcome.rel_err = error / max(abs(b), 1e-300)
+        outcome.analytical, outcome.numerical = a, b
+        sizes = finite_abs(measured.reference[leaf])
+        largest = int(torch.argmax(sizes))
+        outcome.resolution = float(bound[largest] / sizes[largest]) if float(sizes[largest]) > 0 else math.inf
+        ratio = ratio_to_noise(error, float(measured.spread(leaf)[worst]))
+    check = _check(order, name, "dtype_parity", outcome, native_dtype, worst)
+    return check, ratio
+
+
+def noise_finding(order: int, failing: list[Check], ratios: dict[str, float], native_dtype: torch.dtype) -> Finding:
+    """The finding of an order's failing dtype-parity checks, giving the error as a multiple of the noise."""
+    dtype = str(native_dtype).replace("torch.", "")
+    finding = fault_finding(order, "dtype_parity", failing)
+    ratio = ratios.get(finding.wrt)
+    times = (f"error {ratio:.3g}x the measured {dtype} noise" if ratio is not None and math.isfinite(ratio)
+             else f"beyond the measured {dtype} noise")
+    finding.message = f"{dtype} gradients disagree with the float64 computation, {times}: " + finding.message
+    if ratio is not None:
+        finding.details["noise_ratio"] = ratio
     mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
     if mismatches:
         finding.message += " (" + "; ".join(mismatches[:3]) + ")"

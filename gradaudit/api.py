@@ -101,6 +101,7 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     chosen = usable_backend(backend)
     started = time.perf_counter()
     skipped: list[dict] = []
+    announce("the checks")
     with same_rng_for_each_program() as rewind, ExitStack() as open_programs:
         program = open_programs.enter_context(chosen.load(case, device, parse_dtype(dtype)))
         reference = None if static_only else load_reference(case, chosen, program, device, shadow, rewind,
@@ -108,7 +109,6 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
         if reference is not None:
             open_programs.enter_context(reference)
         skipped += program.notes
-        announce("the checks")
         if static_only:
             checks, findings, later = [], static_hazards(program), []
         elif program.capabilities.autograd:
@@ -171,6 +171,7 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     case = as_case(target, args, kwargs, name)
     chosen = [usable_backend(b) for b in backends]
     started = time.perf_counter()
+    announce("the checks")
     checks, findings, skipped = [], [], []
     stats, batching = Stats().counters(), []
     with same_rng_for_each_program() as rewind:

@@ -1,14 +1,13 @@
 """``gradaudit compare TARGET``: the same case on several backends, each judged against eager float64 on CPU."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, load_case, log_verdict, logger,
-                                  no_localize_option, order_option, seed_option, target_argument,
-                                  traceback_option, verbosity_options)
-from gradaudit.cli.output import finish, progress_bar
+from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, logger, no_localize_option,
+                                  order_option, seed_option, target_argument, timeout_options, traceback_option,
+                                  verbosity_options)
+from gradaudit.cli.output import audit_in_worker
+from gradaudit.cli.supervisor import Limits
 from gradaudit.outcome import command_outcome
 
 
@@ -43,18 +42,14 @@ def chosen_backends(backend_list: str | None, quiet: bool) -> list[str]:
 @traceback_option
 @verbosity_options
 @allow_skip_option
+@timeout_options
 def compare(target: str, backend_list: str | None, order: int, dtype: str | None, seed: int,
             json_path: str | None, no_localize: bool, show_traceback: bool, quiet: bool, verbose: int,
-            allow_skip: bool) -> None:
+            allow_skip: bool, timeout: float, phase_timeout: float | None) -> None:
     """Run TARGET on several backends and compare outputs and gradients with eager float64 on CPU."""
-    from gradaudit.api import compare as compare_backends
-
     with command_outcome(show_traceback):
         names = chosen_backends(backend_list, quiet)
-        case = load_case(target)
-        logger.info("comparing on %s (order %d, seed %d)", ", ".join(names), order, seed)
-        with progress_bar(sys.stderr.isatty() and not quiet) as progress:
-            report = compare_backends(case, backends=names, order=order, dtype=dtype, seed=seed,
-                                      localize=not no_localize, progress=progress)
-    log_verdict(report)
-    finish(report, target, json_path, verbose > 0, allow_skip, quiet=quiet)
+    logger.info("comparing %s on %s (order %d, seed %d)", target, ", ".join(names), order, seed)
+    options = dict(backends=names, order=order, dtype=dtype, seed=seed, localize=not no_localize)
+    audit_in_worker("compare", target, options, Limits(timeout, phase_timeout), json_path=json_path,
+                    verbose=verbose, quiet=quiet, show_traceback=show_traceback, allow_skip=allow_skip)

@@ -52,7 +52,7 @@ def audit(request: dict, channel: Channel) -> Any:
     from gradaudit import api
     from gradaudit.cli.common import load_case
 
-    channel.phase("loading the target")
+    channel.phase("the loading of the target")
     case = load_case(request["target"])
     run = api.check if request["command"] == "run" else api.compare
     return run(case, progress=channel.progress, **request["options"])

@@ -9,6 +9,7 @@ import inspect
 import os
 import pkgutil
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,18 +166,63 @@ def _import_target_module(module_part: str, attr: str = "") -> Any:
         raise AuditError(f"cannot import {module_part}: {type(exc).__name__}: {_one_line(exc)}") from exc
 
 
+# Target files already run in this process: resolved path -> (module name, the file's stamp when it ran).
+_ran_files: dict[Path, tuple[str, tuple[int, int]]] = {}
+_loading = threading.RLock()  # a target file may load its neighbours while it runs
+
+
 def _exec_file(module_part: str) -> Any:
-    """Run a target file as a module of its own (registered in ``sys.modules``: dataclasses and pickling look
-    modules up there), its folder importable while it runs so that it can import its neighbours."""
+    """The module of a target file, run once per process as ``import`` runs a module once: loading the file
+    again, or a file already imported under a name of its own (``import fixtures``), gives that module back.
+    Running a file again re-registers what it registers: a ``torch.library`` op defined anew destroys its
+    earlier definition, and whatever still holds that one (the imported module, a case loaded before) then
+    calls a freed operator, a segfault. A file edited since it ran is run again."""
     path = Path(module_part)
     if not path.is_file():
         raise AuditError(f"no such file: {module_part}")
-    module_name = f"gradaudit_target_{abs(hash(str(path.resolve())))}"
+    path = path.resolve()
+    with _loading:
+        module = _module_already_run(path)
+        return module if module is not None else _run_file(path)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size
+
+
+def _module_already_run(path: Path) -> Any:
+    """The module this process made of ``path`` and may reuse: ours if unedited since, else one imported under
+    its own name (not ``__main__``, which may still be running); None when the file must run."""
+    if path in _ran_files:
+        name, stamp = _ran_files[path]
+        module = sys.modules.get(name)
+        return module if module is not None and stamp == _stamp(path) else None
+    for name, module in list(sys.modules.items()):  # a copy: other threads may import meanwhile
+        file = getattr(module, "__file__", None)
+        if (name != "__main__" and isinstance(file, str) and os.path.basename(file) == path.name
+                and Path(file).resolve() == path):
+            return module
+    return None
+
+
+def _run_file(path: Path) -> Any:
+    """Run a target file as a module of its own (registered in ``sys.modules``: dataclasses and pickling look
+    modules up there), its folder importable while it runs so that it can import its neighbours. A file that
+    fails is forgotten, as a failed import is: the next load runs it again."""
+    module_name = f"gradaudit_target_{abs(hash(str(path)))}"
+    stamp = _stamp(path)  # before running: an edit made while it runs makes the next load run it again
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    with _on_sys_path(str(path.resolve().parent)):
-        spec.loader.exec_module(module)
+    _ran_files.pop(path, None)
+    try:
+        with _on_sys_path(str(path.parent)):
+            spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    _ran_files[path] = (module_name, stamp)
     return module
 
 

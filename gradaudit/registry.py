@@ -163,6 +163,8 @@ def _survey(entry_point: EntryPoint) -> Listing:
     if path is None:
         return Listing(entry_point.name, False, f"module {entry_point.module} not found ({origin(entry_point)})")
     attributes = declared(path, entry_point.attr)
+    if attributes is None:  # defined elsewhere (imported into the module) or not a class: only loading tells
+        return Listing(entry_point.name, None, f"no class {entry_point.attr} in {path} to read; {origin(entry_point)}")
     description = attributes.get("description")
     description = description if isinstance(description, str) else ""
     modules = attributes.get("required_modules")
@@ -192,14 +194,17 @@ def module_file(module: str) -> str | None:
     return spec.origin if spec is not None and spec.origin else None
 
 
-def declared(path: str, class_name: str) -> dict[str, Any]:
+def declared(path: str, class_name: str) -> dict[str, Any] | None:
     """The literal attributes (``name = <literal>``) in the body of class ``class_name`` of the source file
-    ``path``, read without running it (as setuptools reads ``attr:`` versions); empty when there is none."""
+    ``path``, read without running it (as setuptools reads ``attr:`` versions); None when the file defines no
+    such class (or is no readable Python source)."""
     try:
         tree = ast.parse(Path(path).read_bytes(), path)
-    except (OSError, SyntaxError, ValueError):  # not a readable Python source (a compiled module)
-        return {}
-    body = next((node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name), [])
+    except (OSError, SyntaxError, ValueError):  # a compiled module, a broken file
+        return None
+    body = next((node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name), None)
+    if body is None:
+        return None
     attributes = {}
     for statement in body:
         if isinstance(statement, ast.Assign) and len(statement.targets) == 1:

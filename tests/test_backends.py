@@ -199,7 +199,14 @@ def test_a_broken_entry_point_is_one_clear_error_naming_it_and_its_distribution(
 
 
 def test_gradaudit_backends_lists_a_broken_backend_with_its_reason(bad_plugin):
-    result = run_with(bad_plugin, "-m", "gradaudit", "backends")
+    quick = run_with(bad_plugin, "-m", "gradaudit", "backends")  # nothing loaded: what the files tell
+    assert quick.returncode == 0, quick.stderr
+    rows = {line.split()[0]: line for line in quick.stdout.splitlines() if line.strip()}
+    assert " yes " in rows["eager"]
+    assert " no " in rows["broken_import"] and "module gradaudit_no_such_module not found" in rows["broken_import"]
+    assert " unknown " in rows["not_a_backend"] and "no class getcwd" in rows["not_a_backend"]
+    assert "badplugin 0.1" in rows["broken_import"] and "badplugin 0.1" in rows["not_a_backend"]
+    result = run_with(bad_plugin, "-m", "gradaudit", "backends", "--check")  # each one loaded: the whole truth
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
     assert "eager" in rows and " yes " in rows["eager"]

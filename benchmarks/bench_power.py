@@ -8,6 +8,7 @@ Run from the repository root:
     .venv/bin/python benchmarks/bench_power.py --only tanh,softplus # cases whose name contains a word
     .venv/bin/python benchmarks/bench_power.py --no-torch           # gradaudit only (~40% of the time)
     .venv/bin/python benchmarks/bench_power.py --quick --no-torch   # for iterating on the error model
+    .venv/bin/python benchmarks/bench_power.py --low-precision      # bf16/fp16 rows (~1 min)
 
 Measured on a shared 2-core machine (load 4-5): gradaudit 365 s and torch 560 s of the 926 s, of which
 gradcheck on the 48-layer MLP alone 170 s.
@@ -321,6 +322,56 @@ def git_state() -> dict:
             "gradaudit_tree": git("rev-parse", "HEAD:gradaudit")}
 
 
+# ---------------------------------------------------------------- low precision (bf16 / fp16)
+LOW_EPSILONS = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3]
+
+
+def low_gradcheck(fn, args, dtype: torch.dtype) -> str:
+    """gradcheck at its defaults on the case in ``dtype`` (it is meant for float64 only: in bf16/fp16 it warns
+    and judges at float64 tolerances) and in float64 (where these bugs do not exist)."""
+    verdicts = []
+    for d in (dtype, torch.float64):
+        inputs = tuple(a.detach().to(d).requires_grad_() for a in args if a.is_floating_point())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.autograd.gradcheck(fn, inputs)
+            verdicts.append("pass")
+        except GradcheckError:
+            verdicts.append("fail")
+        except Exception as exc:  # noqa: BLE001 - a crash is a result
+            verdicts.append(f"error ({type(exc).__name__})")
+    return "/".join(verdicts)
+
+
+def low_precision_rows(log) -> list[str]:
+    """Fused kernels with a relative error planted on their bf16/fp16 path only (power_cases.low_precision_cases):
+    which planted sizes gradaudit catches, with the dtype's eps and gradcheck's verdicts (low dtype / float64)."""
+    lines = [f"{'case':<20} {'dtype':<9} {'eps(dtype)':>10} | gradaudit @0 pattern(1e-1..1e-3) smallest "
+             f"| gradcheck(low/float64) @0 and @1e-1"]
+    for name, build in power_cases.low_precision_cases().items():
+        for dtype in (torch.bfloat16, torch.float16):
+            dname = str(dtype).replace("torch.", "")
+            verdicts = {}
+            for eps in [0.0] + LOW_EPSILONS:
+                fn, args = build(eps)
+                report = gradaudit.check(fn, args, dtype=dname, localize=False)
+                verdicts[eps] = "x" if not report.ok else "."
+                log(f"  {name} {dname} eps={eps:g}: {'caught' if not report.ok else 'passed'}")
+            pattern = "".join(verdicts[e] for e in LOW_EPSILONS)
+            caught = [e for e in LOW_EPSILONS if verdicts[e] == "x"]
+            at_zero = "FALSE ALARM" if verdicts[0.0] == "x" else "pass"
+            fn0, args0 = build(0.0)
+            fn1, args1 = build(1e-1)
+            if isinstance(fn0, torch.nn.Module):
+                torch_cell = "n/a (module)"
+            else:
+                torch_cell = f"{low_gradcheck(fn0, args0, dtype)} {low_gradcheck(fn1, args1, dtype)}"
+            lines.append(f"{name:<20} {dname:<9} {torch.finfo(dtype).eps:>10.2g} | {at_zero:<12} {pattern:<18} "
+                         f"{fmt_eps(min(caught)) if caught else '-':>8} | {torch_cell}")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="only the cases marked quick (and their float32)")
@@ -330,9 +381,14 @@ def main(argv=None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="gradaudit only (no gradcheck/gradgradcheck)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-run lines")
+    parser.add_argument("--low-precision", action="store_true",
+                        help="only the bf16/fp16 rows: bugs on a fused kernel's low-precision path")
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
     log = (lambda s: None) if opts.quiet else (lambda s: print(s, flush=True))
+    if opts.low_precision:
+        print("\n".join(low_precision_rows(log)))
+        return 0
 
     chosen = [c for c in power_cases.cases() if (c.quick or not opts.quick)]
     if opts.only:

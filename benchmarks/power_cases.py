@@ -416,3 +416,19 @@ def _cases() -> list[PowerCase]:
         PowerCase("softplus2_resid_b4_k1", "2nd order", 2, residual(4, 1, act="softplus2"),
                   "SoftplusGrad backward (block 1/4)", "residual LN, width 8, hidden 8"),
     ]
+
+
+# ---------------------------------------------------------------- low precision: bugs on the bf16/fp16 path only
+def low_precision_cases() -> dict[str, Callable[[float], tuple]]:
+    """Fused kernels (examples/fused_kernels.py, float32 inside) with a relative error ``eps`` planted on their
+    bf16/fp16 path only: the float64 shadow never sees it, so only dtype parity can catch it. Each builder
+    returns ``(fn, args)`` in float64; the audit casts it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import fused_kernels
+
+    return {"swiglu_gate": lambda eps: fused_kernels.swiglu_case(eps),
+            "rmsnorm_projection": lambda eps: fused_kernels.rmsnorm_case(eps),
+            "block_gate": lambda eps: fused_kernels.block_case(swiglu_bug=eps)}

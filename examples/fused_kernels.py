@@ -9,7 +9,8 @@ gradients with the float64 ones (``dtype_parity``) can catch it.
     gradaudit run examples/fused_kernels.py:cross_entropy_no_grad_output --dtype bfloat16
 
 Bugs (``bug=`` of each Function): ``"dropped_term"`` (RMSNorm's projection term left out), ``"scale"`` (SwiGLU's
-gate derivative 10 % off), ``"no_grad_output"`` (cross-entropy's backward never multiplies by grad_output).
+gate derivative 10 % off), ``"no_grad_output"`` (cross-entropy's backward never multiplies by grad_output); a
+float ``eps`` plants that relative error in RMSNorm's projection term or SwiGLU's gate derivative.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ class FusedRMSNorm(torch.autograd.Function):
         projection = x_hat * (gw * x_hat).mean(-1, keepdim=True)
         if ctx.bug == "dropped_term" and x.dtype in LOW:
             projection = torch.zeros_like(projection)
+        elif isinstance(ctx.bug, float) and x.dtype in LOW:  # a relative error planted in the projection term
+            projection = projection * (1 - ctx.bug)
         dx = rstd * (gw - projection)
         dw = (g * x_hat).reshape(-1, x.shape[-1]).sum(0)
         return dx.to(x.dtype), dw.to(weight.dtype), None, None
@@ -69,6 +72,8 @@ class FusedSwiGLU(torch.autograd.Function):
         gate = s * (1 + af * (1 - s))
         if ctx.bug == "scale" and a.dtype in LOW:
             gate = gate * 1.1
+        elif isinstance(ctx.bug, float) and a.dtype in LOW:  # a relative error planted in the gate derivative
+            gate = gate * (1 + ctx.bug)
         return (g * bf * gate).to(a.dtype), (g * af * s).to(b.dtype), None
 
 

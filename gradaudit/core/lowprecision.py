@@ -27,9 +27,8 @@ JITTER_UNITS = (1.0, 4.0)  # each element moves by a random 1..4 rounding units 
 # estimated from 5 points, over thousands of elements, stays below 4 on correct code (torch.nn zoo, op database,
 # fused kernels in bf16 and fp16); the planted faults of tests/test_low_precision.py sit at 15x and more.
 NOISE_FACTOR = 8.0
-# Floors under the measured spread, relative to the element plus the tensor's largest gradient: the final
-# rounding (half a unit, taken as one), and the forward's own error at the point (constants and buffers rounded
-# to the low dtype move the function).
+# Floors under the measured spread: the final rounding of each gradient element (half a unit, taken as one),
+# and the forward's own error at the point (constants and buffers rounded to the low dtype move the function).
 ULP_FLOOR = 1.0
 DRIFT_FLOOR = 2.0
 
@@ -100,12 +99,11 @@ def measure_noise(gradients_at: GradientsAt, leaves: Tensors, seed: int, jitters
 
 
 def tolerance(measured: NoiseMeasurement, leaf: int, eps: float, drift: float) -> torch.Tensor:
-    """Per element: ``NOISE_FACTOR`` times the measured spread, over the floors (one rounding unit, and the
-    forward's drift, of the element and the tensor's largest gradient: an element that cancels to zero keeps
-    the rounding of its terms, and a gradient that does not move under the jitter shows no spread)."""
+    """Per element: ``NOISE_FACTOR`` times the measured spread, over the floors (one rounding unit of the
+    element; the forward's drift times the element and the tensor's largest gradient)."""
     size = torch.nan_to_num(flat(measured.reference[leaf]).abs(), nan=0.0, posinf=0.0, neginf=0.0)
     largest = float(size.max()) if size.numel() else 0.0
-    floor = (ULP_FLOOR * eps + DRIFT_FLOOR * drift) * (size + largest)
+    floor = ULP_FLOOR * eps * size + DRIFT_FLOOR * drift * (size + largest)
     return NOISE_FACTOR * measured.spread(leaf) + floor
 
 

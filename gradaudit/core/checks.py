@@ -21,7 +21,8 @@ from gradaudit.core.findings import nondeterminism_finding, order_findings, to_c
 from gradaudit.core.followups import at_kink, worst_element
 from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
-                                     rademacher_like, real, rounding_noise, to_host)
+                                     on_device_of, rademacher_like, real, rounding_noise, to_host)
+from gradaudit.core.precision import Precision, coarsest, detect_precision
 from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group_resolving
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.outcome import first_line, users_own_exception
@@ -281,6 +282,46 @@ def measure_noise(values: Evaluate, space: ProbeSpace, f, seed: int) -> list[tor
     return floors if noise is None else [torch.maximum(n, fl.to(n.device)) for n, fl in zip(noise, floors)]
 
 
+# Pairs of jittered points x(1 +- k eps s), and k: how far each leaf element moves, in rounding units of the coarse
+# precision. A float32 section rounds differently at each point; g(x+) + g(x-) - 2 g(x) cancels the gradient's
+# true change (linear in the jitter) and leaves 6 times the variance of that rounding, and a wrong formula.
+GRADIENT_JITTERS = 2
+JITTER_UNITS = 4.0
+# A gradient element through the coarse section is known no better than this many of its rounding units, even
+# where the jittered points happen to round alike.
+GRADIENT_ROUNDING_UNITS = 2.0
+
+
+def measure_gradient_noise(f, space: ProbeSpace, cotangents: list[Tensors], grads: list[Tensors],
+                           seed: int) -> list[Tensors] | None:
+    """Per cotangent, the rounding noise of the analytical gradients' elements, measured at pairs of points
+    jittered by a few rounding units of the coarse precision on the path (tests/test_calibration.py: three
+    times its root-sum-square over the actual error's is 1.1..50, median 8). None where nothing on the path is
+    coarser than the leaves."""
+    if not space.mixed:
+        return None
+    generator = torch.Generator().manual_seed(seed + 104729 * f.order)
+    spread = [[GRADIENT_ROUNDING_UNITS * space.eps * real(g).double().abs() for g in row] for row in grads]
+    for _ in range(GRADIENT_JITTERS):
+        signs = [rademacher_like(xi, generator, "cpu") if xi.is_floating_point() else None for xi in space.x]
+        plus, minus = (on_cpu_rows(vjps(f, jittered(space, signs, side), cotangents)) for side in (1.0, -1.0))
+        for k in range(len(grads)):
+            for i, g in enumerate(grads[k]):
+                curvature = real(plus[k][i]).double() + real(minus[k][i]).double() - 2 * real(g).double()
+                spread[k][i] = torch.maximum(spread[k][i], torch.nan_to_num(curvature.abs() / 2, nan=0.0, posinf=0.0))
+    return spread
+
+
+def jittered(space: ProbeSpace, signs: list, side: float) -> list[torch.Tensor]:
+    """The leaves moved by ``side`` JITTER_UNITS rounding units of the arithmetic, with the given signs."""
+    return [xi if s is None else on_device_of(to_host(xi) * (1 + side * JITTER_UNITS * space.eps * s), xi)
+            for xi, s in zip(space.x, signs)]
+
+
+def on_cpu_rows(rows: list[Tensors]) -> list[Tensors]:
+    return [on_cpu(row) for row in rows]
+
+
 def nondeterminism(f, x: Tensors, cotangent: Tensors, reference: Tensors, repeats: int) -> Finding | None:
     """Backward passes repeated with the same cotangent must give the same gradients."""
     spread = 0.0
@@ -294,6 +335,22 @@ def nondeterminism(f, x: Tensors, cotangent: Tensors, reference: Tensors, repeat
     return nondeterminism_finding(f.order, spread, scale, repeats)
 
 
+def program_precision(program: Program) -> Precision | None:
+    """The precision ``program`` really computes at (``core.precision``), from one traced forward; None where the
+    backend cannot run under a dispatch mode (it is then taken as its leaves' precision)."""
+    try:
+        return detect_precision(ForwardFunction(program).outputs, [leaf.value for leaf in program.leaves],
+                                program.output_names, program.module)
+    except Exception:
+        return None
+
+
+def precision_notes(program: Program) -> list[dict]:
+    """The report's ``precision`` notes for ``program``: where its computation drops below its leaves' dtype."""
+    precision = program_precision(program)
+    return precision.notes() if precision is not None else []
+
+
 # ------------------------------------------------------------------------------------------ the auditor
 class Auditor:
     """Runs the checks of one program at orders 1 (and 2), collecting checks, findings and skipped parts."""
@@ -305,9 +362,13 @@ class Auditor:
         self.program, self.settings, self.progress = program, settings, progress
         self.model_error = model_error  # see numerics.model_error_of
         self.numeric = numeric if numeric is not None else program
-        # The precision finite differences run in sets steps and error bars.
+        # The precision finite differences run in sets steps and error bars: the numeric program's, or coarser
+        # where the computation drops below it (a float32 section in a float64 model).
+        self.precision = program_precision(program)
+        arithmetic = coarsest([self.numeric.dtype] + ([self.precision.dtype] if self.precision else []))
         self.space = ProbeSpace.seeded([leaf.value for leaf in program.leaves],
-                                       [leaf.name for leaf in program.leaves], self.numeric.dtype, settings.seed)
+                                       [leaf.name for leaf in program.leaves], self.numeric.dtype, settings.seed,
+                                       arithmetic)
         self.checks: list[Check] = []
         self.findings: list[Finding] = []
         self.skipped: list[dict] = []
@@ -361,6 +422,7 @@ class Auditor:
                             self.model_error)
         cotangents = [self.space.random_like(outputs) for _ in range(self.settings.probes)]
         grads = [on_cpu(g) for g in vjps(f, x, cotangents)]
+        numerics.gradient_noise = measure_gradient_noise(f, self.space, cotangents, grads, self.settings.seed)
         finding = nondeterminism(f, x, cotangents[0], grads[0], self.settings.repeats)
         self.findings += [finding] if finding else []
 

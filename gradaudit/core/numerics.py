@@ -38,6 +38,9 @@ LADDER_LEVELS = 13
 RSS_SAFETY = 5.0
 # Rounding of an analytical derivative, in units of the noise of the values it is the derivative of.
 ANALYTICAL_NOISE = 16.0
+# The measured rounding noise of analytical gradients through a coarser section (checks.measure_gradient_noise)
+# counts this many times, summed under the probe's random signs.
+GRADIENT_NOISE_SAFETY = 3.0
 
 
 def real(tensor: torch.Tensor) -> torch.Tensor:
@@ -264,7 +267,8 @@ def nonsmooth_evidence(f: Evaluate, x: Tensors, u, h: float, eps: float, noise: 
 
 
 def probe_tolerance(numerical: NumericalDerivative, cotangent: Tensors, gradient: Sequence, direction: Sequence,
-                    eps: float, model_error: float = 0.0, noise: Tensors | None = None) -> float:
+                    eps: float, model_error: float = 0.0, noise: Tensors | None = None,
+                    gradient_noise: Sequence[torch.Tensor] | None = None) -> float:
     """How far ``<gradient, direction>`` may sit from ``<cotangent, J·u>`` before it is a real mismatch: the
     numerical error bars summed under the cotangent's random signs, the analytical side's rounding (relative
     to the result, and from the measured noise of the values it differentiates), and ``model_error``, the
@@ -273,10 +277,15 @@ def probe_tolerance(numerical: NumericalDerivative, cotangent: Tensors, gradient
     The relative floor bounds an error of each term of the two inner products; under the independent random
     signs of u and v their sum stays within RSS_SAFETY root-sum-squares of the terms (Hoeffding), which for an
     aggregate of N terms is about sqrt(N) / 6 times below their absolute sum (400x for a 6 M-parameter model;
-    the absolute sum is kept where it is the smaller bound, in small cases)."""
+    the absolute sum is kept where it is the smaller bound, in small cases).
+
+    ``gradient_noise``: the measured spread of the analytical gradient's elements (mixed precision), summed
+    under the direction's random signs like the numerical error bars."""
     cotangent = [real(v) for v in cotangent]
     numerical_error = rss_inner(cotangent, numerical.error)
     analytical_error = ANALYTICAL_NOISE * rss_inner(cotangent, noise) if noise is not None else 0.0
+    if gradient_noise is not None:
+        analytical_error += GRADIENT_NOISE_SAFETY * rss_inner(gradient_noise, direction)
     magnitude = abs_inner(gradient, direction) + abs_inner(cotangent, numerical.value)
     spread = RSS_SAFETY * (rss_inner(gradient, direction) + rss_inner(cotangent, numerical.value))
     return (RSS_SAFETY * numerical_error + analytical_error + relative_floor(eps) * min(magnitude, spread)

@@ -91,16 +91,22 @@ class ProbeSpace:
 
     x: list[torch.Tensor]
     names: list[str]
-    dtype: torch.dtype  # the precision the finite differences run in
+    dtype: torch.dtype  # the audited precision (the leaves')
     generator: torch.Generator
-    eps: float = field(init=False)
+    # The precision the finite differences really carry: the coarsest on the differentiated path (a float32
+    # section inside a float64 model; see core.precision). It sets the steps and the rounding floors.
+    arithmetic: torch.dtype | None = None
+    eps: float = field(init=False)  # the arithmetic's rounding unit: steps, noise lines, relative floors
+    leaf_eps: float = field(init=False)  # the leaves' own: rounding modelled where the noise is measured instead
     h: float = field(init=False)  # the plain central-difference step
     top: float = field(init=False)  # the probes' largest step (see numerics.extrapolated_derivative)
     scales: list[float] = field(init=False)
     movable: list[torch.Tensor] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.eps, self.h, self.top = eps_of(self.dtype), step_size(self.dtype), ladder_top(self.dtype)
+        arithmetic = self.arithmetic or self.dtype
+        self.eps, self.h, self.top = eps_of(arithmetic), step_size(arithmetic), ladder_top(arithmetic)
+        self.leaf_eps = eps_of(self.dtype)
         # Directions are +-scale per element: steps relative to the tensor's size, never below 1.
         # Infinite elements (-inf in an attention mask) cannot be moved by a finite step: every direction leaves
         # them where they are, and they do not count in the scale.
@@ -108,8 +114,14 @@ class ProbeSpace:
         self.scales = [leaf_scale(x) for x in self.x]
 
     @classmethod
-    def seeded(cls, x: list[torch.Tensor], names: list[str], dtype: torch.dtype, seed: int) -> "ProbeSpace":
-        return cls(x, names, dtype, torch.Generator().manual_seed(seed))
+    def seeded(cls, x: list[torch.Tensor], names: list[str], dtype: torch.dtype, seed: int,
+               arithmetic: torch.dtype | None = None) -> "ProbeSpace":
+        return cls(x, names, dtype, torch.Generator().manual_seed(seed), arithmetic)
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the computation drops below the leaves' precision somewhere on the path."""
+        return self.eps > self.leaf_eps
 
     @property
     def retry_divisor(self) -> int:
@@ -190,9 +202,20 @@ class Numerics:
     noise: Tensors | None = None
     model_error: float = 0.0
     ladder_start: float | None = None
+    # In a mixed-precision computation: per cotangent, how far the analytical gradients move when the leaves
+    # are jittered at the coarse precision's rounding level (see checks.measure_gradient_noise).
+    gradient_noise: list[Tensors] | None = None
+
+    @property
+    def floor_eps(self) -> float:
+        """The eps of the rounding the error model assumes rather than measures: the arithmetic's, except where
+        a coarser section sits inside finer leaves, whose noise the measurements carry (the noise line of the
+        values, the jitter of the gradients); the leaves' own rounding is then what is left to model."""
+        measured = self.noise is not None and self.gradient_noise is not None
+        return self.space.leaf_eps if self.space.mixed and measured else self.space.eps
 
     def derivative(self, x: Tensors, u: list, top: float, first: list[Tensors] | None = None) -> NumericalDerivative:
-        return extrapolated_derivative(self.values, x, u, top, self.space.eps, self.noise, first=first)
+        return extrapolated_derivative(self.values, x, u, top, self.floor_eps, self.noise, first=first)
 
     def derivative_in_domain(self, x: Tensors, u: list) -> tuple[NumericalDerivative, float]:
         """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at
@@ -238,13 +261,17 @@ def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,
 def judge(numerics: Numerics, analytical: Analytical, numerical: NumericalDerivative, u: list,
           tangents: Tensors | None) -> tuple[Outcome, Outcome]:
     """The reverse-mode (one test per cotangent) and forward-mode outcomes against one numerical J·u."""
-    eps = numerics.space.eps
+    eps = numerics.floor_eps
     reverse, forward = Outcome(), Outcome()
     for k, (v, g) in enumerate(zip(analytical.cotangents, analytical.grads)):
+        jitter = numerics.gradient_noise[k] if numerics.gradient_noise else None
         reverse.absorb(inner(g, u), inner(v, numerical.value),
-                       probe_tolerance(numerical, v, g, u, eps, numerics.model_error, numerics.noise), cotangent=k)
+                       probe_tolerance(numerical, v, g, u, eps, numerics.model_error, numerics.noise, jitter),
+                       cotangent=k)
     if tangents is not None:
-        compare_tangents(tangents, numerical, eps, numerics.model_error, analytical.output_names, forward)
+        # (a JVP through the coarse section rounds there too, and no jitter measures it: its eps is the model)
+        compare_tangents(tangents, numerical, numerics.space.eps, numerics.model_error, analytical.output_names,
+                         forward)
     return reverse, forward
 
 

@@ -1,0 +1,163 @@
+"""float32 islands inside float64 models: the precision is found (where it drops, the coarsest dtype on the path),
+the error bars follow the measured noise at that precision, and every check says what it could resolve.
+
+The models are pure torch, written after HF's: Llama's RMSNorm (variance and normalization in float32, cast back),
+T5's layer norm (only the variance in float32), a causal-LM style float32 loss. A 1e-4 backward error planted in a
+rotate_half-like custom Function inside such a model must be caught; correct ones must pass.
+"""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import gradaudit
+from gradaudit.core.precision import detect_precision
+from gradaudit.renderers.text import verdict_line
+from gradaudit.report import Check, Report
+
+
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size) + 0.1 * torch.randn(size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        hidden = hidden.to(torch.float32)
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        hidden = hidden * torch.rsqrt(variance + 1e-6)
+        return self.weight * hidden.to(dtype)
+
+
+class T5LayerNorm(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size) + 0.1 * torch.randn(size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        variance = hidden.to(torch.float32).pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden * torch.rsqrt(variance + 1e-6))
+
+
+PLANTED = {"error": 0.0}  # the relative error of RotateHalf's backward
+
+
+class RotateHalf(torch.autograd.Function):
+    """rotate_half as a custom Function, whose backward is off by PLANTED["error"] (relative)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        half = x.shape[-1] // 2
+        return torch.cat([-x[..., half:], x[..., :half]], -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        half = grad.shape[-1] // 2
+        return torch.cat([grad[..., half:], -grad[..., :half]], -1) * (1 + PLANTED["error"])
+
+
+class Block(nn.Module):
+    """fc -> norm -> h + rotate_half(h) * sin -> tanh -> fc, optionally ending in a float32 loss."""
+
+    def __init__(self, norm: type, width: int = 32, float_loss: bool = False) -> None:
+        super().__init__()
+        self.up, self.input_layernorm, self.down = nn.Linear(width, width), norm(width), nn.Linear(width, 4)
+        self.sin = nn.Parameter(torch.rand(width), requires_grad=False)
+        self.float_loss = float_loss
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.input_layernorm(self.up(x))
+        h = h + RotateHalf.apply(h) * self.sin
+        out = self.down(torch.tanh(h))
+        return out.float().pow(2).mean() if self.float_loss else out
+
+
+def block(norm: type, seed: int, **options) -> tuple[nn.Module, tuple]:
+    torch.manual_seed(seed)
+    return Block(norm, **options).double(), (torch.randn(8, 32, dtype=torch.float64),)
+
+
+@pytest.fixture
+def planted():
+    def plant(error: float) -> None:
+        PLANTED["error"] = error
+    yield plant
+    PLANTED["error"] = 0.0
+
+
+def test_the_float32_section_and_the_float32_loss_are_found():
+    model, (x,) = block(LlamaRMSNorm, 0, float_loss=True)
+    names = [n for n, _ in model.named_parameters()]
+
+    def forward(values):
+        parameters = dict(zip(names, values[:-1]))
+        return [torch.func.functional_call(model, parameters, (values[-1],))]
+    precision = detect_precision(forward, list(model.parameters()) + [x], ["loss"], model)
+    assert precision.audited == torch.float64 and precision.dtype == torch.float32 and precision.mixed
+    notes = precision.notes()
+    assert notes[0] == {"dtype": "float32", "what": "output", "output": "loss"}
+    section = [n for n in notes if n.get("at") == "input_layernorm"]
+    assert section and section[0]["op"] == "aten._to_copy" and section[0]["source"].startswith(
+        "test_precision_islands.py:")
+
+
+def test_a_float64_model_has_no_precision_notes():
+    model, (x,) = block(nn.LayerNorm, 0)
+    precision = detect_precision(lambda v: [torch.func.functional_call(
+        model, dict(zip([n for n, _ in model.named_parameters()], v[:-1])), (v[-1],))],
+        list(model.parameters()) + [x])
+    assert precision.dtype == torch.float64 and not precision.mixed and precision.notes() == []
+
+
+@pytest.mark.parametrize("norm", [LlamaRMSNorm, T5LayerNorm])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_correct_models_with_float32_norms_pass_with_their_resolution(norm, seed):
+    model, args = block(norm, seed)
+    report = gradaudit.check(model, args, seed=seed, localize=False)
+    assert report.ok, report
+    assert report.precision and report.precision[0]["at"] == "input_layernorm", report.precision
+    leaves = [c for c in report.checks if c.wrt != "total" and c.method == "reverse"]
+    # float32 rounding (1e-7) seen through finite differences: coarser than float64's 1e-6 target; the float64
+    # error model left 3e-4..1e-3 on every leaf, the measured noise 1e-6..1e-4 on most (a 32x32 weight probed
+    # beside the rest resolves least)
+    resolutions = sorted(c.resolution for c in leaves)
+    assert 1e-7 < resolutions[0] and resolutions[len(resolutions) // 2] < 1e-4 and resolutions[-1] < 1e-3, \
+        [(c.wrt, c.resolution) for c in leaves]
+    line = str(report).splitlines()[0]
+    assert "PASS (resolution " in line and "float32 section at input_layernorm" in line, line
+
+
+def test_a_float32_loss_passes_and_is_named(planted):
+    model, args = block(nn.LayerNorm, 0, float_loss=True)
+    report = gradaudit.check(model, args, localize=False)
+    assert report.ok, report
+    assert report.precision[0] == {"dtype": "float32", "what": "output", "output": "loss"}
+    assert "float32 loss" in str(report).splitlines()[0]
+
+
+@pytest.mark.parametrize("norm", [LlamaRMSNorm, T5LayerNorm])
+def test_a_1e4_backward_error_behind_a_float32_norm_is_caught(norm, planted):
+    planted(1e-4)
+    model, args = block(norm, 1)
+    report = gradaudit.check(model, args, seed=1, localize=False)
+    assert not report.ok, report
+    assert report.findings[0].kind == "faulty_backward"
+
+
+def test_json_carries_resolution_and_precision():
+    model, args = block(LlamaRMSNorm, 0)
+    data = json.loads(gradaudit.check(model, args, localize=False).to_json())
+    assert data["precision"][0]["dtype"] == "float32" and data["precision"][0]["at"] == "input_layernorm"
+    assert all("resolution" in c for c in data["checks"])
+    assert Report.from_dict(data).precision == data["precision"]
+
+
+def test_the_verdict_says_nothing_when_the_resolution_is_what_the_dtype_allows():
+    fine = Check(order=1, wrt="w", method="reverse", ok=True, dtype="float64", resolution=3e-9)
+    coarse = Check(order=1, wrt="w", method="reverse", ok=True, dtype="float64", resolution=3e-4)
+    report = Report("t", "eager", "cpu", "float64", 0, checks=[fine])
+    assert "resolution" not in verdict_line(report)
+    report.checks.append(coarse)
+    report.precision = [{"dtype": "float32", "what": "section", "at": "input_layernorm", "op": "aten._to_copy"}]
+    assert "PASS (resolution 0.0003 on 1 tensor: float32 section at input_layernorm)" in verdict_line(report)

@@ -10,7 +10,7 @@ import torch
 
 from gradaudit import __version__
 from gradaudit.case import as_case
-from gradaudit.core.checks import Auditor, Settings
+from gradaudit.core.checks import Auditor, Settings, precision_notes
 from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.pipeline import announce, optional_phase, publish_verdict
@@ -127,7 +127,7 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
         report = Report(target=case.label, backend=chosen.name, device=program.device,
                         dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=checks, findings=findings,
                         skipped=skipped, stats=audit_stats(program, reference, started), settings=settings_dict,
-                        version=__version__)
+                        version=__version__, precision=[] if static_only else precision_notes(reference or program))
         publish_verdict(report)
         for phase, work in later:
             report.findings += optional_phase(phase, work, report.skipped) or []
@@ -177,6 +177,7 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     with same_rng_for_each_program() as rewind:
         with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
             refuse_random_ops(reference)
+            precision = precision_notes(reference)
             for step, backend in enumerate(chosen):
                 if progress:
                     progress(f"comparing {backend.name}", step, len(chosen))
@@ -200,7 +201,7 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
                   dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,
                   findings=findings, skipped=skipped, stats=stats,
                   settings=settings.to_dict() | {"reference": "eager/cpu/float64", "localize": localize},
-                  version=__version__)
+                  version=__version__, precision=precision)
 
 
 def autograd_backend_audit(case, program: Program, reference: Program | None, settings: Settings,

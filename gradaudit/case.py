@@ -122,7 +122,8 @@ def _describe(value: Any) -> str:
 
 def load_target(target: str) -> Case:
     """Load ``path/to/file.py:NAME`` or ``dotted.module:NAME`` and call NAME to get the case (NAME may be dotted,
-    ``Class.factory``, as in ``pkgutil.resolve_name``)."""
+    ``Class.factory``, as in ``pkgutil.resolve_name``). A file runs once per process, as an imported module
+    does (again only once edited): its ``torch.library`` ops stay registered once."""
     module_part, sep, attr = target.rpartition(":")
     if not sep or not module_part or not attr:
         raise AuditError(f"target {target!r} is not of the form path/to/file.py:NAME or dotted.module:NAME")

@@ -129,7 +129,10 @@ loaded = []
 for _ in range(3):
     loaded.append(load_target("tests/fixtures.py:custom_op_fault"))
     gc.collect()
-    torch._C.parse_schema("gradaudit_tests::churn(Tensor x, str s) -> Tensor")  # allocate in the dispatcher
+# The op fixtures.softsign calls is still the registered one (else it calls a freed definition: a segfault,
+# an internal assert or a garbage string, or by luck of the heap, the new definition at the old address).
+print("live", fixtures.softsign._lib.m is not None
+      and fixtures.softsign._opoverload is torch.ops.gradaudit_tests.softsign.default)
 fn, args = fixtures.custom_op_fault()
 print("called", tuple(fn(*args).shape), *(tuple(case.fn(*case.args).shape) for case in loaded))
 report = gradaudit.check(fn, args, localize=False)
@@ -138,10 +141,13 @@ print("caught", [str(finding.kind) for finding in report.findings if finding.sev
 
 
 def test_the_fixture_op_survives_its_file_being_loaded_by_path_again_and_again():
-    """The suite's crash, in a process of its own: before the fix this dies of SIGSEGV (or raises
-    ``basic_string::_M_create``) when the op the ``fixtures`` module holds is called."""
+    """The suite's sequence, in a process of its own: tests/fixtures.py imported as ``fixtures``, then loaded
+    by path. Before the fix the op ``fixtures`` holds is no longer the registered one (always), and calling it
+    reads a freed definition: a segfault, an internal assert, or a pass when the heap put the new definition
+    at the old address (most runs)."""
     result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", STRESS], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "live True" in result.stdout
     assert "called (3, 3) (3, 3) (3, 3) (3, 3)" in result.stdout
     assert "caught ['faulty_backward']" in result.stdout

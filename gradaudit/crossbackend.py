@@ -14,7 +14,8 @@ from gradaudit.core.findings import backend_error_finding, kink_convention_findi
 from gradaudit.core.followups import kink_elements
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.numerics import eps_of, model_error_of
-from gradaudit.core.parity import forward_checks, forward_divergences, grad_mode_form_checks, parity_checks
+from gradaudit.core.parity import (forward_checks, forward_divergences, grad_mode_form_checks, parity_checks,
+                                   path_dtype)
 from gradaudit.core.probe import Numerics, ProbeSpace
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.pipeline import optional_phase
@@ -35,8 +36,9 @@ def forward_parity(program: Program, eager: Program, skipped: list[dict]) -> tup
         skipped.append({"what": "forward parity with eager float64",
                         "reason": f"the case draws random numbers ({random}), and each backend draws its own"})
         return [], [], 0.0
-    checks, drift = forward_checks(program, eager)
-    return checks, forward_divergences(checks, drift), model_error_of(drift, eps_of(program.dtype))
+    arithmetic = path_dtype(program, eager)
+    checks, drift = forward_checks(program, eager, arithmetic=arithmetic)
+    return checks, forward_divergences(checks, drift, arithmetic), model_error_of(drift, eps_of(arithmetic))
 
 
 def numeric_backend_audit(program: Program, reference: Program, settings: Settings, progress,
@@ -44,14 +46,15 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
     """A backend without autograd (an exported graph): its forward against eager float64, then its finite
     differences against eager float64 gradients. A mismatch is the backend differentiating differently from
     PyTorch: a divergence, not a faulty backward of the user's code."""
-    checks, drift = forward_checks(program, reference)
-    findings = forward_divergences(checks, drift)
+    arithmetic = path_dtype(program, reference)
+    checks, drift = forward_checks(program, reference, arithmetic=arithmetic)
+    findings = forward_divergences(checks, drift, arithmetic)
     if any(check.mismatch for check in checks):
         skipped.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
         return checks, findings
     # An exported graph that approximates an elementary function differently (onnxruntime's tanh-GELU) has
     # derivatives off by more than its forward: the same model error as on an autograd backend.
-    model_error = model_error_of(drift, eps_of(program.dtype))
+    model_error = model_error_of(drift, eps_of(arithmetic))
     try:
         gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
                                                            model_error=model_error).run()
@@ -82,12 +85,13 @@ def compare_program(program, reference, settings: Settings,
         if not program.capabilities.autograd:
             checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
             return checks, findings, notes
-        checks, drift = forward_checks(program, reference)
+        arithmetic = path_dtype(program, reference)
+        checks, drift = forward_checks(program, reference, arithmetic=arithmetic)
         if not any(check.mismatch for check in checks):
             checks += grad_mode_form_checks(program, reference)
     except BackendFailure as failure:
         return [], [backend_error_finding(0, failure)], notes
-    findings = forward_divergences(checks, drift)
+    findings = forward_divergences(checks, drift, arithmetic)
     if any(check.mismatch for check in checks):
         notes.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
     else:

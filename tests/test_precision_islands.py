@@ -12,22 +12,36 @@ import torch
 from torch import nn
 
 import gradaudit
+from gradaudit.case import as_case
+from gradaudit.core.parity import forward_checks, forward_divergences, path_dtype
 from gradaudit.core.precision import detect_precision
+from gradaudit.registry import usable_backend
 from gradaudit.renderers.text import verdict_line
 from gradaudit.report import Check, Report
 
 
 class LlamaRMSNorm(nn.Module):
+    inner = torch.float32  # the precision the norm computes in
+    epsilon = 1e-6
+
     def __init__(self, size: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size) + 0.1 * torch.randn(size))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         dtype = hidden.dtype
-        hidden = hidden.to(torch.float32)
+        hidden = hidden.to(self.inner)
         variance = hidden.pow(2).mean(-1, keepdim=True)
-        hidden = hidden * torch.rsqrt(variance + 1e-6)
+        hidden = hidden * torch.rsqrt(variance + self.epsilon)
         return self.weight * hidden.to(dtype)
+
+
+class Float64RMSNorm(LlamaRMSNorm):
+    inner = torch.float64
+
+
+class WrongRMSNorm(LlamaRMSNorm):
+    epsilon = 1e-2  # another function: a real divergence
 
 
 class T5LayerNorm(nn.Module):
@@ -60,15 +74,16 @@ class RotateHalf(torch.autograd.Function):
 class Block(nn.Module):
     """fc -> norm -> h + rotate_half(h) * sin -> tanh -> fc, optionally ending in a float32 loss."""
 
-    def __init__(self, norm: type, width: int = 32, float_loss: bool = False) -> None:
+    def __init__(self, norm: type, width: int = 32, float_loss: bool = False, rotate: bool = True) -> None:
         super().__init__()
         self.up, self.input_layernorm, self.down = nn.Linear(width, width), norm(width), nn.Linear(width, 4)
         self.sin = nn.Parameter(torch.rand(width), requires_grad=False)
-        self.float_loss = float_loss
+        self.float_loss, self.rotate = float_loss, rotate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.input_layernorm(self.up(x))
-        h = h + RotateHalf.apply(h) * self.sin
+        if self.rotate:  # (a custom Function: not exportable to ONNX)
+            h = h + RotateHalf.apply(h) * self.sin
         out = self.down(torch.tanh(h))
         return out.float().pow(2).mean() if self.float_loss else out
 
@@ -161,3 +176,29 @@ def test_the_verdict_says_nothing_when_the_resolution_is_what_the_dtype_allows()
     report.checks.append(coarse)
     report.precision = [{"dtype": "float32", "what": "section", "at": "input_layernorm", "op": "aten._to_copy"}]
     assert "PASS (resolution 0.0003 on 1 tensor: float32 section at input_layernorm)" in verdict_line(report)
+
+
+def eager_program(norm: type, **options):
+    model, args = block(norm, 0, **options)
+    return usable_backend("eager").load(as_case(model, args), "cpu", torch.float64)
+
+
+def test_forward_parity_follows_the_float32_section_and_still_sees_a_real_divergence():
+    with eager_program(LlamaRMSNorm) as reference, eager_program(Float64RMSNorm) as same, \
+            eager_program(WrongRMSNorm) as wrong:
+        assert path_dtype(same, reference) == torch.float32
+        checks, drift = forward_checks(same, reference)
+        assert 1e-10 < drift < 1e-6 and all(c.ok for c in checks)  # float32 rounding, not a divergence
+        assert forward_divergences(checks, drift, torch.float32) == []
+        checks, drift = forward_checks(wrong, reference)
+        findings = forward_divergences(checks, drift, path_dtype(wrong, reference))
+        assert drift > 1e-4 and findings and findings[0].severity == "error", findings
+
+
+def test_compare_on_onnx_passes_a_float32_norm():
+    pytest.importorskip("onnxruntime")
+    model, args = block(LlamaRMSNorm, 0, rotate=False)
+    report = gradaudit.compare(model, args, backends=["onnx"], localize=False)
+    assert report.ok, report
+    assert not [f for f in report.findings if f.kind == "forward_divergence"]
+    assert report.precision and report.precision[0]["at"] == "input_layernorm"

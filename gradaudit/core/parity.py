@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import torch
 
-from gradaudit.core.checks import Settings, on_cpu
+from gradaudit.core.checks import Settings, on_cpu, program_precision
+from gradaudit.core.precision import coarsest
 from gradaudit.core.findings import backend_error_finding, fault_finding, to_check
 from gradaudit.core.kinds import CheckStatus, FaultKind, Severity
 from gradaudit.core.probe import Outcome
@@ -147,10 +148,20 @@ def forward_drift(native: list[torch.Tensor], reference: list[torch.Tensor]) -> 
     return drift
 
 
-def forward_checks(native: Program, reference: Program, seed: int = 0) -> tuple[list[Check], float]:
-    """Forward outputs against the reference within the program's precision (order 0 checks). Besides
-    rounding, the tolerance allows 16 times how far the float64 outputs move when the leaves are nudged by
-    one rounding unit of the program's precision: the ill-conditioning a lower-precision run inherits.
+def path_dtype(native: Program, reference: Program) -> torch.dtype:
+    """The precision two programs can agree to: the native program's, or coarser where the reference's own
+    computation drops below it (a float32 section inside a float64 model runs in float32 on both, each backend
+    rounding it its own way)."""
+    precision = program_precision(reference)
+    return coarsest([native.dtype] + ([precision.dtype] if precision is not None else []))
+
+
+def forward_checks(native: Program, reference: Program, seed: int = 0,
+                   arithmetic: torch.dtype | None = None) -> tuple[list[Check], float]:
+    """Forward outputs against the reference within the precision of the path (order 0 checks; ``arithmetic``,
+    default :func:`path_dtype`). Besides rounding, the tolerance allows 16 times how far the reference's outputs
+    move when the leaves are nudged by one rounding unit of that precision: the ill-conditioning a
+    lower-precision run inherits, and the reference's own rounding in a coarser section, measured.
     Results of another number, shape or dtype, and NaN on one side only, fail their checks; an exception of
     the program is a :class:`BackendFailure`."""
     x_reference = [leaf.value for leaf in reference.leaves]
@@ -158,7 +169,7 @@ def forward_checks(native: Program, reference: Program, seed: int = 0) -> tuple[
     y_reference = evaluate(f_reference, x_reference)
     y_native = on_backend(native, "the forward", lambda: on_cpu(
         evaluate(ForwardFunction(native), [leaf.value for leaf in native.leaves])))
-    eps = eps_of(native.dtype)
+    eps = eps_of(arithmetic or path_dtype(native, reference))
     generator = torch.Generator().manual_seed(seed)
     nudged = [x * (1 + eps * rademacher_like(x, generator)) for x in x_reference]
     y_nudged = evaluate(f_reference, nudged)
@@ -194,15 +205,17 @@ def grad_mode_form_checks(native: Program, reference: Program) -> list[Check]:
     return checks + ([extra] if extra else [])
 
 
-def forward_divergences(checks: list[Check], drift: float) -> list[Finding]:
+def forward_divergences(checks: list[Check], drift: float, arithmetic: torch.dtype | None = None) -> list[Finding]:
     """One ``forward_divergence`` finding for the worst failing forward check, if any. A gap beyond the
     precision's rounding but below sqrt(eps) of the output's scale is a backend computing a function less
-    accurately (XLA's float64 erf), a warning; above it, the backend computes something else: an error."""
+    accurately (XLA's float64 erf), a warning; above it, the backend computes something else: an error.
+    ``arithmetic``: the precision of the path where it is coarser than the checks' dtype (see path_dtype)."""
     failing = [c for c in checks if c.method == "forward_parity" and not c.ok]
     if not failing:
         return []
     worst = max(failing, key=lambda c: (c.mismatch is not None, c.max_abs_err / max(c.tolerance, 1e-300)))
-    limit = PRECISION_LOSS_LIMIT[worst.dtype] if worst.dtype in PRECISION_LOSS_LIMIT else 1e-3
+    limit = (precision_limit(arithmetic) if arithmetic is not None else
+             PRECISION_LOSS_LIMIT[worst.dtype] if worst.dtype in PRECISION_LOSS_LIMIT else 1e-3)
     mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
     severity = "error" if drift > limit or mismatches else "warning"
     if severity == "warning":  # the checks pass, with their status saying why they needed the excuse

@@ -14,7 +14,7 @@ import pytest
 import gradaudit
 import gradaudit.outcome as outcome
 from gradaudit.errors import AuditError
-from gradaudit.isolation import run_optional_phase
+from gradaudit.pipeline import Listener, listening, optional_phase
 from gradaudit.outcome import (TargetExit, check_output_path, exits_raise, orders_not_run, user_code_boundary)
 from gradaudit.suite.worker import run_job
 
@@ -131,92 +131,38 @@ def test_complex_inputs_in_bfloat16_say_they_ran_in_complex64():
     assert any("complex64" in s["reason"] for s in report.skipped)
 
 
-# ---------------------------------------------------------------------------------------------- isolation
-def run_python(code: str) -> subprocess.CompletedProcess:
-    """A fresh interpreter: this one has torch-xla registered (conftest), after which torch refuses backward
-    in forked children, so crash isolation would fall back to running in-process (and a planted segfault
-    would end pytest)."""
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
-ISOLATION_CHECKS = f"""
-import os, signal, sys, torch
-sys.path.insert(0, {str(DATA)!r})
-import gradaudit, hostile_targets as hostile
-from gradaudit.isolation import run_optional_phase, start_optional_phase
-
-report = gradaudit.check(hostile.faulty_crashes_when_traced())
-assert not report.ok and report.findings[0].kind == "faulty_backward", report
-notes = {{s["what"]: s["reason"] for s in report.skipped}}
-assert notes["localization"].startswith("crashed: signal 11 (SIGSEGV)"), notes
-assert notes["hazard scan"].startswith("crashed: signal 11 (SIGSEGV)"), notes
-
-report = gradaudit.check(hostile.faulty_crashes_when_traced(), localize=False)
-assert "localization" not in {{s["what"] for s in report.skipped}}
-
-from gradaudit.registry import usable_backend
-with usable_backend("eager").load(gradaudit.Case(torch.sin, (torch.ones(3, dtype=torch.float64),))) as p:
-    before = p.stats.forward_evals
-    result = run_optional_phase(lambda: [os.getpid(), p([leaf.value for leaf in p.leaves])[0].sum().item()], [p])
-    assert result.ok and result.value[0] != os.getpid(), result  # it ran in a child
-    assert p.stats.forward_evals == before + 1  # the child's evaluation is counted here
-    # a phase started before the parent's own work (the hazard scan beside the checks) adds only its own
-    pending = start_optional_phase(lambda: p([leaf.value + 1 for leaf in p.leaves])[0].sum().item(), [p])
-    p([leaf.value for leaf in p.leaves])
-    assert pending.result().ok and p.stats.forward_evals == before + 3
-report = gradaudit.check(hostile.correct_crashes_when_traced())  # the scan crashes beside passing checks
-assert report.ok and report.skipped[-1]["reason"].startswith("crashed: signal 11 (SIGSEGV)"), report.skipped
-os.environ["GRADAUDIT_NO_FORK"] = "1"
-in_process_stats = gradaudit.check(torch.sin, (torch.ones(3, dtype=torch.float64),)).stats
-del os.environ["GRADAUDIT_NO_FORK"]
-forked_stats = gradaudit.check(torch.sin, (torch.ones(3, dtype=torch.float64),)).stats
-assert forked_stats["forward_evals"] == in_process_stats["forward_evals"], (forked_stats, in_process_stats)
-assert run_optional_phase(lambda: 1 / 0).failure == "failed: ZeroDivisionError: division by zero"
-assert run_optional_phase(lambda: os.kill(os.getpid(), signal.SIGABRT)).failure.startswith(
-    "crashed: signal 6 (SIGABRT)")
-print("isolation ok")
-"""
-
-
-def test_crash_isolation_in_a_fresh_process():
-    """A segfault in localization and the hazard scan is a note and the verdict stands; a phase's value and
-    evaluation counts come back from its child; exceptions and other signals are notes."""
-    result = run_python(ISOLATION_CHECKS)
-    assert result.returncode == 0 and "isolation ok" in result.stdout, result.stderr[-3000:]
-
-
-FALLBACK_CHECK = """
-import os, torch
-from gradaudit.registry import get_backend
-get_backend("xla").availability()  # registers an autograd device, as CUDA devices are on a GPU machine
-x = torch.ones(2, requires_grad=True)
-x.sum().backward()  # autograd starts its device threads: torch refuses backward in forked children now
-from gradaudit.isolation import run_optional_phase
-result = run_optional_phase(lambda: os.getpid())
-assert result.ok and result.value == os.getpid(), result  # ran here, not in a child that cannot backprop
-print("fallback ok")
-"""
-
-
-def test_isolation_falls_back_in_process_where_forked_children_cannot_backprop():
-    pytest.importorskip("torch_xla")
-    result = run_python(FALLBACK_CHECK)
-    assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr[-3000:]
-
-
-def test_isolated_phase_keeps_the_users_exit_an_exit():
+# ---------------------------------------------------------------------------------------------- optional phases
+# (crashes and hangs in optional phases are the supervisor's: tests/test_process.py)
+def test_an_optional_phase_keeps_the_users_exit_an_exit():
     def exits():
         with exits_raise():
             os._exit(0)
     with pytest.raises(TargetExit, match=r"os\._exit\(0\)"):
-        run_optional_phase(exits)
+        optional_phase("localization", exits, [])
 
 
-def test_without_fork_exceptions_are_still_notes(monkeypatch):
-    monkeypatch.setenv("GRADAUDIT_NO_FORK", "1")
-    result = run_optional_phase(lambda: os.getpid())
-    assert result.ok and result.value == os.getpid()
-    assert run_optional_phase(lambda: [][1]).failure.startswith("failed: IndexError")
+def test_an_optional_phase_that_raises_is_a_note_and_runs_here():
+    notes: list[dict] = []
+    assert optional_phase("hazard scan", os.getpid, notes) == os.getpid() and notes == []
+    assert optional_phase("hazard scan", lambda: [][1], notes) is None
+    assert notes[0]["what"] == "hazard scan" and notes[0]["reason"].startswith("failed: IndexError")
+
+
+def test_the_verdict_is_published_before_the_optional_phases():
+    """The listener hears the verdict (faulty, not yet localized), then the phases that follow it."""
+    heard = []
+
+    class Recorder(Listener):
+        def phase(self, name):
+            heard.append(name)
+
+        def verdict(self, report):
+            heard.append(("verdict", report.findings[0].node))
+
+    with listening(Recorder()):
+        report = gradaudit.check(hostile.builtin_apply())
+    assert heard == ["the checks", ("verdict", None), "localization", "hazard scan"]
+    assert report.findings[0].node == "WrongSquareBackward"
 
 
 # ---------------------------------------------------------------------------------------------- outputs

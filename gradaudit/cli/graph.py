@@ -1,32 +1,45 @@
 """``gradaudit graph TARGET --out FILE``: the autograd graph of a case, its culprit highlighted.
 
-``static_findings`` (re-exported) serves ``gradaudit run --static-only``. Exit codes are ``gradaudit run``'s: the
-verdict of the audit (0 or 1), 2 when it could not run (or the file cannot be written), 130 on Ctrl-C. Drawing the
-graph is an optional phase: a crash there is a note on stderr and the verdict stands.
+Exit codes are ``gradaudit run``'s: the verdict of the audit (0 or 1), 2 when it could not run (or the file
+cannot be written), 130 on Ctrl-C, 143 on SIGTERM. The audit and the drawing run in the supervised worker
+(``gradaudit.cli.supervisor``); drawing the graph is an optional phase after the verdict: a crash or hang there
+is a note on stderr and the verdict stands.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
-from gradaudit.cli.common import (OutputPath, load_case, log_verdict, logger, order_option, seed_option,
-                                  target_argument, traceback_option, verbosity_options)
+from gradaudit.cli.common import (OutputPath, log_verdict, logger, order_option, seed_option, target_argument,
+                                  timeout_options, traceback_option, verbosity_options)
+from gradaudit.cli.supervisor import Limits, supervise
 from gradaudit.errors import AuditError
-from gradaudit.outcome import EXIT_OK, EXIT_PROBLEM, command_outcome, write_outputs
+from gradaudit.outcome import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail, interrupted,
+                               write_outputs)
 
-__all__ = ["draw", "graph_command", "static_findings"]
+FORMATS = ("graphml", "dot", "svg", "png")  # (gradaudit.analyzers.render.FORMATS, without importing torch)
 
-# gradaudit.analyzers.render.FORMATS, written out: the analyzers import torch, which --help must not
-# (tests/test_startup.py checks that the two agree).
-FORMATS = ("graphml", "dot", "svg", "png")
+__all__ = ["checked_format", "draw", "graph_command", "static_findings", "write_drawn"]
 
 
-def static_findings(program: Any) -> list:
-    """The hazard scan's findings (``gradaudit.analyzers.hazards.static_findings``, imported on first use)."""
-    from gradaudit.analyzers.hazards import static_findings as scan
+def __getattr__(name: str) -> Any:
+    if name == "static_findings":  # (serves ``gradaudit run --static-only``; imports torch)
+        from gradaudit.analyzers.hazards import static_findings
 
-    return scan(program)
+        return static_findings
+    raise AttributeError(name)
+
+
+def checked_format(out: str, format: str | None) -> str:
+    """The format to write (``format``, else the suffix of ``out``), or an AuditError naming the problem."""
+    from gradaudit.analyzers.render import format_of
+
+    try:
+        return format_of(out, format)
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
 
 
 def draw(case: Any, report: Any, seed: int) -> tuple:
@@ -52,6 +65,21 @@ def draw(case: Any, report: Any, seed: int) -> tuple:
     return graph, culprit, lines
 
 
+def write_drawn(case: Any, report: Any, drawn: tuple, request: dict) -> dict:
+    """Write what :func:`draw` drew to ``request["out"]`` (in the worker): the lines the command prints. Failing
+    to write the file is an AuditError, which the worker reports as the audit's error (exit 2)."""
+    from gradaudit.analyzers.render import write_graph
+
+    graph, culprit, lines = drawn
+    title = f"{case.label}: " + ("; ".join(lines) if lines else "PASS" if report.ok else "FAIL, not localized")
+    try:
+        write_graph(graph, request["out"], request["format"], culprit, title=title)
+    except OSError as exc:
+        raise AuditError(f"cannot write {exc.filename or request['out']}: {exc.strerror or exc}") from None
+    nodes = sum(1 for _, d in graph.nodes(data=True) if d.get("kind") == "node")
+    return {"wrote": f"wrote {request['out']} ({request['format']}, {nodes} autograd nodes)", "lines": lines}
+
+
 @click.command("graph")
 @target_argument
 @click.option("--out", "out", type=OutputPath(), required=True, help="Output file: .graphml, .dot or .svg.")
@@ -61,33 +89,31 @@ def draw(case: Any, report: Any, seed: int) -> tuple:
 @seed_option
 @traceback_option
 @verbosity_options
+@timeout_options
 def graph_command(target: str, out: str, format: str | None, order: int, seed: int, show_traceback: bool,
-                  quiet: bool, verbose: int) -> None:
+                  quiet: bool, verbose: int, timeout: float, phase_timeout: float | None) -> None:
     """Write the autograd graph of TARGET (GraphML, DOT or SVG, from the suffix of --out unless --format says);
     a failed check is localized and its culprit node highlighted."""
-    import gradaudit
-    from gradaudit.analyzers.render import format_of, write_graph
-    from gradaudit.pipeline import optional_phase
-
-    with command_outcome(show_traceback):
-        try:
-            format = format_of(out, format)
-        except ValueError as exc:
-            raise AuditError(str(exc)) from None
-        case = load_case(target)
-        report = gradaudit.check(case, backend="eager", order=order, seed=seed, localize=False)
-        log_verdict(report)
-        failures: list[dict] = []
-        drawn = optional_phase("graph export", lambda: draw(case, report, seed), failures)
+    request = {"command": "graph", "target": target, "options": {"backend": "eager", "order": order, "seed": seed,
+                                                                 "localize": False},
+               "graph": {"out": out, "format": format}, "verbosity": -1 if quiet else verbose,
+               "traceback": show_traceback, "sys_path": sys.path}
+    outcome = supervise(request, Limits(timeout, phase_timeout), on_verdict=lambda report: None)
+    stopped = {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(outcome.stopped_by)
+    if stopped is not None:
+        interrupted(outcome.stopped_by, stopped)
+    if outcome.error is not None:
+        fail(outcome.error)
+    report = outcome.report
+    log_verdict(report)
+    written = outcome.more.get("graph")
     with write_outputs(EXIT_OK if report.ok else EXIT_PROBLEM):
-        if drawn is None:
-            click.echo(f"gradaudit: note: graph export {failures[0]['reason'].split(';')[0]}; no graph written, "
-                       f"the verdict stands ({'PASS' if report.ok else 'FAIL'})", err=True)
+        if not written:
+            why = next((note["reason"] for note in report.skipped if note.get("what") == "graph export"),
+                       "gave nothing")
+            click.echo(f"gradaudit: note: graph export {why.split(';')[0]}; no graph written, the verdict stands "
+                       f"({'PASS' if report.ok else 'FAIL'})", err=True)
             return
-        graph, culprit, lines = drawn
-        title = f"{case.label}: " + ("; ".join(lines) if lines else "PASS" if report.ok else "FAIL, not localized")
-        write_graph(graph, out, format, culprit, title=title)
-        nodes = sum(1 for _, d in graph.nodes(data=True) if d.get("kind") == "node")
-        click.echo(f"wrote {out} ({format}, {nodes} autograd nodes)")
-        for line in [] if quiet else lines:
+        click.echo(written["wrote"])
+        for line in [] if quiet else written["lines"]:
             click.echo(line)

@@ -100,7 +100,7 @@ def audit_in_worker(command: str, target: str, options: dict[str, Any], limits: 
     from gradaudit.cli.supervisor import supervise
 
     request = {"command": command, "target": target, "options": options,
-               "verbosity": -1 if quiet else verbose, "traceback": show_traceback}
+               "verbosity": -1 if quiet else verbose, "traceback": show_traceback, "sys_path": sys.path}
     shown = []
 
     def on_verdict(report: Any) -> None:
@@ -115,9 +115,9 @@ def audit_in_worker(command: str, target: str, options: dict[str, Any], limits: 
     with progress_bar(sys.stderr.isatty() and not quiet) as progress:
         outcome = supervise(request, limits, on_verdict, progress)
     stopped = {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(outcome.stopped_by)
-    if outcome.report is None:
-        if stopped is not None:
-            interrupted(outcome.stopped_by, stopped)
+    if outcome.report is None and stopped is not None:
+        interrupted(outcome.stopped_by, stopped)
+    if outcome.error is not None:
         fail(outcome.error)
     log_verdict(outcome.report)
     if stopped is not None:

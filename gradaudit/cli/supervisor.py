@@ -54,6 +54,7 @@ class Outcome:
     report: Any = None
     error: str | None = None
     stopped_by: str | None = None  # "interrupted" (Ctrl-C) or "terminated" (SIGTERM)
+    more: dict = field(default_factory=dict)  # what else the worker sent with the complete report
     verdict_seconds: float = 0.0
     notes: list[dict] = field(default_factory=list)
 
@@ -117,7 +118,7 @@ class Worker:
             self.stop()
             return "closed its pipe and did not end"
         if code < 0:
-            return f"crashed with signal {-code} ({signal_name(-code)})"
+            return f"crashed: signal {-code} ({signal_name(-code)})"
         return f"ended with exit code {code}"
 
     def stop(self) -> None:
@@ -181,7 +182,8 @@ def supervise(request: dict, limits: Limits, on_verdict: Callable[[Any], None],
                 deadline = _phase_deadline(limits, outcome.verdict_seconds)
             elif kind == "done":
                 worker.drain_output()
-                outcome.report, outcome.notes = Report.from_dict(event["report"]), []
+                outcome.report, outcome.notes = Report.from_dict(event.pop("report")), []
+                outcome.more = {key: value for key, value in event.items() if key != "event"}
                 break
             elif kind == "error":
                 worker.drain_output()
@@ -221,7 +223,7 @@ def _ran_over(outcome: Outcome, phase: str, limits: Limits) -> None:
 
 def _worker_died(outcome: Outcome, phase: str, how: str) -> None:
     if outcome.report is None:
-        outcome.error = f"the audit {how} during {phase}; nothing was audited"
+        outcome.error = f"the audit {how.replace(': signal', ' with signal')} during {phase}; nothing was audited"
     else:
         outcome.notes.append(note(phase, how))
 

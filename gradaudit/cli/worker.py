@@ -47,31 +47,47 @@ class Channel(Listener):
         self.send("progress", what=what, done=done, total=total)
 
 
-def audit(request: dict, channel: Channel) -> Any:
-    """Load the target and run the requested audit (its report)."""
+def audit(request: dict, channel: Channel) -> tuple[Any, dict]:
+    """Load the target and run the requested audit: its report, and what else the command needs (``graph``:
+    the lines to print once the graph is written, or nothing where graph export gave nothing)."""
     from gradaudit import api
     from gradaudit.cli.common import load_case
 
+    graph_file = request.get("graph")
+    if graph_file:
+        from gradaudit.cli.graph import checked_format
+
+        graph_file["format"] = checked_format(graph_file["out"], graph_file["format"])
     channel.phase("the loading of the target")
     case = load_case(request["target"])
-    run = api.check if request["command"] == "run" else api.compare
-    return run(case, progress=channel.progress, **request["options"])
+    run = api.compare if request["command"] == "compare" else api.check
+    report = run(case, progress=channel.progress, **request["options"])
+    if not graph_file:
+        return report, {}
+    from gradaudit.cli.graph import draw, write_drawn
+    from gradaudit.pipeline import optional_phase
+
+    drawn = optional_phase("graph export", lambda: draw(case, report, request["options"]["seed"]), report.skipped)
+    return report, ({"graph": write_drawn(case, report, drawn, graph_file)} if drawn else {})
 
 
 def main() -> None:
     channel = Channel(int(sys.argv[1]))
     _die_with_supervisor()
     request = json.loads(sys.stdin.read())
+    # The command's own import path (what a caller of gradaudit.cli.main added to sys.path included); the
+    # working directory only where the command had it (-P left it out here).
+    sys.path[:0] = [entry for entry in request.get("sys_path", []) if entry not in sys.path]
     log.configure(request.get("verbosity", 0))
     with listening(channel), exits_raise():
         try:
-            report = audit(request, channel)
+            report, more = audit(request, channel)
         except BaseException as exc:  # noqa: B036 - the user's code may raise anything, SystemExit included
             if request.get("traceback"):
                 traceback.print_exception(exc)
             channel.send("error", message=error_line(exc, request.get("traceback", False)))
             return
-    channel.send("done", report=report.to_dict())
+    channel.send("done", report=report.to_dict(), **more)
 
 
 def _die_with_supervisor() -> None:

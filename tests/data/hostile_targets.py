@@ -117,7 +117,11 @@ def not_implemented_by_user():
 
 # -- crashes in optional phases --------------------------------------------------------------------------
 def _traced() -> bool:
-    return torch._C._len_torch_dispatch_stack() > 0
+    """Under a dispatch mode of the analyzers (localization, the hazard scan, graph export): the optional phases,
+    not the checks' own precision scan."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return any(type(mode).__module__.startswith("gradaudit.analyzers") for mode in _get_current_dispatch_mode_stack())
 
 
 class WrongTanh(torch.autograd.Function):

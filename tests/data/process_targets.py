@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 POOL = ThreadPoolExecutor(max_workers=2)  # alive for the whole process, as a user's module-level pool is
 
@@ -38,9 +38,10 @@ class WrongTanh(torch.autograd.Function):
 
 
 def _under_dispatch_mode(action):
-    """x, after ``action()`` where a dispatch mode traces the forward (localization, the hazard scan)."""
+    """x, after ``action()`` where an analyzer's dispatch mode traces the forward (localization, the hazard
+    scan): the optional phases, not the checks."""
     def hook(x):
-        if _get_current_dispatch_mode() is not None:
+        if any(type(mode).__module__.startswith("gradaudit.analyzers") for mode in _get_current_dispatch_mode_stack()):
             action()
         return x
     return hook

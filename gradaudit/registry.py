@@ -21,13 +21,13 @@ from functools import lru_cache
 from importlib.machinery import PathFinder
 from importlib.metadata import EntryPoint, PackageNotFoundError, entry_points, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from gradaudit.errors import AuditError, Unsupported
+from gradaudit.outcome import one_line
 
 if TYPE_CHECKING:  # the backends' base module imports torch: imported where a backend is really loaded
     from gradaudit.backends.base import Availability, Backend
-from gradaudit.outcome import one_line
 
 BACKENDS = "gradaudit.backends"
 ZOOS = "gradaudit.zoos"
@@ -164,7 +164,8 @@ def _survey(entry_point: EntryPoint) -> Listing:
         return Listing(entry_point.name, False, f"module {entry_point.module} not found ({origin(entry_point)})")
     attributes = declared(path, entry_point.attr)
     if attributes is None:  # defined elsewhere (imported into the module) or not a class: only loading tells
-        return Listing(entry_point.name, None, f"no class {entry_point.attr} in {path} to read; {origin(entry_point)}")
+        return Listing(entry_point.name, None,
+                       f"no class {entry_point.attr} in {path} to read; {origin(entry_point)}")
     description = attributes.get("description")
     description = description if isinstance(description, str) else ""
     modules = attributes.get("required_modules")
@@ -202,10 +203,12 @@ def declared(path: str, class_name: str) -> dict[str, Any] | None:
         tree = ast.parse(Path(path).read_bytes(), path)
     except (OSError, SyntaxError, ValueError):  # a compiled module, a broken file
         return None
-    body = next((node.body for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name), None)
-    if body is None:
-        return None
-    attributes = {}
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
+    return dict(_literal_assignments(classes[-1].body)) if classes else None
+
+
+def _literal_assignments(body: list[ast.stmt]) -> Iterator[tuple[str, Any]]:
+    """``(name, value)`` of each ``name = <literal>`` or ``name: type = <literal>`` statement of ``body``."""
     for statement in body:
         if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
             target, value = statement.targets[0], statement.value
@@ -213,12 +216,12 @@ def declared(path: str, class_name: str) -> dict[str, Any] | None:
             target, value = statement.target, statement.value
         else:
             continue
+        if not isinstance(target, ast.Name):
+            continue
         try:
-            if isinstance(target, ast.Name):
-                attributes[target.id] = ast.literal_eval(value)
+            yield target.id, ast.literal_eval(value)
         except (ValueError, TypeError, SyntaxError):  # not a literal: computed when the class is built
-            pass
-    return attributes
+            continue
 
 
 def module_found(module: str) -> bool:

@@ -77,6 +77,15 @@ def test_import_gradaudit_is_light_and_its_names_load_on_use():
     assert out.startswith("True True gradaudit.api gradaudit.report"), out
 
 
+def test_the_pytest_plugin_loads_without_torch():
+    """Every pytest session where gradaudit is installed loads gradaudit.testing (a pytest11 entry point)."""
+    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "import gradaudit.testing"],
+                            capture_output=True, text=True, timeout=120)
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert result.returncode == 0 and "gradaudit" in imported and not imported & HEAVY
+
+
 def test_the_graph_formats_written_out_in_the_cli_are_the_renderers():
     from gradaudit.analyzers.render import FORMATS
     from gradaudit.cli import graph

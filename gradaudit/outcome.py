@@ -1,17 +1,14 @@
-"""The one place where whatever escapes the user's code becomes the contract's outcome.
+"""The one place where whatever escapes the user's code becomes the contract's outcome (click-free: the core and
+the backends import it; the exit codes and what the commands print live in ``gradaudit.cli.exits``).
 
-Exit codes: ``0`` every check passed, ``1`` a gradient problem was found, ``2`` the audit could not run, ``130``
-interrupted (Ctrl-C), ``143`` terminated (SIGTERM). Nothing the audited code does may turn into a 0 or a 1, so:
+Nothing the audited code does may turn into a pass or a problem found, so:
 
 * :func:`user_code_boundary` wraps the API's entry points (``gradaudit.check``, ``gradaudit.compare``): any
   exception of the user's code, on any call, becomes one :class:`AuditError` naming the call (the original is
   chained as ``__cause__``); ``sys.exit`` and ``os._exit`` become :class:`TargetExit` (an ``AuditError``);
   ``KeyboardInterrupt`` passes through unchanged (the caller's Ctrl-C is the caller's).
-* :func:`command_outcome` wraps what a command runs: ``AuditError``, ``SystemExit`` of the target and any other
-  escape become one line on stderr and exit 2 (``--traceback`` only adds the traceback); Ctrl-C is exit 130.
+* :func:`error_line`: the one line for whatever stopped an audit before its verdict (the command's exit 2).
 * :func:`exits_raise`: while gradaudit runs the user's code, ``os._exit`` raises instead of ending the process.
-* Output: :func:`check_output_path` refuses unwritable paths before the audit starts, :func:`write_outputs` turns
-  write errors into exit 2 and a closed pipe on stdout into silence (the audit's own exit code stands).
 
 The suite worker, the pytest plugin (through the API) and the CLI all go through these.
 """
@@ -28,12 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
-import click
-
 from gradaudit.errors import AuditError
 from gradaudit.paths import is_own_file
 
-EXIT_OK, EXIT_PROBLEM, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -201,42 +195,7 @@ def user_code_boundary(entry: str) -> Callable[[F], F]:
     return decorate
 
 
-# ------------------------------------------------------------------------------------------ the CLI
-def _echo_err(message: str) -> None:
-    try:
-        click.echo(message, err=True)
-    except OSError:  # stderr itself is gone: the exit code still says it
-        pass
-
-
-def fail(message: str) -> NoReturn:
-    """Exit 2 with one line on stderr."""
-    _echo_err(f"gradaudit: error: {message}")
-    sys.exit(EXIT_ERROR)
-
-
-def interrupted(message: str = "interrupted", code: int = EXIT_INTERRUPTED) -> NoReturn:
-    """Exit 130 (Ctrl-C; 143 for SIGTERM) with one line on stderr and no verdict."""
-    _echo_err(f"gradaudit: {message}")
-    sys.exit(code)
-
-
-@contextmanager
-def command_outcome(show_traceback: bool = False) -> Iterator[None]:
-    """Wrap what a command runs before it has a verdict (loading the target, the audit): any escape is exit 2
-    with one line (the traceback first with ``--traceback``, the exit code unchanged), Ctrl-C is exit 130.
-    Nothing inside may call ``sys.exit`` for gradaudit: a ``SystemExit`` here is the target's."""
-    with exits_raise():
-        try:
-            yield
-        except KeyboardInterrupt:
-            interrupted()
-        except BaseException as exc:  # noqa: B036 - the user's code may raise anything, SystemExit included
-            if show_traceback:
-                traceback.print_exception(exc)
-            fail(error_line(exc, show_traceback))
-
-
+# ------------------------------------------------------------------------------------------ what stopped it
 def error_line(exc: BaseException, show_traceback: bool = False) -> str:
     """The one line for what stopped an audit before its verdict (after ``gradaudit: error: ``). A
     ``KeyboardInterrupt`` here was raised by the target itself (a real Ctrl-C reaches the supervisor)."""
@@ -246,81 +205,6 @@ def error_line(exc: BaseException, show_traceback: bool = False) -> str:
         return describe(exc)
     hint = "" if show_traceback else " (rerun with --traceback for details)"
     return f"the audit could not run: {describe(exc)}{hint}"
-
-
-class InterruptibleGroup(click.Group):
-    """A click group whose commands exit 130 with one line on Ctrl-C (click's own answer is "Aborted!" and
-    exit 1, which reads like a verdict)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            interrupted()
-
-
-# ------------------------------------------------------------------------------------------ output
-def check_output_path(path: str | None, option: str) -> None:
-    """Refuse, before any work, a file the command could not write: its directory is missing, it is a
-    directory, or it is not writable. ``-`` (stdout) and None pass."""
-    if not path or path == "-":
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise AuditError(f"{option} {path}: is a directory")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise AuditError(f"{option} {path}: no such directory {parent}")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise AuditError(f"{option} {path}: permission denied")
-
-
-def _silence_stdout() -> None:
-    """Point fd 1 at /dev/null, so that the interpreter's last flush of what stayed buffered cannot fail."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):  # not a real file (a test runner's buffer): nothing to flush
-        pass
-
-
-@contextmanager
-def write_outputs(exit_code: int, leave: bool = True) -> Iterator[None]:
-    """Wrap everything a command writes once it has a verdict, then leave with ``exit_code`` (go on instead
-    where ``leave`` is false: the verdict written before the optional phases). A reader that went away
-    (``| head``) is no error: silence, and the verdict's exit code. Any other write error (a full disk,
-    ``/dev/full``) is one line and exit 2."""
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        sys.exit(exit_code)
-    except OSError as exc:
-        if exc.errno == errno.EPIPE:
-            _silence_stdout()
-            sys.exit(exit_code)
-        _silence_stdout()
-        where = f" {exc.filename}" if exc.filename else " the report to stdout"
-        fail(f"cannot write{where}: {exc.strerror or exc}")
-    if leave:
-        sys.exit(exit_code)
-
-
-def write_text_file(path: str, text: str) -> None:
-    """Write a report file atomically (a reader sees the old file or the new one, never a part; a failed
-    write leaves the old one and no temporary file); an OSError becomes one line and exit 2 (through
-    :func:`write_outputs`)."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, target)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        exc.filename = path
-        raise
 
 
 # ------------------------------------------------------------------------------------------ skipped orders

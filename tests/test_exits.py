@@ -15,7 +15,8 @@ import gradaudit
 import gradaudit.outcome as outcome
 from gradaudit.errors import AuditError
 from gradaudit.pipeline import Listener, listening, optional_phase
-from gradaudit.outcome import (TargetExit, check_output_path, exits_raise, orders_not_run, user_code_boundary)
+from gradaudit.outcome import TargetExit, exits_raise, orders_not_run, user_code_boundary
+from gradaudit.cli.exits import check_output_path
 from gradaudit.suite.worker import run_job
 
 ROOT = Path(__file__).resolve().parent.parent

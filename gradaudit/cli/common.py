@@ -14,7 +14,7 @@ import click
 
 from gradaudit import log
 from gradaudit.errors import AuditError
-from gradaudit.outcome import EXIT_ERROR, check_output_path, fail
+from gradaudit.cli.exits import EXIT_ERROR, check_output_path, fail
 
 F = TypeVar("F", bound=Callable[..., Any])
 DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -31,13 +31,13 @@ class OutputPathError(click.ClickException):
     exit_code = EXIT_ERROR
 
     def show(self, file: Any = None) -> None:
-        """The one line of ``gradaudit.outcome.fail`` (which exits 2 at once, as click would next)."""
+        """The one line of ``gradaudit.cli.exits.fail`` (which exits 2 at once, as click would next)."""
         fail(self.format_message())
 
 
 class OutputPath(click.Path):
     """A file the command writes (``-`` is stdout where ``allow_dash``). Refused before any work
-    (``gradaudit.outcome.check_output_path``, its messages): a missing directory, a directory, no permission."""
+    (``gradaudit.cli.exits.check_output_path``, its messages): a missing directory, a directory, no permission."""
 
     def __init__(self, allow_dash: bool = False) -> None:
         super().__init__(dir_okay=False, writable=True, allow_dash=allow_dash)

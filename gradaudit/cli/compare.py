@@ -8,7 +8,7 @@ from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, 
                                   verbosity_options)
 from gradaudit.cli.output import audit_in_worker
 from gradaudit.cli.supervisor import Limits
-from gradaudit.outcome import command_outcome
+from gradaudit.cli.exits import command_outcome
 
 
 def usable_backends() -> list[str]:

@@ -16,8 +16,8 @@ from gradaudit.cli.common import (OutputPath, log_verdict, logger, order_option,
                                   timeout_options, traceback_option, verbosity_options)
 from gradaudit.cli.supervisor import Limits, supervise
 from gradaudit.errors import AuditError
-from gradaudit.outcome import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail, interrupted,
-                               write_outputs)
+from gradaudit.cli.exits import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail, interrupted,
+                                 write_outputs)
 
 FORMATS = ("graphml", "dot", "svg", "png")  # (gradaudit.analyzers.render.FORMATS, without importing torch)
 

@@ -1,7 +1,7 @@
 """The ``gradaudit`` command line: one click group with the commands ``run``, ``compare``, ``graph``, ``suite``
 and ``backends`` (one module each in ``gradaudit.cli``; the options they share in ``gradaudit.cli.common``).
 
-Exit codes (``gradaudit.outcome``): 0 every check passed, 1 a gradient problem was found, 2 the audit could not run
+Exit codes (``gradaudit.cli.exits``): 0 every check passed, 1 a gradient problem was found, 2 the audit could not run
 (one line on stderr), 130 interrupted. Option defaults come from ``[tool.gradaudit]`` in the nearest
 ``pyproject.toml`` and ``GRADAUDIT_*`` environment variables (``gradaudit.config``); the command line wins.
 """
@@ -16,7 +16,7 @@ from gradaudit.cli.graph import graph_command
 from gradaudit.cli.run import run
 from gradaudit.cli.suite import suite_command
 from gradaudit.errors import AuditError
-from gradaudit.outcome import InterruptibleGroup, fail
+from gradaudit.cli.exits import InterruptibleGroup, fail
 
 
 @click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from gradaudit.outcome import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail,
-                               interrupted, orders_not_run, write_outputs, write_text_file)
+from gradaudit.outcome import orders_not_run
+from gradaudit.cli.exits import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail,
+                                 interrupted, write_outputs, write_text_file)
 
 
 @contextmanager

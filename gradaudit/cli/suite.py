@@ -10,7 +10,7 @@ import click
 
 from gradaudit.cli.common import OutputPath, dtype_option, json_option, logger, seed_option, verbosity_options
 from gradaudit.errors import AuditError
-from gradaudit.outcome import EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, fail, interrupted, write_outputs
+from gradaudit.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, fail, interrupted, write_outputs
 
 
 def _int_list(text: str, what: str) -> list[int]:

@@ -200,6 +200,8 @@ def ctx_intermediate_second_order():
     return (lambda x: CtxIntermediate.apply(x) * x), (randn(4),)
 
 
+# Defined once per process: loading tests/fixtures.py by path reuses this module (gradaudit.case). Running the
+# file again would define the op anew and free the definition this softsign still calls (issue 22's segfault).
 @torch.library.custom_op("gradaudit_tests::softsign", mutates_args=())
 def softsign(x: torch.Tensor) -> torch.Tensor:
     return x / (1 + x.abs())

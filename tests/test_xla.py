@@ -170,7 +170,7 @@ def test_bad_input_and_devices_are_audit_errors():
 
 # ---------------------------------------------------------------- discovery
 def test_cli_lists_xla_as_usable():
-    result = CliRunner().invoke(main, ["backends"])
+    result = CliRunner().invoke(main, ["backends", "--check"])  # --check: loaded and probed, not only installed
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if line.split() and line.split()[0] == "xla")
     assert "yes" in row

@@ -88,6 +88,7 @@ PHASES = {
     "load": "the loading of the case",
     "locate": "localization",
     "static_findings": "the hazard scan",
+    "program_precision": "the precision scan",
 }
 
 

@@ -74,7 +74,8 @@ def test_api_failure_on_call_1_or_2_is_the_same_audit_error_with_the_cause_chain
     for error in errors:
         assert isinstance(error.__cause__, RuntimeError) and "planted failure" in str(error)
         assert str(error).startswith(("calling the case raised RuntimeError", "the case raised RuntimeError"))
-    assert "during an evaluation" in str(errors[1]) and "hostile_targets.py" in str(errors[1])
+    # (call 1 loads the case, call 2 is the precision scan's traced forward)
+    assert "during the precision scan" in str(errors[1]) and "hostile_targets.py" in str(errors[1])
 
 
 def test_api_lets_keyboard_interrupt_through():

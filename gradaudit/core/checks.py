@@ -341,7 +341,9 @@ def program_precision(program: Program) -> Precision | None:
     try:
         return detect_precision(ForwardFunction(program).outputs, [leaf.value for leaf in program.leaves],
                                 program.output_names, program.module)
-    except Exception:
+    except Exception as exc:
+        if users_own_exception(exc):  # the case failing on this call is the audit's failure, as on any other
+            raise
         return None
 
 

@@ -103,7 +103,7 @@ def island_numerical_bar_over_actual(cases: int, seed: int) -> list[float]:
         values = lambda points: [[f(z[0])] for z in points]  # noqa: E731
         noise = numerics.rounding_noise(values, [x], [u], numerics.eps_of(dtype) ** 0.5)
         numerical = numerics.extrapolated_derivative(values, [x], [u], numerics.ladder_top(dtype),
-                                                     numerics.eps_of(D), noise)
+                                                     numerics.eps_of(D), noise, center=[f(x)])
         actual = (numerical.value[0] - reference).pow(2).sum().sqrt()
         ratios.append(float(numerical.error[0].pow(2).sum().sqrt() / actual))
     return ratios

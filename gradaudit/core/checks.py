@@ -425,6 +425,7 @@ class Auditor:
         cotangents = [self.space.random_like(outputs) for _ in range(self.settings.probes)]
         grads = [on_cpu(g) for g in vjps(f, x, cotangents)]
         numerics.gradient_noise = measure_gradient_noise(f, self.space, cotangents, grads, self.settings.seed)
+        numerics.center = values([x])[0] if self.space.mixed else None
         finding = nondeterminism(f, x, cotangents[0], grads[0], self.settings.repeats)
         self.findings += [finding] if finding else []
 

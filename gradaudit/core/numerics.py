@@ -167,7 +167,8 @@ def ladder_points(x: Tensors, u, steps: Sequence[float]) -> list[Tensors]:
 
 
 def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, noise: Tensors | None = None,
-                            levels: int = LADDER_LEVELS, first: list[Tensors] | None = None) -> NumericalDerivative:
+                            levels: int = LADDER_LEVELS, first: list[Tensors] | None = None,
+                            center: Tensors | None = None) -> NumericalDerivative:
     """J·u from a ladder of central differences at steps top / 2^k, extrapolated (Richardson) pairwise:
     R_k = (4 D_(k+1) - D_k) / 3. The error bar of R_k is what the arithmetic shows: its distance from the
     coarser R_(k-1) (truncation, about 15x the error of R_k where the ladder converges) plus the rounding of
@@ -175,10 +176,16 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
     where rounding is small, and goes down a level (two more evaluations) while truncation still outweighs
     rounding; the estimate with the smallest bar is kept. A smooth direction stops after three levels with a
     bar near the arithmetic's limit; a strongly curved or kinked one goes down to steps where it converges.
-    ``first``: f at the first FIRST_LEVELS levels' points (``ladder_points``) when the caller has them."""
+    ``first``: f at the first FIRST_LEVELS levels' points (``ladder_points``) when the caller has them.
+
+    ``center``: f(x), given where the steps are large (those of a float32 section's ladder) and may straddle a
+    kink (ReLU) close to x: there the central differences of several levels agree on the average of the two
+    one-sided slopes. Each R_k is then judged only once R_(k+1) is known, by its distance to both neighbours,
+    and an element whose one-sided slopes differ by a gap that does not shrink with the step (see
+    ``straddled_kinks``) carries that gap in its bar. On a smooth direction this costs one level."""
     steps = ladder_steps(top, levels)
     pending = list(first) if first is not None else f(ladder_points(x, u, steps[:FIRST_LEVELS]))
-    quotients, roundings = [], []
+    quotients, roundings, gaps = [], [], []
 
     def add_level() -> None:
         s = steps[len(quotients)]
@@ -187,6 +194,8 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
         output_eps = [max(eps, eps_of(t.dtype)) if t.is_floating_point() or t.is_complex() else eps for t in plus]
         plus, minus = [real(t).double() for t in plus], [real(t).double() for t in minus]
         quotients.append([(p - m) / (2 * s) for p, m in zip(plus, minus)])
+        if center is not None:  # |D+(s) - D-(s)|: s |f''| where f is smooth, the slope's jump across a kink
+            gaps.append([(p + m - 2 * real(c).double().to(p.device)).abs() / s for p, m, c in zip(plus, minus, center)])
         floor = [e * (p.abs() + m.abs()) / s for e, p, m in zip(output_eps, plus, minus)]
         if noise is not None:
             floor = [r + RICHARDSON_NOISE * n.to(r.device) / s for r, n in zip(floor, noise)]
@@ -197,18 +206,31 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
 
     for _ in range(2):
         add_level()
-    best = None
+    best, lag = None, 0 if center is None else 1
     for k in range(1, levels - 1):
         add_level()
-        value = extrapolated(k)
-        truncation = [(a - b).abs() for a, b in zip(value, extrapolated(k - 1))]
-        error = [t + r for t, r in zip(truncation, roundings[k + 1])]
+        if k < 1 + lag:
+            continue
+        j = k - lag  # the estimate judged: R_j, against R_(j-1) (and R_k = R_(j+1) where kinks may be straddled)
+        value = extrapolated(j)
+        truncation = [(a - b).abs() for a, b in zip(value, extrapolated(j - 1))]
+        if lag:
+            truncation = [torch.maximum(t, (a - b).abs()) + kink for t, a, b, kink in
+                          zip(truncation, value, extrapolated(k), straddled_kinks(gaps[j], gaps[j + 1]))]
+        error = [t + r for t, r in zip(truncation, roundings[j + 1])]
         total = sum(float(e.sum()) for e in error)
         if best is None or total < best[0] or not math.isfinite(best[0]):
-            best = (total, NumericalDerivative(value, error, steps[k - 1]))
-        if sum(float(t.sum()) for t in truncation) <= sum(float(r.sum()) for r in roundings[k + 1]):
+            best = (total, NumericalDerivative(value, error, steps[j - 1]))
+        if sum(float(t.sum()) for t in truncation) <= sum(float(r.sum()) for r in roundings[j + 1]):
             break  # rounding has caught up with truncation: a smaller step no longer helps
     return best[1]
+
+
+def straddled_kinks(coarse: Tensors, fine: Tensors) -> Tensors:
+    """Half the one-sided slopes' gap at the finer of two steps (s, s/2), where it does not shrink with the step
+    as a smooth function's does (halving): a kink lies between the points and the central difference is the
+    average of its two slopes, off by up to half their gap. Zero elsewhere."""
+    return [torch.where(b > 0.75 * a, b / 2, torch.zeros_like(b)) for a, b in zip(coarse, fine)]
 
 
 def is_finite(tensors: Tensors) -> bool:

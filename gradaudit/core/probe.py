@@ -205,6 +205,7 @@ class Numerics:
     # In a mixed-precision computation: per cotangent, how far the analytical gradients move when the leaves
     # are jittered at the coarse precision's rounding level (see checks.measure_gradient_noise).
     gradient_noise: list[Tensors] | None = None
+    center: Tensors | None = None  # the values at x, where a mixed-precision ladder looks for straddled kinks
 
     @property
     def floor_eps(self) -> float:
@@ -215,7 +216,11 @@ class Numerics:
         return self.space.leaf_eps if self.space.mixed and measured else self.space.eps
 
     def derivative(self, x: Tensors, u: list, top: float, first: list[Tensors] | None = None) -> NumericalDerivative:
-        return extrapolated_derivative(self.values, x, u, top, self.floor_eps, self.noise, first=first)
+        center = None
+        if self.space.mixed:  # (f at x is known; at a nearby point it costs one evaluation)
+            center = self.center if x is self.space.x and self.center is not None else self.values([x])[0]
+        return extrapolated_derivative(self.values, x, u, top, self.floor_eps, self.noise, first=first,
+                                       center=center)
 
     def derivative_in_domain(self, x: Tensors, u: list) -> tuple[NumericalDerivative, float]:
         """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at

@@ -70,7 +70,7 @@ def precision_words(note: dict) -> str:
     """``float32 section at input_layernorm`` / ``float32 loss``: a precision note in a few words."""
     if note.get("what") == "output":
         return f"{note.get('dtype')} {note.get('output') or 'output'}"
-    at = note.get("at") or note.get("op")
+    at = note.get("at") or note.get("source") or note.get("op")  # ('' is the top module: its line says more)
     return f"{note.get('dtype')} section" + (f" at {at}" if at else "")
 
 

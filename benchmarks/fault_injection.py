@@ -146,7 +146,7 @@ def rows(scratch: Path) -> list[Row]:
         Row("torch segfaults in an optional phase, a pass", ["run", f"{h}:correct_crashes_when_traced"], 0,
             "hazard scan: crashed: signal 11 (SIGSEGV)"),
         Row("torch segfaults in graph export", ["graph", f"{h}:faulty_crashes_when_traced", "--out",
-                                                str(scratch / "crash.svg")], 1, "graph export crashed: signal 11"),
+                                                str(scratch / "crash.svg")], 1, "crashed: signal 11"),
         Row("a torch builtin passed as the function", ["run", f"{h}:builtin_apply", "--json", "-"], 1,
             check=no_library_source),
         Row("--dtype bfloat16 with complex inputs", ["run", f"{h}:complex_input", "--dtype", "bfloat16"], 0,

@@ -109,8 +109,10 @@ def graph_command(target: str, out: str, format: str | None, order: int, seed: i
     written = outcome.more.get("graph")
     with write_outputs(EXIT_OK if report.ok else EXIT_PROBLEM):
         if not written:
-            why = next((note["reason"] for note in report.skipped if note.get("what") == "graph export"),
-                       "gave nothing")
+            lost = [note for note in report.skipped if note.get("reason", "").endswith("stand without it")]
+            unreached = (f"was not reached ({lost[-1]['what']} {lost[-1]['reason'].split(';')[0]})" if lost
+                         else "gave nothing")
+            why = next((note["reason"] for note in lost if note.get("what") == "graph export"), unreached)
             click.echo(f"gradaudit: note: graph export {why.split(';')[0]}; no graph written, the verdict stands "
                        f"({'PASS' if report.ok else 'FAIL'})", err=True)
             return

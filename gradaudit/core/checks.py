@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -335,16 +336,24 @@ def nondeterminism(f, x: Tensors, cotangent: Tensors, reference: Tensors, repeat
     return nondeterminism_finding(f.order, spread, scale, repeats)
 
 
+# Each program's precision, traced once (the checker, the report and forward parity all ask for it).
+_PRECISION: "weakref.WeakKeyDictionary[Program, Precision | None]" = weakref.WeakKeyDictionary()
+
+
 def program_precision(program: Program) -> Precision | None:
     """The precision ``program`` really computes at (``core.precision``), from one traced forward; None where the
     backend cannot run under a dispatch mode (it is then taken as its leaves' precision)."""
+    if program in _PRECISION:
+        return _PRECISION[program]
     try:
-        return detect_precision(ForwardFunction(program).outputs, [leaf.value for leaf in program.leaves],
-                                program.output_names, program.module)
+        precision = detect_precision(ForwardFunction(program).outputs, [leaf.value for leaf in program.leaves],
+                                     program.output_names, program.module)
     except Exception as exc:
         if users_own_exception(exc):  # the case failing on this call is the audit's failure, as on any other
             raise
-        return None
+        precision = None
+    _PRECISION[program] = precision
+    return precision
 
 
 def precision_notes(program: Program) -> list[dict]:

@@ -16,7 +16,7 @@ from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.pipeline import announce, optional_phase, publish_verdict
 from gradaudit.outcome import user_code_boundary, users_own_exception, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
-from gradaudit.core.parity import parity_checks
+from gradaudit.core.parity import parity_checks, path_dtype
 from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
 from gradaudit.registry import usable_backend
 from gradaudit.rng import preserved_rng
@@ -222,7 +222,8 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
                             "dtype, number, NaN) from eager float64's"})
             return checks, findings, []
     audited = reference or program
-    auditor = Auditor(audited, settings, progress, model_error=model_error)
+    auditor = Auditor(audited, settings, progress, model_error=model_error,
+                      arithmetic=path_dtype(program, eager) if eager is not None else None)
     more_checks, more_findings, more = audit_or_backend_error(auditor, eager, settings)
     checks, findings = checks + more_checks, findings + more_findings + fallback_hazards(program)
     skipped += more

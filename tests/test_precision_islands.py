@@ -204,3 +204,15 @@ def test_compare_passes_a_float32_norm(backend):
     assert report.ok, report
     assert not [f for f in report.findings if f.kind == "forward_divergence"]
     assert report.precision and report.precision[0]["at"] == "input_layernorm"
+
+
+def test_a_backend_hidden_from_dispatch_modes_gets_eager_float64s_precision(planted):
+    """torch-xla's ops do not show under a dispatch mode: the checker takes the precision of eager float64's
+    path, and a 1e-3 error behind the float32 norm is caught there too."""
+    pytest.importorskip("torch_xla")
+    model, args = block(LlamaRMSNorm, 0)
+    report = gradaudit.check(model, args, backend="xla", localize=False)
+    assert report.ok, report
+    assert max(c.resolution for c in report.checks if c.method == "reverse" and c.wrt != "total") < 5e-4
+    planted(1e-3)
+    assert not gradaudit.check(model, args, backend="xla", localize=False).ok

@@ -367,16 +367,20 @@ class Auditor:
     """Runs the checks of one program at orders 1 (and 2), collecting checks, findings and skipped parts."""
 
     def __init__(self, program: Program, settings: Settings, progress: Progress | None = None,
-                 numeric: Program | None = None, model_error: float = 0.0) -> None:
+                 numeric: Program | None = None, model_error: float = 0.0,
+                 arithmetic: torch.dtype | None = None) -> None:
         """``program`` gives the analytical side (torch autograd); ``numeric``, when given, is a backend without
-        autograd (an exported graph in a runtime) whose finite differences are judged against it."""
+        autograd (an exported graph in a runtime) whose finite differences are judged against it.
+        ``arithmetic``: the precision of the path where it is known from another program (eager float64's, for
+        a backend whose ops a dispatch mode does not see, as torch-xla's)."""
         self.program, self.settings, self.progress = program, settings, progress
         self.model_error = model_error  # see numerics.model_error_of
         self.numeric = numeric if numeric is not None else program
         # The precision finite differences run in sets steps and error bars: the numeric program's, or coarser
         # where the computation drops below it (a float32 section in a float64 model).
         self.precision = program_precision(program)
-        arithmetic = coarsest([self.numeric.dtype] + ([self.precision.dtype] if self.precision else []))
+        arithmetic = coarsest([self.numeric.dtype] + ([self.precision.dtype] if self.precision else [])
+                              + ([arithmetic] if arithmetic is not None else []))
         self.space = ProbeSpace.seeded([leaf.value for leaf in program.leaves],
                                        [leaf.name for leaf in program.leaves], self.numeric.dtype, settings.seed,
                                        arithmetic)

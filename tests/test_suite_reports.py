@@ -2,6 +2,7 @@
 import base64
 import html
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -145,7 +146,8 @@ def test_html_missing_picture_and_empty(tmp_path):
 def test_report_text_reads_like_a_bug_report(records):
     text = suite_reports.report_text(records[1]["report"])
     assert "faulty_backward (order 1, wrt fc2.bias, reverse)" in text
-    assert "worst element [1], analytical 0.666667 vs numerical 4" in text
+    # the bias gradient is 1/6 of the truth at every element; equal elements tie for the worst, so any may be named
+    assert re.search(r"worst element \[\d\], analytical 0.666667 vs numerical 4,", text)
     assert "at node FnBackward, op Fn, source fixtures.py:" in text
 
 

@@ -7,6 +7,8 @@ the kernels are defined when no CUDA device is present; about 4 ms a call):
     gradaudit run examples/triton_swiglu.py:case --dtype bfloat16     # passes (judged by measured bf16 noise)
     gradaudit run examples/triton_swiglu.py:buggy --dtype bfloat16    # fails: the gate derivative misses a term
 
+With a GPU the kernels are compiled and need CUDA tensors: add ``--device cuda`` (``DEVICE`` below says which).
+
 The kernels compute in float32 (float64 for float64 inputs, so the float64 shadow gradaudit checks numerically
 is the same kernel) and store in the input's dtype.
 """
@@ -21,6 +23,9 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+
+# where the kernels can run: CPU tensors only in the interpreter, CUDA tensors once compiled
+DEVICE = "cpu" if triton.knobs.runtime.interpret else "cuda"
 
 BLOCK = 256
 
@@ -87,8 +92,8 @@ def swiglu(a: torch.Tensor, b: torch.Tensor, bug: bool = False) -> torch.Tensor:
 
 def _inputs(rows: int = 4, width: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
-    return (torch.randn(rows, width, generator=generator, dtype=torch.float64),
-            torch.randn(rows, width, generator=generator, dtype=torch.float64))
+    return (torch.randn(rows, width, generator=generator, dtype=torch.float64).to(DEVICE),
+            torch.randn(rows, width, generator=generator, dtype=torch.float64).to(DEVICE))
 
 
 def case():

@@ -27,13 +27,14 @@ def test_the_kernels_compute_swiglu():
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_correct_kernels_pass(dtype):
-    report = gradaudit.assert_gradients(*triton_swiglu.case(), dtype=dtype, localize=False)
+    report = gradaudit.assert_gradients(*triton_swiglu.case(), dtype=dtype, device=triton_swiglu.DEVICE,
+                                        localize=False)
     assert any(c.method == "dtype_parity" for c in report.checks)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_planted_bug_in_the_backward_kernel_is_caught(dtype):
-    report = gradaudit.check(*triton_swiglu.buggy(), dtype=dtype, localize=False)
+    report = gradaudit.check(*triton_swiglu.buggy(), dtype=dtype, device=triton_swiglu.DEVICE, localize=False)
     assert not report.ok
     assert {f.kind for f in report.findings if f.severity == "error"} == {"faulty_backward"}
     assert report.findings[0].wrt == "args[0]"  # the gate input: the one whose derivative lost a term

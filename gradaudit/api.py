@@ -115,8 +115,8 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
             checks, findings, later = autograd_backend_audit(case, program, reference, settings, progress,
                                                              skipped, localize, rewind, open_programs)
         else:
-            checks, findings = numeric_backend_audit(program, reference, settings, progress, skipped, localize)
-            later = []
+            checks, findings, later = numeric_backend_audit(program, reference, settings, progress, skipped,
+                                                            localize)
         if fail_on_hazard:  # hazards decide the verdict: the scan is part of it
             findings += run_later(later, "hazard scan", skipped)
             for finding in findings:
@@ -174,34 +174,42 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     announce("the checks")
     checks, findings, skipped = [], [], []
     stats, batching = Stats().counters(), []
-    with same_rng_for_each_program() as rewind:
-        with usable_backend("eager").load(case, "cpu", torch.float64) as reference:
-            refuse_random_ops(reference)
-            precision = precision_notes(reference)
-            for step, backend in enumerate(chosen):
-                if progress:
-                    progress(f"comparing {backend.name}", step, len(chosen))
-                rewind()
-                backend_checks, backend_findings, notes, program_stats = compare_backend(
-                    backend, case, reference, settings, parse_dtype(dtype), localize)
-                for item in backend_checks:
-                    item.backend = backend.name
-                for finding in backend_findings:
-                    finding.details["backend"] = backend.name
-                    finding.message = f"[{backend.name}] {finding.message}"
-                checks += backend_checks
-                findings += backend_findings
-                skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
-                for key in stats:
-                    stats[key] += program_stats.get(key, 0)
-                batching.append(f"{backend.name}: {program_stats.get('batching', 'none')}")
-    stats["batching"] = "; ".join(batching)
-    stats["seconds"] = round(time.perf_counter() - started, 4)
-    return Report(target=case.label, backend=",".join(b.name for b in chosen), device="cpu (reference)",
-                  dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,
-                  findings=findings, skipped=skipped, stats=stats,
-                  settings=settings.to_dict() | {"reference": "eager/cpu/float64", "localize": localize},
-                  version=__version__, precision=precision)
+    later: list[tuple[str, Callable]] = []
+    with same_rng_for_each_program() as rewind, ExitStack() as open_programs:
+        reference = open_programs.enter_context(usable_backend("eager").load(case, "cpu", torch.float64))
+        refuse_random_ops(reference)
+        precision = precision_notes(reference)
+        for step, backend in enumerate(chosen):
+            if progress:
+                progress(f"comparing {backend.name}", step, len(chosen))
+            rewind()
+            backend_checks, backend_findings, notes, program_stats, backend_later = compare_backend(
+                backend, case, reference, settings, parse_dtype(dtype), localize, open_programs)
+            for item in backend_checks:
+                item.backend = backend.name
+            for finding in backend_findings:
+                finding.details["backend"] = backend.name
+                finding.message = f"[{backend.name}] {finding.message}"
+            checks += backend_checks
+            findings += backend_findings
+            skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
+            later += [(f"{name} ({backend.name})", work) for name, work in backend_later]
+            for key in stats:
+                stats[key] += program_stats.get(key, 0)
+            batching.append(f"{backend.name}: {program_stats.get('batching', 'none')}")
+        stats["batching"] = "; ".join(batching)
+        stats["seconds"] = round(time.perf_counter() - started, 4)
+        report = Report(target=case.label, backend=",".join(b.name for b in chosen), device="cpu (reference)",
+                        dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,
+                        findings=findings, skipped=skipped, stats=stats,
+                        settings=settings.to_dict() | {"reference": "eager/cpu/float64", "localize": localize},
+                        version=__version__, precision=precision)
+        publish_verdict(report)
+        for phase, work in later:  # (localizations edit the findings they place)
+            rewind()
+            optional_phase(phase, work, report.skipped)
+        report.stats["seconds"] = round(time.perf_counter() - started, 4)
+    return report
 
 
 def autograd_backend_audit(case, program: Program, reference: Program | None, settings: Settings,

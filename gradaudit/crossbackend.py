@@ -4,6 +4,7 @@ op is found by ``analyzers.divergence``. Used by ``gradaudit.compare`` and by ``
 other than eager."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Callable
 
 import torch
@@ -42,16 +43,17 @@ def forward_parity(program: Program, eager: Program, skipped: list[dict]) -> tup
 
 
 def numeric_backend_audit(program: Program, reference: Program, settings: Settings, progress,
-                          skipped: list[dict], localize: bool) -> tuple[list[Check], list[Finding]]:
+                          skipped: list[dict], localize: bool) -> tuple[list[Check], list[Finding], list[tuple]]:
     """A backend without autograd (an exported graph): its forward against eager float64, then its finite
     differences against eager float64 gradients. A mismatch is the backend differentiating differently from
-    PyTorch: a divergence, not a faulty backward of the user's code."""
+    PyTorch: a divergence, not a faulty backward of the user's code. Returns (checks, findings, the optional
+    phases to run once the verdict is out, as (name, work) pairs; both programs must stay open for them)."""
     arithmetic = path_dtype(program, reference)
     checks, drift = forward_checks(program, reference, arithmetic=arithmetic)
     findings = forward_divergences(checks, drift, arithmetic)
     if any(check.mismatch for check in checks):
         skipped.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
-        return checks, findings
+        return checks, findings, []
     # An exported graph that approximates an elementary function differently (onnxruntime's tanh-GELU) has
     # derivatives off by more than its forward: the same model error as on an autograd backend.
     model_error = model_error_of(drift, eps_of(arithmetic))
@@ -59,7 +61,7 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
         gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
                                                            model_error=model_error).run()
     except BackendFailure as failure:  # the exported graph failed at a shifted point
-        return checks, findings + [backend_error_finding(1, failure)]
+        return checks, findings + [backend_error_finding(1, failure)], []
     skipped += more
     for finding in gradient_findings:
         if finding.kind in FAULTS:
@@ -67,30 +69,32 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
             finding.message = (f"derivatives of the {program.device} program differ from PyTorch's gradients: "
                                + finding.message)
     findings += gradient_findings
+    later = []
     if localize and any(f.severity == Severity.ERROR for f in findings):
         from gradaudit.analyzers.divergence import locate_divergence
 
-        optional_phase("localization", lambda: locate_divergence(program, reference, findings), skipped)
-    return checks + gradient_checks, findings
+        later.append(("localization", lambda: locate_divergence(program, reference, findings)))
+    return checks + gradient_checks, findings, later
 
 
 def compare_program(program, reference, settings: Settings,
-                    localize: bool = True) -> tuple[list, list[Finding], list[dict]]:
+                    localize: bool = True) -> tuple[list, list[Finding], list[dict], list[tuple]]:
     """Forward parity, then gradient parity (autograd backends) or the finite-difference audit that
     ``gradaudit run`` gives a backend without autograd (exported graphs). The backend raising where eager
     float64 ran is a ``backend_error`` finding; results of another form (shape, dtype, number) stop the
-    comparison after the forward, since gradients of different functions cannot be compared."""
+    comparison after the forward, since gradients of different functions cannot be compared. Returns
+    (checks, findings, notes, the optional phases for after the verdict)."""
     notes: list[dict] = []
     try:
         if not program.capabilities.autograd:
-            checks, findings = numeric_backend_audit(program, reference, settings, None, notes, localize)
-            return checks, findings, notes
+            checks, findings, later = numeric_backend_audit(program, reference, settings, None, notes, localize)
+            return checks, findings, notes, later
         arithmetic = path_dtype(program, reference)
         checks, drift = forward_checks(program, reference, arithmetic=arithmetic)
         if not any(check.mismatch for check in checks):
             checks += grad_mode_form_checks(program, reference)
     except BackendFailure as failure:
-        return [], [backend_error_finding(0, failure)], notes
+        return [], [backend_error_finding(0, failure)], notes, []
     findings = forward_divergences(checks, drift, arithmetic)
     if any(check.mismatch for check in checks):
         notes.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
@@ -98,30 +102,32 @@ def compare_program(program, reference, settings: Settings,
         gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
         checks += gradient_checks
         findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
+    later = []
     if localize and any(f.severity == Severity.ERROR and f.kind != FaultKind.BACKEND_ERROR for f in findings):
-        optional_phase("localization", lambda: localize_divergences(program, reference, findings, settings.seed),
-                       notes)
-    return checks, findings, notes
+        later.append(("localization", lambda: localize_divergences(program, reference, findings, settings.seed)))
+    return checks, findings, notes, later
 
 
 def compare_backend(backend, case, reference: Program, settings: Settings, dtype: torch.dtype | None,
-                    localize: bool) -> tuple[list[Check], list[Finding], list[dict], dict]:
-    """One backend of a comparison: (checks, findings, notes, the program's stats). Loading that fails where
-    eager float64 loaded (an export onnxruntime cannot run, a transfer XLA refuses) is a ``backend_error``
+                    localize: bool, open_programs: ExitStack) -> tuple[list[Check], list[Finding], list[dict], dict,
+                                                                      list[tuple]]:
+    """One backend of a comparison: (checks, findings, notes, the program's stats, the optional phases for
+    after the verdict; the program stays open in ``open_programs`` for them). Loading that fails where eager
+    float64 loaded (an export onnxruntime cannot run, a transfer XLA refuses) is a ``backend_error``
     finding; what the backend says it cannot do (``Unsupported``) stops the comparison with its reason."""
     try:
         program = on_backend_load(backend, case, dtype)
     except BackendFailure as failure:
-        return [], [backend_error_finding(0, failure)], [], {}
-    with program:
-        checks, findings, notes = compare_program(program, reference, settings, localize)
-        notes = list(program.notes) + notes  # (what loading changed: a graph run in float32 for want of kernels)
-        if program.dtype != torch.float64 and divergences_to_explain(findings):
-            optional_phase("same-precision triage", lambda: excuse_precision(
-                program, reference, settings, findings, lambda: usable_backend("eager").load(
-                    case, "cpu", program.dtype)), notes)
-            excuse_checks(checks, findings)
-        return checks, findings, notes, program.stats.to_dict()
+        return [], [backend_error_finding(0, failure)], [], {}, []
+    open_programs.enter_context(program)
+    checks, findings, notes, later = compare_program(program, reference, settings, localize)
+    notes = list(program.notes) + notes  # (what loading changed: a graph run in float32 for want of kernels)
+    if program.dtype != torch.float64 and divergences_to_explain(findings):
+        optional_phase("same-precision triage", lambda: excuse_precision(
+            program, reference, settings, findings, lambda: usable_backend("eager").load(
+                case, "cpu", program.dtype)), notes)
+        excuse_checks(checks, findings)
+    return checks, findings, notes, program.stats.to_dict(), later
 
 
 def divergences_to_explain(findings: list[Finding]) -> list[Finding]:

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 import fixtures as fx
 import gradaudit
 from gradaudit.cli import main
+from gradaudit.pipeline import Listener, listening
 
 pytest.importorskip("torch_xla", reason="torch-xla is not installed")
 
@@ -38,6 +39,24 @@ def test_backward_divergence_is_localized_to_its_node_and_module():
     assert found[0].details["backend"] == "xla"
     assert found[0].node == "WrongOnXlaSquareBackward" and found[0].module == "1", found[0]
     assert all(c.ok for c in report.checks if c.backend == "eager")
+
+
+def test_compare_publishes_its_verdict_before_localizing():
+    """As in ``check``: the listener hears the verdict (the divergence found, not yet placed), then the
+    localization, which places it in the same report."""
+    heard = []
+
+    class Recorder(Listener):
+        def phase(self, name):
+            heard.append(name)
+
+        def verdict(self, report):
+            heard.append(("verdict", [f.node for f in errors(report)]))
+
+    with listening(Recorder()):
+        report = gradaudit.compare(*fx.xla_backward_divergence(), backends=["xla"])
+    assert heard == ["the checks", ("verdict", [None]), "localization (xla)"]
+    assert errors(report)[0].node == "WrongOnXlaSquareBackward"
 
 
 def test_forward_divergence_is_localized_to_the_op_that_causes_it():

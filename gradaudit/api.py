@@ -2,6 +2,7 @@
 backends."""
 from __future__ import annotations
 
+import math
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
@@ -28,15 +29,20 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 MODES = ("auto", "fast", "full")
 
 
-def checked_settings(order: int, mode: str, probes: int, seed: int, batch: bool = False) -> Settings:
+def checked_settings(order: int, mode: str, probes: int, seed: int, batch: bool = False, rtol: float = 0.0,
+                     atol: float = 0.0) -> Settings:
     """The audit's settings, or an AuditError naming the bad value."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise AuditError(f"{name} must be a finite number >= 0, got {value!r}")
     if order not in (1, 2):
         raise AuditError(f"order must be 1 or 2, got {order}")
     if mode not in MODES:
         raise AuditError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if probes < 1:
         raise AuditError(f"probes must be at least 1, got {probes}")
-    return Settings(order=order, mode=mode, probes=probes, seed=seed, batch=batch)
+    return Settings(order=order, mode=mode, probes=probes, seed=seed, batch=batch, rtol=float(rtol),
+                    atol=float(atol))
 
 
 def load_reference(case, backend, program: Program, device: str | None, shadow: bool, rewind: Callable[[], None],
@@ -78,7 +84,8 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
           device: str | None = None, order: int = 1, dtype: str | torch.dtype | None = None, mode: str = "auto",
           seed: int = 0, probes: int = 3, shadow: bool = True, localize: bool = True, static_only: bool = False,
           fail_on_hazard: bool = False, progress: Callable[[str, int, int], None] | None = None,
-          name: str | None = None, wrt: str | list[str] | None = None, batch: bool = False) -> Report:
+          name: str | None = None, wrt: str | list[str] | None = None, batch: bool = False, rtol: float = 0.0,
+          atol: float = 0.0) -> Report:
     """Audit the gradients of a function or module at ``args``/``kwargs``.
 
     ``target`` is a callable (function or ``nn.Module``), a ``gradaudit.Case``, or a factory's
@@ -92,11 +99,14 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     :class:`gradaudit.AuditError` when the audit cannot run. ``batch`` runs each probe's points in one
     ``torch.func.vmap`` call on eager programs, falling back to one call per point where vmap cannot run the
     case (``stats["batching"]`` says which); off by default: on the CPU it saves nothing measurable.
+    ``rtol``/``atol`` accept approximate gradients (adjoint methods, estimators): a check also passes within
+    ``atol + rtol * |numerical|`` per Jacobian entry, carried onto the probes (``core.probe.UserTolerance``);
+    each check's ``bound`` says whether the error bar or that tolerance judged it.
 
     Everything runs in this process, the optional phases (localization, the hazard scan) after the verdict
     (``gradaudit.pipeline``): an exception there is a note in ``report.skipped``, and the verdict stands.
     """
-    settings = checked_settings(order, mode, probes, seed, batch)
+    settings = checked_settings(order, mode, probes, seed, batch, rtol, atol)
     case = as_case(target, args, kwargs, name, wrt)
     chosen = usable_backend(backend)
     started = time.perf_counter()
@@ -158,14 +168,14 @@ def run_later(later: list[tuple[str, Callable[[], list[Finding]]]], phase: str, 
 def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends: tuple[str, ...] | list[str] =
             ("eager", "xla"), order: int = 1, dtype: str | torch.dtype | None = None, seed: int = 0,
             probes: int = 3, localize: bool = True, progress: Callable[[str, int, int], None] | None = None,
-            name: str | None = None) -> Report:
+            name: str | None = None, rtol: float = 0.0, atol: float = 0.0) -> Report:
     """Run the case on each backend (in ``dtype``, default: as given) and compare forward outputs and
     gradients (orders 1..order) with eager float64 on CPU, within each backend's precision.
 
     Backends without autograd (ONNX) are checked by finite differences against the reference's gradients.
     A kink where backends follow different conventions (relu6 exactly at 6) is a ``nondifferentiable_point``,
     not a divergence."""
-    settings = checked_settings(order, "auto", probes, seed)
+    settings = checked_settings(order, "auto", probes, seed, rtol=rtol, atol=atol)
     if not backends:
         raise AuditError("compare needs at least one backend")
     case = as_case(target, args, kwargs, name)

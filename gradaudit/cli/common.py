@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any, Callable, TypeVar
 
 import click
@@ -51,6 +52,38 @@ class OutputPath(click.Path):
         except AuditError as exc:
             raise OutputPathError(str(exc)) from None
         return super().convert(value, param, ctx)
+
+
+class BadValueError(OutputPathError):
+    """An option value the command refuses: one line and exit 2, as every error that stops an audit before it
+    starts (click's usage errors print the usage too)."""
+
+
+class Tolerance(click.ParamType):
+    """A finite number >= 0 (``--rtol``, ``--atol``)."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        option = param.opts[0] if param is not None and param.opts else "the tolerance"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not 0 <= number < math.inf:  # (NaN fails every comparison)
+            raise BadValueError(f"{option} must be a finite number >= 0, got {value!r}")
+        return number
+
+
+def tolerance_options(command: F) -> F:
+    """``--rtol R`` and ``--atol A``: a check also passes within ``atol + rtol * |numerical|`` per Jacobian
+    entry (as torch.allclose; carried onto the probes), for approximate gradients; 0 and 0: the error bar alone."""
+    command = click.option("--atol", type=Tolerance(), default=0.0, show_default=True,
+                           help="Also accept an absolute error up to this per Jacobian entry (approximate "
+                                "gradients).")(command)
+    return click.option("--rtol", type=Tolerance(), default=0.0, show_default=True,
+                        help="Also accept a relative error up to this per Jacobian entry, as torch.allclose "
+                             "(approximate gradients: adjoint methods, estimators).")(command)
 
 
 def target_argument(command: F) -> F:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, logger, no_localize_option,
-                                  order_option, seed_option, target_argument, timeout_options, traceback_option,
-                                  verbosity_options)
+                                  order_option, seed_option, target_argument, timeout_options, tolerance_options,
+                                  traceback_option, verbosity_options)
 from gradaudit.cli.output import audit_in_worker
 from gradaudit.cli.supervisor import Limits
 from gradaudit.cli.exits import command_outcome
@@ -37,6 +37,7 @@ def chosen_backends(backend_list: str | None, quiet: bool) -> list[str]:
 @order_option
 @dtype_option("Cast floating inputs and parameters on the compared backends (default: keep).")
 @seed_option
+@tolerance_options
 @json_option()
 @no_localize_option
 @traceback_option
@@ -45,11 +46,13 @@ def chosen_backends(backend_list: str | None, quiet: bool) -> list[str]:
 @timeout_options
 def compare(target: str, backend_list: str | None, order: int, dtype: str | None, seed: int,
             json_path: str | None, no_localize: bool, show_traceback: bool, quiet: bool, verbose: int,
-            allow_skip: bool, timeout: float, phase_timeout: float | None) -> None:
+            allow_skip: bool, timeout: float, phase_timeout: float | None, rtol: float = 0.0,
+            atol: float = 0.0) -> None:
     """Run TARGET on several backends and compare outputs and gradients with eager float64 on CPU."""
     with command_outcome(show_traceback):
         names = chosen_backends(backend_list, quiet)
     logger.info("comparing %s on %s (order %d, seed %d)", target, ", ".join(names), order, seed)
-    options = dict(backends=names, order=order, dtype=dtype, seed=seed, localize=not no_localize)
+    options = dict(backends=names, order=order, dtype=dtype, seed=seed, localize=not no_localize, rtol=rtol,
+                   atol=atol)
     audit_in_worker("compare", target, options, Limits(timeout, phase_timeout), json_path=json_path,
                     verbose=verbose, quiet=quiet, show_traceback=show_traceback, allow_skip=allow_skip)

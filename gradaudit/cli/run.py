@@ -4,8 +4,8 @@ from __future__ import annotations
 import click
 
 from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, logger, no_localize_option,
-                                  order_option, seed_option, target_argument, timeout_options, traceback_option,
-                                  verbosity_options)
+                                  order_option, seed_option, target_argument, timeout_options, tolerance_options,
+                                  traceback_option, verbosity_options)
 from gradaudit.cli.output import audit_in_worker
 from gradaudit.cli.supervisor import Limits
 
@@ -19,6 +19,7 @@ from gradaudit.cli.supervisor import Limits
 @click.option("--mode", type=click.Choice(["auto", "fast", "full"]), default="auto", show_default=True,
               help="auto: probes and follow-ups; fast: probes only; full: full Jacobians (small cases).")
 @seed_option
+@tolerance_options
 @click.option("--probes", type=click.IntRange(1, 64), default=3, show_default=True,
               help="Random directions per tensor (and cotangents per order).")
 @json_option()
@@ -38,11 +39,12 @@ from gradaudit.cli.supervisor import Limits
 def run(target: str, backend: str, device: str | None, order: int, dtype: str | None, mode: str, seed: int,
         probes: int, json_path: str | None, wrt: str | None, no_localize: bool, no_shadow: bool,
         show_traceback: bool, quiet: bool, verbose: int, static_only: bool, fail_on_hazard: bool,
-        batch: bool, allow_skip: bool, timeout: float, phase_timeout: float | None) -> None:
+        batch: bool, allow_skip: bool, timeout: float, phase_timeout: float | None, rtol: float = 0.0,
+        atol: float = 0.0) -> None:
     """Audit the gradients of TARGET (path/to/file.py:NAME or dotted.module:NAME)."""
     logger.info("auditing %s on %s (order %d, mode %s, seed %d)", target, backend, order, mode, seed)
     options = dict(backend=backend, device=device, order=order, dtype=dtype, mode=mode, seed=seed, probes=probes,
                    shadow=not no_shadow, localize=not no_localize, wrt=wrt, static_only=static_only,
-                   fail_on_hazard=fail_on_hazard, batch=batch)
+                   fail_on_hazard=fail_on_hazard, batch=batch, rtol=rtol, atol=atol)
     audit_in_worker("run", target, options, Limits(timeout, phase_timeout), json_path=json_path,
                     verbose=verbose, quiet=quiet, show_traceback=show_traceback, allow_skip=allow_skip)

@@ -24,7 +24,8 @@ from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
                                      on_device_of, rademacher_like, real, rounding_noise, to_host)
 from gradaudit.core.precision import Precision, coarsest, detect_precision
-from gradaudit.core.probe import DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, probe_group_resolving
+from gradaudit.core.probe import (DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, UserTolerance,
+                                  probe_group_resolving)
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.outcome import first_line, users_own_exception
 from gradaudit.report import Check, Finding
@@ -55,6 +56,9 @@ class Settings:
     kink_scan_limit: int = 256  # elements scanned for kinks (one-sided derivatives) per leaf
     full_jacobian_limit: int = 200_000  # full mode refuses Jacobians with more entries than this
     batch: bool = False  # run each probe's points in one call where the program batches (eager: vmap)
+    # What the user accepts besides the error bar (--rtol/--atol; 0: the error bar alone): see probe.UserTolerance.
+    rtol: float = 0.0
+    atol: float = 0.0
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -209,7 +213,7 @@ def full_jacobian_mode(state: OrderState) -> list[Check]:
                          f"{state.settings.full_jacobian_limit} entries; use --mode auto")
     labels, basis = one_hot_cotangents(outputs, f.output_names)
     rows_analytical = [[real(g).double().cpu().reshape(-1) for g in row] for row in vjps(f, space.x, basis)]
-    checks = []
+    checks, rtol, atol = [], state.settings.rtol, state.settings.atol
     for leaf, name in enumerate(space.names):
         outcome, worst = Outcome(), None
         for j in range(real(space.x[leaf]).numel()):
@@ -221,7 +225,8 @@ def full_jacobian_mode(state: OrderState) -> list[Check]:
                 a, n = float(rows_analytical[r][leaf][j]), float(column[r])
                 tol = ERROR_BAR_SAFETY * float(errors[r]) + ROUNDING_FACTOR * space.eps * (abs(a) + abs(n))
                 before = outcome.excess
-                outcome.absorb(a, n, tol + 1e-300, output=label)
+                user = (atol + rtol * abs(n), abs(n)) if rtol > 0 or atol > 0 else None  # (as torch.allclose)
+                outcome.absorb(a, n, tol + 1e-300, output=label, user=user)
                 if outcome.excess > before or worst is None:
                     worst = space.element_index(leaf, j)
         state.tick(f"order {f.order} wrt {name}")
@@ -434,7 +439,7 @@ class Auditor:
                 return
         values = self.numeric_values(f)
         numerics = Numerics(values, self.space, measure_noise(values, self.space, f, self.settings.seed),
-                            self.model_error)
+                            self.model_error, user=UserTolerance.of(self.settings.rtol, self.settings.atol))
         cotangents = [self.space.random_like(outputs) for _ in range(self.settings.probes)]
         grads = [on_cpu(g) for g in vjps(f, x, cotangents)]
         numerics.gradient_noise = measure_gradient_noise(f, self.space, cotangents, grads, self.settings.seed)

@@ -22,6 +22,10 @@ def to_check(order: int, wrt: str, method: str, outcome: Outcome, status: CheckS
                   analytical=outcome.analytical, numerical=outcome.numerical, probes=outcome.tests,
                   dtype=dtype, output=outcome.output,
                   resolution=outcome.resolution if math.isfinite(outcome.resolution) else None)
+    check.bound = outcome.bound
+    if outcome.user_bound is not None:
+        check.user_tolerance = outcome.user_bound
+        check.user_rel_err = outcome.abs_err / outcome.magnitude if outcome.magnitude else None
     if status == CheckStatus.FAIL and detail.get("worst_index") is not None:
         check.worst_index = detail["worst_index"]
         if method == Method.REVERSE:
@@ -59,14 +63,17 @@ def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
     others = [c.wrt for c in partial if c is not worst]
     if len(others) > OTHERS_SHOWN:
         others = others[:OTHERS_SHOWN] + [f"{len(others) - OTHERS_SHOWN} more"]
+    accepted = "" if worst.user_tolerance is None else f", --rtol/--atol allow {worst.user_tolerance:.3g}"
     message = (f"order-{order} {what} wrt {worst.wrt} is wrong{where}: analytical {worst.analytical:.6g} vs "
-               f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}, error bar {worst.tolerance:.3g})")
+               f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}, relative error "
+               f"{worst.max_rel_err:.3g}, error bar {worst.tolerance:.3g}{accepted})")
     if others:
         message += f"; also wrong wrt {', '.join(others)}"
     return Finding(fault_kind(order, method), message, order=order, wrt=worst.wrt, max_abs_err=worst.max_abs_err,
                    details={"method": method, "wrt_all": [c.wrt for c in partial],
                             "worst_index": worst.worst_index, "analytical": worst.analytical,
-                            "numerical": worst.numerical, "error_bar": worst.tolerance})
+                            "numerical": worst.numerical, "error_bar": worst.tolerance,
+                            "relative_error": worst.max_rel_err})
 
 
 def kink_finding(order: int, checks: list[Check]) -> Finding:

@@ -81,9 +81,11 @@ def finite_abs(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def compare_elementwise(order: int, name: str, method: str, native: torch.Tensor, reference: torch.Tensor,
-                        native_dtype: torch.dtype, tolerance_of: Callable[[torch.Tensor], torch.Tensor]) -> Check:
+                        native_dtype: torch.dtype, tolerance_of: Callable[[torch.Tensor], torch.Tensor],
+                        user: tuple[float, float] = (0.0, 0.0)) -> Check:
     """One check of a native result against the reference: a form mismatch fails it outright; otherwise the
-    worst element relative to ``tolerance_of(|reference|)``."""
+    worst element relative to ``tolerance_of(|reference|)``, or to the user's ``(rtol, atol)`` where looser
+    (``atol + rtol * |reference|`` per element, as torch.allclose)."""
     if reference.is_complex() and not native.is_complex() and tuple(native.shape) == (*reference.shape, 2):
         native = torch.view_as_complex(native.contiguous())  # ONNX's form of a complex tensor: its real view
     mismatch = form_mismatch(native, reference, native_dtype)
@@ -93,9 +95,12 @@ def compare_elementwise(order: int, name: str, method: str, native: torch.Tensor
     if reference.numel():
         tolerance = tolerance_of(finite_abs(reference)) + 1e-300
         gaps = elementwise_gaps(native, reference)
-        worst = int(torch.argmax(gaps / tolerance))
+        accepted = user[1] + user[0] * finite_abs(reference) + 1e-300 if any(user) else None
+        worst = int(torch.argmax(gaps / tolerance if accepted is None
+                                 else torch.minimum(gaps / tolerance, gaps / accepted)))
         a, b = _cpu(native).reshape(-1)[worst], _cpu(reference).reshape(-1)[worst]
-        outcome.absorb(float(a), float(b), float(tolerance[worst]))
+        outcome.absorb(float(a), float(b), float(tolerance[worst]), user=None if accepted is None else (
+            float(accepted[worst]), abs(float(b))))
         gap = float(gaps[worst])
         if gap == 0.0 or math.isinf(gap):  # (NaN on both sides agrees; on one side it never does)
             outcome.excess = outcome.abs_err = outcome.rel_err = gap
@@ -294,7 +299,7 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
                 findings.append(backend_error_finding(f_n.order, failure))
                 break
         order_checks = order_parity_checks(f_n.order, method, names, g_native, g_reference, native.dtype, noise,
-                                           previous_scale)
+                                           previous_scale, (settings.rtol, settings.atol))
         own_scale = largest(g_reference) or previous_scale
         previous_scale = max(previous_scale, own_scale)
         checks += order_checks
@@ -327,13 +332,13 @@ def largest(tensors: list[torch.Tensor]) -> float:
 
 def order_parity_checks(order: int, method: str, names: list[str], native: list[torch.Tensor],
                         reference: list[torch.Tensor], native_dtype: torch.dtype, noise: float,
-                        previous_scale: float = 0.0) -> list[Check]:
+                        previous_scale: float = 0.0, user: tuple[float, float] = (0.0, 0.0)) -> list[Check]:
     """One check per leaf. Like rounding, the tolerance floor is relative to the largest gradient: an entry
     that cancels to zero in float64 (a bias before batch norm) keeps float32 noise of the whole computation's
     scale; ``previous_scale`` (the largest output or lower-order derivative) floors it further."""
     scale = max(largest(reference), previous_scale)
     checks = [compare_elementwise(order, name, method, a, b, native_dtype,
-                                  lambda size: ROUNDING_FACTOR * noise * (size + scale))
+                                  lambda size: ROUNDING_FACTOR * noise * (size + scale), user)
               for name, a, b in zip(names, native, reference)]
     extra = count_mismatch(order, "gradients", native, reference, native_dtype)
     return checks + ([extra] if extra else [])

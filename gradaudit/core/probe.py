@@ -12,10 +12,10 @@ from typing import Callable
 
 import torch
 
-from gradaudit.core.numerics import (FIRST_LEVELS, Evaluate, NumericalDerivative, Tensors, elementwise_tolerance,
-                                     eps_of, extrapolated_derivative, inner, is_finite, ladder_points, ladder_steps,
-                                     ladder_top, probe_tolerance, rademacher_like, real, step_size,
-                                     to_host)
+from gradaudit.core.numerics import (FIRST_LEVELS, RSS_SAFETY, Evaluate, NumericalDerivative, Tensors, abs_inner,
+                                     elementwise_tolerance, eps_of, extrapolated_derivative, inner, is_finite,
+                                     ladder_points, ladder_steps, ladder_top, probe_tolerance, rademacher_like, real,
+                                     rss_inner, step_size, to_host)
 
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
 DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
@@ -36,7 +36,11 @@ class Outcome:
     cotangent: int | None = None
     tests: int = 0
     resolution: float = math.inf  # the smallest relative error any of the tests would have seen
-
+    # With a user tolerance (--rtol/--atol, see UserTolerance): its absolute bound at the kept test, the size of
+    # the compared quantity that rtol multiplies, and which bound the kept test was judged by.
+    user_bound: float | None = None
+    magnitude: float | None = None
+    bound: str = "error_bar"
 
     @property
     def failed(self) -> bool:
@@ -50,9 +54,11 @@ class Outcome:
         self.tests, self.resolution = tests, resolution
 
     def absorb(self, analytical: float, numerical: float, tolerance: float, output: str | None = None,
-               cotangent: int | None = None, resolution: float | None = None) -> None:
+               cotangent: int | None = None, resolution: float | None = None,
+               user: tuple[float, float] | None = None) -> None:
         """Count one test; keep it if it is the worst so far. ``resolution``: the relative error the test would
-        have seen (default: its tolerance over the larger of the two values)."""
+        have seen (default: its tolerance over the larger of the two values). ``user``: (bound, magnitude) of the
+        user's tolerance: the test passes within the error bar or within that bound."""
         self.tests += 1
         scale = max(abs(analytical), abs(numerical))
         if resolution is None and scale > 0:  # (a vanishing quantity has no relative resolution)
@@ -60,10 +66,14 @@ class Outcome:
         self.resolution = min(self.resolution, resolution if resolution is not None else math.inf)
         error = abs(analytical - numerical)
         excess = error / tolerance if math.isfinite(error) else math.inf
+        bound = "error_bar"
+        if user is not None and error / (user[0] + 1e-300) < excess:  # (the looser bound is the one that judges)
+            excess, bound = error / (user[0] + 1e-300), "user_tolerance"
         if excess >= self.excess or self.analytical is None:
-            self.excess, self.abs_err, self.tolerance = excess, error, tolerance
+            self.excess, self.abs_err, self.tolerance, self.bound = excess, error, tolerance, bound
             self.rel_err = error / max(abs(numerical), 1e-300)
             self.analytical, self.numerical, self.output, self.cotangent = analytical, numerical, output, cotangent
+            self.user_bound, self.magnitude = (None, None) if user is None else user
 
 
 def leaf_scale(x: torch.Tensor) -> float:
@@ -175,6 +185,56 @@ def unit(count: int, j: int) -> torch.Tensor:
     return u
 
 
+@dataclass(frozen=True)
+class UserTolerance:
+    """What the user accepts besides the error bar (``--rtol/--atol``): per Jacobian entry, as ``torch.allclose``,
+    ``|analytical - numerical| <= atol + rtol * |numerical|``. A probe compares projections, not entries, so the
+    bound is carried onto them: an error of at most that much in every entry, summed under the probe's random
+    signs, stays within RSS_SAFETY root-sum-squares of the entries' bounds (or their absolute sum, when smaller).
+    The entries' sizes are read off the terms of the two inner products a reverse-mode test compares (the
+    numerical J·u against v, the analytical VJP against u), the larger; a sum that cancels out is not held to
+    a tighter bound than its terms."""
+
+    rtol: float = 0.0
+    atol: float = 0.0
+
+    @classmethod
+    def of(cls, rtol: float, atol: float) -> "UserTolerance | None":
+        """The tolerance, or None when both are 0 (the error bar alone judges)."""
+        return cls(rtol, atol) if rtol > 0 or atol > 0 else None
+
+    def on_probe(self, cotangent: Tensors, numerical: Tensors, gradient: Tensors, u: list) -> tuple[float, float]:
+        """(bound, magnitude) for ``<v, J·u>`` against ``<vᵀJ, u>``: magnitude is what rtol multiplies."""
+        cotangent = [real(v) for v in cotangent]
+        magnitude = max(terms_size(cotangent, numerical), terms_size(gradient, u))
+        return self.atol * entries_size(cotangent, u) + self.rtol * magnitude + 1e-300, magnitude
+
+    def on_elements(self, tangent: torch.Tensor, numerical: torch.Tensor, u: list) -> torch.Tensor:
+        """Per element of a JVP (each a sum over the direction's entries): atol over those entries, plus rtol
+        times the element's size."""
+        size = torch.maximum(numerical.abs(), tangent.abs())
+        return self.atol * entries_size([torch.ones(1)], u) + self.rtol * size + 1e-300
+
+
+def norms(tensors: list) -> tuple[float, float]:
+    """(L1, L2) norms of a list of tensors (None: zeros)."""
+    parts = [real(t).double().reshape(-1) for t in tensors if t is not None]
+    return sum(float(p.abs().sum()) for p in parts), sum(float(p.pow(2).sum()) for p in parts) ** 0.5
+
+
+def terms_size(a: Tensors | list, b: Tensors | list) -> float:
+    """The size of the terms of ``<a, b>``: their absolute sum, or RSS_SAFETY root-sum-squares when smaller
+    (a sum under random signs)."""
+    return min(abs_inner(a, b), RSS_SAFETY * rss_inner(a, b))
+
+
+def entries_size(cotangent: list, u: list) -> float:
+    """The size of ``<v, E·u>`` for E all ones: what an error of 1 in every Jacobian entry adds up to on a probe
+    (absolute sum, or RSS_SAFETY root-sum-squares under the random signs when smaller)."""
+    (v1, v2), (u1, u2) = norms(cotangent), norms(u)
+    return min(v1 * u1, RSS_SAFETY * v2 * u2)
+
+
 @dataclass
 class Analytical:
     """The analytical side at one point: the VJPs ``v_k^T J`` of the cotangents, and (when forward mode runs)
@@ -206,6 +266,7 @@ class Numerics:
     # are jittered at the coarse precision's rounding level (see checks.measure_gradient_noise).
     gradient_noise: list[Tensors] | None = None
     center: Tensors | None = None  # the values at x, where a mixed-precision ladder looks for straddled kinks
+    user: UserTolerance | None = None  # what the user accepts besides the error bar (--rtol/--atol)
 
     @property
     def floor_eps(self) -> float:
@@ -270,19 +331,22 @@ def judge(numerics: Numerics, analytical: Analytical, numerical: NumericalDeriva
     reverse, forward = Outcome(), Outcome()
     for k, (v, g) in enumerate(zip(analytical.cotangents, analytical.grads)):
         jitter = numerics.gradient_noise[k] if numerics.gradient_noise else None
+        user = numerics.user.on_probe(v, numerical.value, g, u) if numerics.user else None
         reverse.absorb(inner(g, u), inner(v, numerical.value),
                        probe_tolerance(numerical, v, g, u, eps, numerics.model_error, numerics.noise, jitter),
-                       cotangent=k)
+                       cotangent=k, user=user)
     if tangents is not None:
         # (a JVP through the coarse section rounds there too, and no jitter measures it: its eps is the model)
         compare_tangents(tangents, numerical, numerics.space.eps, numerics.model_error, analytical.output_names,
-                         forward)
+                         forward, numerics.user, u)
     return reverse, forward
 
 
 def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: float, model_error: float,
-                     output_names: list[str], outcome: Outcome) -> None:
-    """Forward mode: each output's JVP against the numerical J·u, elementwise; the worst element is kept."""
+                     output_names: list[str], outcome: Outcome, user: UserTolerance | None = None,
+                     u: list | None = None) -> None:
+    """Forward mode: each output's JVP against the numerical J·u, elementwise; the worst element is kept (the
+    error bar or the user's tolerance, whichever is looser, judges each element)."""
     tolerances = elementwise_tolerance(numerical, eps, model_error)
     names = output_names or [f"output[{i}]" for i in range(len(tangents))]
     for name, t, n, tol in zip(names, tangents, numerical.value, tolerances):
@@ -291,12 +355,17 @@ def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: flo
         # Index on the CPU: a Python index into a device tensor would compile a graph per index on XLA.
         t, n, tol = real(t).double().cpu(), n.cpu(), tol.cpu()
         errors = (t - n).abs() / tol
+        accepted = user.on_elements(t, n, u) if user is not None else None
+        if accepted is not None:
+            errors = torch.minimum(errors, (t - n).abs() / accepted)
         worst = int(torch.argmax(errors.flatten()))
         index = list(torch.unravel_index(torch.tensor(worst), n.shape))
         where = f"{name}[{', '.join(str(int(i)) for i in index)}]"
         size = float(n.abs().sum())  # (the whole output's: its worst element may be near 0)
+        mine = None if accepted is None else (float(accepted.flatten()[worst]),
+                                              float(torch.maximum(t.abs(), n.abs()).flatten()[worst]))
         outcome.absorb(float(t.flatten()[worst]), float(n.flatten()[worst]), float(tol.flatten()[worst]),
-                       output=where, resolution=float(tol.sum()) / size if size > 0 else None)
+                       output=where, resolution=float(tol.sum()) / size if size > 0 else None, user=mine)
 
 
 def probe_group(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int],

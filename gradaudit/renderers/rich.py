@@ -81,6 +81,8 @@ def render_rich(report: Report, console: Console, verbose: bool = False, quiet: 
         console.print(line)
         for more in rest:  # indented as a block, so that wrapped lines stay under their finding
             console.print(Padding(Text(more.strip()), (0, 0, 0, 4), expand=False))
+    for line in plain.tolerance_lines(report):
+        console.print(Text(line))
     for note in plain.precision_lines(report):
         console.print(Text(note, style="yellow"))
     for skipped in plain.skipped_lines(report):

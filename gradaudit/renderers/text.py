@@ -127,7 +127,7 @@ def check_line(check: Check) -> str:
     backend = f"[{check.backend}] " if check.backend else ""
     return (f"{backend}order {check.order} {check.method} wrt {check.wrt}{index}: {check.status}, analytical "
             f"{fmt(check.analytical)} vs numerical {fmt(check.numerical)} (|err| {fmt(check.max_abs_err)}, "
-            f"error bar {fmt(check.tolerance)}"
+            f"relative {fmt(check.max_rel_err)}, error bar {fmt(check.tolerance)}"
             + ("" if check.resolution is None else f", resolution {check.resolution:.1g}") + ")")
 
 
@@ -152,11 +152,16 @@ RESOLUTION_COLUMN: tuple[str, Callable[[Check], str], bool] = (
     "resol.", lambda c: "" if c.resolution is None else f"{c.resolution:.0e}", True)
 
 
-def check_columns(checks: Iterable[Check]) -> tuple:
-    """The columns for these checks: a backend column first in cross-backend reports, a resolution column last
-    where checks have one."""
+# The relative error |err| / |numerical| (the plain table's; the rich table keeps to 80 columns without it).
+RELATIVE_COLUMN: tuple[str, Callable[[Check], str], bool] = ("rel. err", lambda c: fmt(c.max_rel_err), True)
+
+
+def check_columns(checks: Iterable[Check], relative: bool = False) -> tuple:
+    """The columns for these checks: a backend column first in cross-backend reports, the relative error after
+    |err| when ``relative``, a resolution column last where checks have one."""
     checks = list(checks)
-    return (((BACKEND_COLUMN,) if any(c.backend for c in checks) else ()) + CHECK_COLUMNS
+    columns = CHECK_COLUMNS[:5] + ((RELATIVE_COLUMN,) if relative else ()) + CHECK_COLUMNS[5:]
+    return (((BACKEND_COLUMN,) if any(c.backend for c in checks) else ()) + columns
             + ((RESOLUTION_COLUMN,) if any(c.resolution is not None for c in checks) else ()))
 
 
@@ -167,7 +172,7 @@ def shown_checks(report: Report, verbose: bool) -> list[Check]:
 
 def checks_table(checks: list[Check], indent: str = "  ") -> list[str]:
     """An aligned plain table, each column as wide as its widest cell (nothing cut)."""
-    columns = check_columns(checks)
+    columns = check_columns(checks, relative=True)
     rows = [[header for header, _, _ in columns]] + [[cell(c) for _, cell, _ in columns] for c in checks]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
 
@@ -175,6 +180,22 @@ def checks_table(checks: list[Check], indent: str = "  ") -> list[str]:
         cells = [text.rjust(w) if numeric else text.ljust(w) for text, w, (_, _, numeric) in zip(row, widths, columns)]
         return (indent + "  ".join(cells)).rstrip()
     return [line(row) for row in rows]
+
+
+def tolerance_lines(report: Report) -> list[str]:
+    """``3 checks passed within --rtol 1e-05 (not within their error bars): worst ...``: which checks only the
+    user's tolerance accepted, and how far off the worst of them is; nothing without --rtol/--atol."""
+    rtol, atol = (report.settings or {}).get("rtol") or 0, (report.settings or {}).get("atol") or 0
+    accepted = [c for c in report.checks if c.ok and c.bound == "user_tolerance"]
+    if not accepted:
+        return []
+    given = " ".join(f"--{name} {value:g}" for name, value in (("rtol", rtol), ("atol", atol)) if value)
+    worst = max(accepted, key=lambda c: c.user_rel_err or 0.0)
+    count = f"{len(accepted)} check{'s' if len(accepted) > 1 else ''}"
+    relative = "" if worst.user_rel_err is None else f"error {worst.user_rel_err:.3g} relative, "
+    return [f"{count} passed within {given} (not within {'their' if len(accepted) > 1 else 'its'} error bar): "
+            f"worst order {worst.order} {worst.method} wrt {worst.wrt}, {relative}|err| {worst.max_abs_err:.3g} "
+            f"within {fmt(worst.user_tolerance)}; error bar {worst.tolerance:.3g}"]
 
 
 def skipped_lines(report: Report) -> list[str]:
@@ -210,6 +231,7 @@ def render_text(report: Report, verbose: bool = False, quiet: bool = False, max_
         lines += checks_table(shown[:limit], indent="    ")
         if len(shown) > limit:
             lines.append(f"    ... and {len(shown) - limit} more")
+    lines += ["  " + line for line in tolerance_lines(report)]
     lines += ["  " + line for line in precision_lines(report)]
     lines += ["  " + line for line in skipped_lines(report)]
     if stats_line(report):

@@ -5,10 +5,11 @@ from contextlib import contextmanager
 
 import torch
 
-from gradaudit.case import Case, PreparedCase, call_failed, flatten_outputs
+from gradaudit.case import Case, PreparedCase, call_failed
 from gradaudit.errors import AuditError, Unsupported, backend_failure
 from gradaudit.outcome import first_line
 from gradaudit.backends.base import Availability, Backend, Capabilities, Program
+from gradaudit.backends.fastcall import DirectCall, differentiable_leaves
 from gradaudit.rng import RngSnapshot
 
 __all__ = ["EagerBackend", "EagerProgram", "full_fp32_precision"]
@@ -47,6 +48,7 @@ class EagerProgram(Program):
     def _place(self, prepared: PreparedCase) -> None:
         self._prepared, self.module, self.inputs = prepared, prepared.module, prepared.inputs
         self.leaves = prepared.leaves
+        self._call = DirectCall.of(prepared)  # prepared.call, its per-call name resolution done once
         self._buffers = [] if self.module is None else [
             (b, b.detach().clone()) for b in self.module.buffers()]
         self._rng = RngSnapshot(cuda=self._torch_device.type == "cuda")
@@ -70,7 +72,7 @@ class EagerProgram(Program):
         self._reset_buffers()  # train-mode batch norm updates running stats on every call
         self._rng.restore()
         try:
-            return self._prepared.call(values)
+            return self._call(values)
         except AuditError:
             raise
         except Exception as exc:
@@ -81,12 +83,14 @@ class EagerProgram(Program):
             raise
 
     def _reset_buffers(self) -> None:
+        if not self._buffers:  # (entering no_grad costs as much as a tiny forward's op)
+            return
         with torch.no_grad():
             for buffer, saved in self._buffers:
                 buffer.copy_(saved)
 
     def _evaluate(self, values):
-        tensors, _ = flatten_outputs(self._call_case(values))
+        tensors = differentiable_leaves(self._call_case(values))  # (flatten_outputs' tensors, no names)
         return [t for t, keep in zip(tensors, self._keep) if keep]
 
     def evaluate_batch(self, points: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:

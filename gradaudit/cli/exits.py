@@ -63,13 +63,17 @@ def command_outcome(show_traceback: bool = False) -> Iterator[None]:
 
 class InterruptibleGroup(click.Group):
     """A click group whose commands exit 130 with one line on Ctrl-C (click's own answer is "Aborted!" and
-    exit 1, which reads like a verdict)."""
+    exit 1, which reads like a verdict), and whose usage errors (a bad option value, ``--seed -1``) are one
+    ``gradaudit: error:`` line and exit 2, not click's usage text."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             interrupted()
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            fail(f"{exc.format_message()} (see {command} --help)")
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -123,14 +127,8 @@ def write_outputs(exit_code: int, leave: bool = True) -> Iterator[None]:
 
 def write_text_file(path: str, text: str) -> None:
     """Write a report file atomically (a reader sees the old file or the new one, never a part; a failed
-    write leaves the old one and no temporary file); an OSError becomes one line and exit 2 (through
-    :func:`write_outputs`)."""
-    target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, target)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        exc.filename = path
-        raise
+    write leaves the old one and no temporary file); an OSError names ``path`` and becomes one line and exit 2
+    (through :func:`write_outputs`)."""
+    from gradaudit.renderers import write_text
+
+    write_text(path, text)

@@ -9,12 +9,33 @@ from pathlib import Path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a report file (creating its folder); returns its path."""
+    """Write a report file atomically (creating its folder): a reader sees the old file or the new one, and a
+    failed write leaves the old one and no temporary file. An OSError names ``path`` (``exc.filename``)."""
     path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        _write_atomically(path.resolve() if path.is_symlink() else path, text)
+    except OSError as exc:
+        exc.filename = str(path)
+        raise
     return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: write into it, never replace it
+        path.write_text(text, encoding="utf-8")
+        return
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def now() -> str:

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+from contextlib import suppress
 from importlib.metadata import PackageNotFoundError, version as dist_version
 from pathlib import Path
 
 from gradaudit.errors import AuditError
 from gradaudit.suite.records import SuiteRecord
+
+logger = logging.getLogger(__name__)
 
 # The packages whose versions decide a backend's results (besides torch and gradaudit).
 BACKEND_PACKAGES = {"eager": ("torch",), "xla": ("torch-xla",), "onnx": ("onnxruntime", "onnx", "onnxscript")}
@@ -71,15 +75,30 @@ def key_digest(key: dict) -> str:
 
 
 class ResultStore:
-    """Records on disk, one JSON file per key: ``{"key": ..., "record": ...}``."""
+    """Records on disk, one JSON file per key: ``{"key": ..., "record": ...}``. Any I/O problem of the directory
+    (missing permission, a full disk, a directory where a record goes) is one :class:`AuditError` line; a damaged
+    or tampered record is never trusted: it is ignored with a warning, and its job runs again."""
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise AuditError(f"cannot create results directory {directory}: {exc.strerror}") from exc
+            raise AuditError(f"cannot create results directory {directory}: {exc.strerror or exc}") from exc
         self._lock = threading.Lock()
+        self._check_writable()
+
+    def _check_writable(self) -> None:
+        """Write and remove a small file now, so that a read-only or full directory stops the suite before any
+        job runs (rather than after the first one)."""
+        probe = self.directory / f".gradaudit-probe.{os.getpid()}.tmp"
+        try:
+            probe.write_text("{}\n")
+        except OSError as exc:
+            raise AuditError(f"cannot write to results directory {self.directory}: {exc.strerror or exc}") from exc
+        finally:
+            with suppress(OSError):
+                probe.unlink(missing_ok=True)
 
     def path(self, key: dict) -> Path:
         """The file of a key: readable names, then the key's hash."""
@@ -88,19 +107,41 @@ class ResultStore:
         return self.directory / f"{safe[:80]}-o{key['order']}-{key_digest(key)}.json"
 
     def load(self, key: dict) -> SuiteRecord | None:
-        """The stored record of this exact key, or None."""
+        """The stored record of this exact key, or None (none stored, or one that cannot be trusted: then a
+        warning says why, and the job runs again)."""
+        path = self.path(key)
         try:
-            stored = json.loads(self.path(key).read_text())
-        except (OSError, json.JSONDecodeError):
+            stored = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
             return None
-        if not isinstance(stored, dict) or stored.get("key") != key or not isinstance(stored.get("record"), dict):
-            return None
-        return SuiteRecord.from_dict(stored["record"])
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: json's decode errors
+            return self._distrust(path, f"cannot be read ({getattr(exc, 'strerror', None) or exc})")
+        if not isinstance(stored, dict) or not isinstance(stored.get("record"), dict):
+            return self._distrust(path, "is not a stored record")
+        if stored.get("key") != key:
+            return self._distrust(path, "was stored under another key")
+        record = SuiteRecord.from_dict(stored["record"])
+        if record.cell != (key["case"], key["backend"], key["order"]):
+            return self._distrust(path, f"holds the record of {record.cell}, not of "
+                                        f"{(key['case'], key['backend'], key['order'])}")
+        return record
+
+    @staticmethod
+    def _distrust(path: Path, why: str) -> None:
+        logger.warning("ignoring stored record %s: it %s; the job runs again", path.name, why)
+        return None
 
     def save(self, key: dict, record: SuiteRecord) -> None:
-        """Store a record atomically (a crash never leaves half a file)."""
+        """Store a record atomically (a crash never leaves half a file, a failed write no temporary file); an
+        I/O error is one :class:`AuditError` line naming the file."""
         path = self.path(key)
-        temporary = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        text = json.dumps({"key": key, "record": record.to_dict()}, default=str)
         with self._lock:
-            temporary.write_text(json.dumps({"key": key, "record": record.to_dict()}, default=str))
-            os.replace(temporary, path)
+            try:
+                temporary.write_text(text, encoding="utf-8")
+                os.replace(temporary, path)
+            except OSError as exc:
+                with suppress(OSError):
+                    temporary.unlink(missing_ok=True)
+                raise AuditError(f"cannot store a record in {path}: {exc.strerror or exc}") from exc

@@ -4,6 +4,7 @@ import html
 import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -118,7 +119,8 @@ def test_junit_survives_control_characters(tmp_path):
 
 
 def test_html_report(records, tmp_path):
-    path = write_html(records, tmp_path / "report.html", title="zoo <audit>")
+    pictures = Path(records[1]["report"]["findings"][0]["details"]["graph_svg"]).parent  # a results directory
+    path = write_html(records, tmp_path / "report.html", title="zoo <audit>", results_dir=pictures)
     page = path.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<title>zoo &lt;audit&gt;</title>" in page
     assert "<script" not in page  # the planted script tag is escaped, and the page has no scripts of its own

@@ -122,7 +122,7 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
         fail(str(exc))
     except SuiteInterrupted as stop:  # the workers are dead already; keep what finished
         try:
-            write_reports(stop.records, zoo, backends, orders, *outputs)
+            write_reports(stop.records, zoo, backends, orders, *outputs, results_dir=results_dir)
         except OSError:
             pass  # the results directory still has them
         where = f" (in {results_dir})" if results_dir else ""
@@ -134,7 +134,7 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
     audited = counts["pass"] + counts["fail"]
     code = EXIT_PROBLEM if counts["fail"] or counts["error"] else EXIT_OK
     with write_outputs(code if audited else EXIT_ERROR):
-        write_reports(records, zoo, backends, orders, *outputs)
+        write_reports(records, zoo, backends, orders, *outputs, results_dir=results_dir)
         if markdown_path:
             import sys
 
@@ -148,7 +148,7 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
 
 
 def write_reports(records: list[dict], zoo: str, backends: list[str], orders: list[int], json_path: str | None,
-                  junit_path: str | None, html_path: str | None) -> None:
+                  junit_path: str | None, html_path: str | None, results_dir: str | None = None) -> None:
     """The JSON, JUnit and HTML reports asked for (a write error propagates to ``write_outputs``: exit 2)."""
     reports = _reports_module()
     if json_path == "-":
@@ -158,4 +158,4 @@ def write_reports(records: list[dict], zoo: str, backends: list[str], orders: li
     if junit_path:
         reports.write_junit(records, junit_path)
     if html_path:
-        reports.write_html(records, html_path)
+        reports.write_html(records, html_path, results_dir=results_dir)

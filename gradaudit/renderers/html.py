@@ -41,25 +41,45 @@ def anchors(cases: list[str]) -> dict[str, str]:
     return found
 
 
-def picture(details: dict, base: Path | None) -> dict | None:
-    """A localization picture (``graph_svg_text``, or the file ``graph_svg``) as ``{"data": base64 SVG,
-    "source"}``; ``{"missing": path}`` where the file cannot be read; None where there is none. Shown through
-    ``<img>``, an SVG runs no scripts."""
+MAX_PICTURE_BYTES = 8 << 20  # a localization picture is kilobytes; anything this large is not one
+
+
+def picture(details: dict, roots: list[Path] | None) -> dict | None:
+    """A localization picture as ``{"data": base64 SVG, "source"}``: the worker's ``graph_svg_text``, or the file
+    ``graph_svg`` names when it is an SVG inside one of ``roots`` (the report's folder, the results directory);
+    any other file is never read (a shared results directory must not leak ``/etc/shadow`` into a published
+    page): ``{"missing": path, "why": ...}``. None where there is none. Shown through ``<img>``, an SVG runs no
+    scripts."""
     svg, source = details.get("graph_svg_text"), "inline"
     if not svg and details.get("graph_svg"):
         source = str(details["graph_svg"])
-        candidates = [Path(source)] + ([base / source] if base is not None and not Path(source).is_absolute() else [])
-        for candidate in candidates:
-            try:
-                svg = candidate.read_text(encoding="utf-8")
-                break
-            except OSError:
-                continue
-        else:
-            return {"missing": source}
+        svg, why = _read_svg(source, roots or [])
+        if svg is None:
+            return {"missing": source, "why": why}
     if not svg:
         return None
     return {"data": base64.b64encode(str(svg).encode("utf-8")).decode("ascii"), "source": source}
+
+
+def _read_svg(source: str, roots: list[Path]) -> tuple[str | None, str]:
+    """(the SVG text, "") of a picture file inside one of ``roots``, or (None, why it was not read)."""
+    relative = not Path(source).is_absolute()
+    candidates = [root / source for root in roots] if relative else [Path(source)]
+    for candidate in candidates:
+        try:
+            real = candidate.resolve(strict=True)  # symlinks followed: a link out of the folder is outside
+        except (OSError, RuntimeError):
+            continue
+        if not any(real.is_relative_to(root) for root in roots):
+            return None, "outside the report's and the results' folders: not read"
+        if real.suffix.lower() != ".svg" or not real.is_file() or real.stat().st_size > MAX_PICTURE_BYTES:
+            return None, "not an SVG file: not read"
+        try:
+            text = real.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None, "cannot be read"
+        return (text, "") if "<svg" in text[:4096] else (None, "not an SVG file: not read")
+    return None, "not found"
 
 
 def _cell_view(record: SuiteRecord | None) -> dict[str, str] | None:
@@ -71,11 +91,11 @@ def _cell_view(record: SuiteRecord | None) -> dict[str, str] | None:
             "title": first_line(record.reason) or reason}
 
 
-def _record_view(record: SuiteRecord, base: Path | None) -> dict[str, Any]:
+def _record_view(record: SuiteRecord, roots: list[Path]) -> dict[str, Any]:
     """What the template shows of one record."""
     report = record.report or {}
     reason = first_line(record.reason)
-    findings = [{**f, "details": f.get("details") or {}, "picture": picture(f.get("details") or {}, base)}
+    findings = [{**f, "details": f.get("details") or {}, "picture": picture(f.get("details") or {}, roots)}
                 for f in report.get("findings") or []]
     return {"status": record.status.value, "symbol": STATUS_SYMBOL[record.status.value], "backend": record.backend,
             "order": record.order, "seconds": f"{record.seconds:.2f}", "reason": reason,
@@ -84,7 +104,7 @@ def _record_view(record: SuiteRecord, base: Path | None) -> dict[str, Any]:
             "skipped": report.get("skipped") or [], "open": record.status in ("fail", "error")}
 
 
-def page_view(records: list[SuiteRecord], title: str, base: Path | None) -> dict[str, Any]:
+def page_view(records: list[SuiteRecord], title: str, roots: list[Path]) -> dict[str, Any]:
     """Everything the template needs: the summary matrix, the totals and one section per case."""
     from gradaudit import __version__
 
@@ -98,19 +118,20 @@ def page_view(records: list[SuiteRecord], title: str, base: Path | None) -> dict
         mine = [cells[(case, c)] for c in columns if (case, c) in cells]
         worst = worst_status(mine)
         sections.append({"case": case, "anchor": ids[case], "status": worst, "symbol": STATUS_SYMBOL[worst],
-                         "records": [_record_view(r, base) for r in mine]})
+                         "records": [_record_view(r, roots) for r in mine]})
     return {"title": title, "version": __version__, "created": now(), "caption": caption(counts),
             "columns": [column_label(c) for c in columns], "rows": rows, "sections": sections,
             "totals": [counts["by_column"].get(column_label(c), {}) for c in columns], "counts": counts}
 
 
 def write_html(records: Iterable[SuiteRecord | dict], path: str | os.PathLike,
-               title: str = "gradaudit suite report") -> Path:
+               title: str = "gradaudit suite report", results_dir: str | os.PathLike | None = None) -> Path:
     """One static, self-contained HTML page: the summary matrix (cases x backends x orders, cells linking to the
     cases), then one section per case with each backend's and order's findings (kind, message, node, op, module,
     source, worst index, analytical vs numerical, error bar), failing checks and localization pictures
-    (``details["graph_svg"]`` path or ``details["graph_svg_text"]``, embedded inline)."""
+    (``details["graph_svg_text"]``, or an SVG file ``details["graph_svg"]`` inside the report's folder or
+    ``results_dir``, embedded inline; any other file is named, never read)."""
     path = Path(path)
-    base = path.parent.resolve() if str(path) else None
-    page = _environment().get_template("suite.html.j2").render(page_view(records_of(records), title, base))
+    roots = [path.parent.resolve()] + ([Path(results_dir).resolve()] if results_dir is not None else [])
+    page = _environment().get_template("suite.html.j2").render(page_view(records_of(records), title, roots))
     return write_text(path, page)

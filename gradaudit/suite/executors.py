@@ -1,7 +1,9 @@
 """Where suite jobs run: ``serial`` (one at a time), ``local`` (a thread pool launching ``workers`` worker
 processes at once) and ``ray`` (a Ray task per batch launching the same worker process on a cluster node).
 
-Jobs run in ``python -m gradaudit.suite.worker`` processes, each in its own session, one job per process or
+Jobs run in ``python -P -m gradaudit.suite.worker`` processes (``-P``: the working directory is not on the
+worker's ``sys.path``, so a ``json.py`` there is never imported in its place; zoos and targets still load from
+it, as ``gradaudit.case`` resolves them), each in its own session, one job per process or
 ``jobs_per_worker`` of them (a batch, of one backend) in turn: a segfault or a hang in a runtime becomes an
 ``error`` record of the job in progress ("crashed: signal 11 (SIGSEGV)", "timed out after 120 s") while the rest
 of its batch goes on in a new worker, each job's records are settled as soon as it finishes, and Ctrl-C kills
@@ -12,6 +14,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +28,8 @@ from gradaudit.suite.plan import orders_of
 from gradaudit.suite.records import SuiteRecord, SuiteStatus, first_line
 
 EXECUTORS = ("local", "serial", "ray")
-WORKER_COMMAND = [sys.executable, "-m", "gradaudit.suite.worker"]
+WORKER_COMMAND = [sys.executable, "-P", "-m", "gradaudit.suite.worker"]
+RAY_CONNECT_SECONDS = 5.0  # an unreachable Ray address is said within this, not after Ray's own minutes of retries
 
 # settle(job, records): what an executor calls with each job's records; early(job): records for a job that need
 # not run (its backend was found unusable), or None.
@@ -355,6 +359,21 @@ def _remote_runner(ray):
     return _remote_cache["runner"]
 
 
+def check_ray_address(address: str | None, seconds: float = RAY_CONNECT_SECONDS) -> None:
+    """Refuse, within ``seconds``, a Ray address (``host:port`` or ``ray://host:port``) nothing listens on; Ray
+    itself retries for minutes. ``auto``, ``local`` and no address are left to Ray."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise AuditError(f"--address {address}: expected host:port (or ray://host:port, auto, local)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
+        raise AuditError(f"cannot reach Ray at {address} within {seconds:g} s: {why}") from None
+
+
 def _start_ray(ray, address: str | None) -> bool:
     """Connect to (or start) Ray; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
@@ -371,6 +390,7 @@ def run_on_ray(batches: list[list[dict]], timeout: float, address: str | None, w
                settle: Settle, early: Early, command: list[str] | None = None) -> None:
     """A Ray task per batch, at most ``workers`` (default: the cluster's CPUs) in flight; each job's records
     are settled as the task streams them back."""
+    check_ray_address(address)  # before Ray's import and its own, much longer, retries
     ray = import_ray()
     started_here = _start_ray(ray, address)
     try:

@@ -13,8 +13,8 @@ import threading
 from typing import Callable, Iterable
 
 from gradaudit.errors import AuditError
-from gradaudit.suite.executors import (EXECUTORS, Workers, run_job_in_subprocess,  # noqa: F401 (re-exported)
-                                       run_pending)
+from gradaudit.suite.executors import (EXECUTORS, Workers, check_ray_address,  # noqa: F401 (re-exported)
+                                       run_job_in_subprocess, run_pending)
 from gradaudit.suite.plan import Plan, plan, unsupported_order
 from gradaudit.suite.records import STATUSES, SuiteRecord, SuiteStatus
 from gradaudit.suite.store import ResultStore, backend_versions, record_key, zoo_digest
@@ -105,7 +105,8 @@ class SuiteRun:
         return [self.results[cell].to_dict() for cell in cells if cell in self.results]
 
 
-def _check_arguments(executor: str, timeout: float | None, workers: int | None, jobs_per_worker: int) -> None:
+def _check_arguments(executor: str, timeout: float | None, workers: int | None, jobs_per_worker: int,
+                     address: str | None = None) -> None:
     if executor not in EXECUTORS:
         raise AuditError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if timeout is None or timeout <= 0:
@@ -114,6 +115,8 @@ def _check_arguments(executor: str, timeout: float | None, workers: int | None, 
         raise AuditError(f"workers must be at least 1, got {workers}")
     if not isinstance(jobs_per_worker, int) or jobs_per_worker < 1:
         raise AuditError(f"jobs per worker must be an integer of at least 1, got {jobs_per_worker!r}")
+    if executor == "ray":
+        check_ray_address(address)  # up front: before the zoo loads and any job runs
 
 
 def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Iterable[int] = (1, 2),
@@ -133,7 +136,7 @@ def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Itera
     turn in one worker process (a worker's start costs seconds; an audit of one op less than one). With
     ``results_dir``, records are stored and a re-run reuses those whose key still matches (editing the zoo's
     file, or changing a version, seed, dtype or ``compare``, runs the jobs again)."""
-    _check_arguments(executor, timeout, workers, jobs_per_worker)
+    _check_arguments(executor, timeout, workers, jobs_per_worker, address)
     suite = SuiteRun(plan(zoo_spec, list(backends), orders, only, seed, dtype, compare, shard),
                      ResultStore(results_dir) if results_dir else None, progress)
     pending = suite.pending()

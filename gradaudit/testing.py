@@ -11,10 +11,13 @@ The pytest plugin (entry point ``pytest11``, loaded automatically once gradaudit
 * a marker ``@pytest.mark.gradaudit(order=2, backend="eager", ...)``: its keyword arguments are the defaults of
   the fixture in the marked test (class and module marks apply too, the closest one wins);
 * ``--gradaudit-backend NAME``: the backend of every fixture call that does not name one itself, over the
-  marker's; the ini option ``gradaudit_backend`` is a project-wide default below the marker.
+  marker's; the ini option ``gradaudit_backend`` is a project-wide default below the marker;
+* tolerances for approximate gradients (adjoint methods, estimators): ``@pytest.mark.gradaudit(rtol=1e-5)`` or
+  a call's ``rtol=``/``atol=`` (see :func:`gradaudit.check`); the ini options ``gradaudit_rtol`` and
+  ``gradaudit_atol`` are project-wide defaults below the marker.
 
-Precedence: arguments of the call > ``--gradaudit-backend`` > the marker > ini ``gradaudit_backend`` >
-``gradaudit.check``'s defaults.
+Precedence: arguments of the call > ``--gradaudit-backend`` > the marker > ini ``gradaudit_backend``,
+``gradaudit_rtol``, ``gradaudit_atol`` > ``gradaudit.check``'s defaults.
 pytest is imported only by pytest itself: ``import gradaudit`` works without it.
 """
 from __future__ import annotations
@@ -22,8 +25,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 MARKER = "gradaudit"
-MARKER_HELP = ("gradaudit(**options): default options (order=2, backend='eager', dtype=..., mode=..., seed=...) "
-               "of the gradaudit fixture in this test")
+MARKER_HELP = ("gradaudit(**options): default options (order=2, backend='eager', dtype=..., mode=..., seed=..., "
+               "rtol=..., atol=...) of the gradaudit fixture in this test")
+TOLERANCE_INIS = ("rtol", "atol")  # ini gradaudit_rtol / gradaudit_atol: project-wide defaults of the fixture
 
 
 class GradientAssertionError(AssertionError):
@@ -68,6 +72,9 @@ def pytest_addoption(parser) -> None:
     parser.addini("gradaudit_backend", "default backend of the gradaudit fixture (a marker's backend and "
                   "--gradaudit-backend win)",
                   default="")
+    for name in TOLERANCE_INIS:
+        parser.addini(f"gradaudit_{name}", f"default {name} of the gradaudit fixture: also accept gradients within "
+                      f"atol + rtol * |numerical| (a marker's {name} wins)", default="")
 
 
 def pytest_configure(config) -> None:
@@ -91,11 +98,30 @@ def marker_options(node) -> dict:
     return options
 
 
+def ini_tolerances(config) -> dict[str, float]:
+    """``{"rtol": ..., "atol": ...}`` from the ini options that are set; a value that is not a number is a usage
+    error naming the option (its range is checked by gradaudit.check, as a call's own rtol is)."""
+    found = {}
+    for name in TOLERANCE_INIS:
+        text = str(config.getini(f"gradaudit_{name}") or "").strip()
+        if not text:
+            continue
+        try:
+            found[name] = float(text)
+        except ValueError:
+            import pytest
+
+            raise pytest.UsageError(f"ini option gradaudit_{name} must be a number, got {text!r}") from None
+    return found
+
+
 def _fixture(request) -> Callable[..., Any]:
     defaults = marker_options(request.node)
     ini_backend = request.config.getini("gradaudit_backend")
     if ini_backend and "backend" not in defaults:
         defaults["backend"] = ini_backend
+    for name, value in ini_tolerances(request.config).items():
+        defaults.setdefault(name, value)
     cli_backend = request.config.getoption("gradaudit_backend", default=None)
     if cli_backend:
         defaults["backend"] = cli_backend

@@ -71,10 +71,21 @@ def gradients(ys: Tensors, xs: Tensors, cotangent: Tensors, stats: Stats, create
     pairs = [(y, v) for y, v in zip(ys, cotangent) if y.requires_grad]
     if not pairs:
         return [torch.zeros_like(x) for x in xs]
-    grads = torch.autograd.grad([y for y, _ in pairs], xs, [v.to(y.device) for y, v in pairs], retain_graph=True,
-                                create_graph=create_graph, allow_unused=True)
+    # The gradient of the scalar <v, y>, not grad(ys, xs, grad_outputs=vs): the same numbers (its backward
+    # hands exactly v to each y), but torch checks explicit grad_outputs' shapes with symbolic-shape helpers
+    # whose first use imports sympy, 0.5 s of every process's first audit.
+    scalar = sum(_inner(y, v) for y, v in pairs)
+    grads = torch.autograd.grad(scalar, xs, retain_graph=True, create_graph=create_graph, allow_unused=True)
     stats.backward_evals += 1
     return [_dense(g, x) for g, x in zip(grads, xs)]
+
+
+def _inner(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Re <v, y>, whose gradient with respect to y is v (torch's convention for complex y)."""
+    v = v.to(device=y.device, dtype=y.dtype)
+    if y.is_complex():
+        return (v.conj() * y).real.sum()
+    return (v * y).sum()
 
 
 def evaluate(f, x: Tensors) -> Tensors:

@@ -73,6 +73,17 @@ def abs_inner(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]
     return total
 
 
+def unravel(flat: int, shape: Sequence[int]) -> list[int]:
+    """The multi-index of flat element ``flat`` in a tensor of ``shape`` (row-major), in plain Python:
+    ``torch.unravel_index`` checks its arguments with symbolic-shape helpers whose first use imports sympy
+    (0.5 s of a process's first audit)."""
+    index = []
+    for size in reversed(shape):
+        flat, position = divmod(flat, size)
+        index.append(position)
+    return index[::-1]
+
+
 def eps_of(dtype: torch.dtype) -> float:
     if dtype.is_complex:
         dtype = {torch.complex128: torch.float64, torch.complex32: torch.float16}.get(dtype, torch.float32)

@@ -15,7 +15,7 @@ import torch
 from gradaudit.core.numerics import (FIRST_LEVELS, RSS_SAFETY, Evaluate, NumericalDerivative, Tensors, abs_inner,
                                      elementwise_tolerance, eps_of, extrapolated_derivative, inner, is_finite,
                                      ladder_points, ladder_steps, ladder_top, probe_tolerance, rademacher_like, real,
-                                     rss_inner, step_size, to_host)
+                                     rss_inner, step_size, to_host, unravel)
 
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
 DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
@@ -165,7 +165,7 @@ class ProbeSpace:
         shape = real(self.x[leaf]).shape
         if len(shape) == 0:
             return []
-        return [int(i) for i in torch.unravel_index(torch.tensor(j), shape)]
+        return unravel(j, shape)
 
     def nearby_point(self, defined: Callable[[list[torch.Tensor]], bool]) -> list[torch.Tensor] | None:
         """A random point a few steps from x where the function is ``defined`` (x + shift, else x - shift)."""
@@ -359,7 +359,7 @@ def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: flo
         if accepted is not None:
             errors = torch.minimum(errors, (t - n).abs() / accepted)
         worst = int(torch.argmax(errors.flatten()))
-        index = list(torch.unravel_index(torch.tensor(worst), n.shape))
+        index = unravel(worst, n.shape)
         where = f"{name}[{', '.join(str(int(i)) for i in index)}]"
         size = float(n.abs().sum())  # (the whole output's: its worst element may be near 0)
         mine = None if accepted is None else (float(accepted.flatten()[worst]),

@@ -193,7 +193,8 @@ def tolerance_lines(report: Report) -> list[str]:
     worst = max(accepted, key=lambda c: c.user_rel_err or 0.0)
     count = f"{len(accepted)} check{'s' if len(accepted) > 1 else ''}"
     relative = "" if worst.user_rel_err is None else f"error {worst.user_rel_err:.3g} relative, "
-    return [f"{count} passed within {given} (not within {'their' if len(accepted) > 1 else 'its'} error bar): "
+    bars = "their error bars" if len(accepted) > 1 else "its error bar"
+    return [f"{count} passed within {given} (not within {bars}): "
             f"worst order {worst.order} {worst.method} wrt {worst.wrt}, {relative}|err| {worst.max_abs_err:.3g} "
             f"within {fmt(worst.user_tolerance)}; error bar {worst.tolerance:.3g}"]
 

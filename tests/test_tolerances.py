@@ -199,3 +199,25 @@ def test_cli_bad_tolerance_is_one_line_and_exit_2(args, env):
 def test_cli_compare_refuses_a_bad_tolerance_in_one_line():
     result = gradaudit_cli("compare", f"{HERE}:approximate", "--backends", "eager", "--rtol", "-0.5")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------------ suites
+def zoo():
+    """A zoo (``tests/test_tolerances.py:zoo``) of the approximate case, at order 1."""
+    from gradaudit.suite.zoos import ZooCase
+
+    return [ZooCase("approximate", approximate, orders=(1,))]
+
+
+@pytest.mark.slow  # three worker processes (~12 s each on the shared 2-core CPU)
+def test_suite_passes_the_tolerance_to_its_workers_and_keys_records_by_it(tmp_path):
+    from gradaudit.suite.runner import run_suite
+
+    def audit(**tolerance):
+        return run_suite(f"{HERE}:zoo", ["eager"], [1], executor="serial", results_dir=tmp_path, **tolerance)[0]
+
+    assert audit(rtol=1e-5)["status"] == "pass"
+    assert audit()["status"] == "fail"  # (not the stored pass: the tolerance is part of the record's key)
+    assert audit(rtol=1e-5).get("resumed")
+    with pytest.raises(gradaudit.AuditError, match="rtol must be a finite number"):
+        run_suite(f"{HERE}:zoo", ["eager"], [1], rtol=-1.0)

@@ -8,7 +8,8 @@ from typing import Callable
 
 import click
 
-from gradaudit.cli.common import OutputPath, dtype_option, json_option, logger, seed_option, verbosity_options
+from gradaudit.cli.common import (OutputPath, dtype_option, json_option, logger, seed_option, tolerance_options,
+                                  verbosity_options)
 from gradaudit.errors import AuditError
 from gradaudit.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, fail, interrupted, write_outputs
 
@@ -94,6 +95,7 @@ def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) ->
 @click.option("--jobs-per-worker", type=click.IntRange(1, 100000), default=1, show_default=True,
               help="Jobs run in turn by one worker process (a worker's start costs seconds).")
 @seed_option
+@tolerance_options
 @dtype_option("Cast floating inputs and parameters (default: keep the zoo's float64).")
 @verbosity_options
 def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, address: str | None,
@@ -101,7 +103,7 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
                   junit_path: str | None, html_path: str | None, markdown_path: str | None, only: str | None,
                   compare: bool,
                   shard: str | None, jobs_per_worker: int, seed: int, dtype: str | None, quiet: bool,
-                  verbose: int) -> None:
+                  verbose: int, rtol: float = 0.0, atol: float = 0.0) -> None:
     """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend.
 
     -q prints no progress lines and no table, only the counts and errors."""
@@ -117,7 +119,8 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
                     ", compared against eager float64" if compare else "")
         records = run_suite(zoo, backends, orders, executor=executor, workers=workers, timeout=timeout,
                             results_dir=results_dir, address=address, progress=_progress_line(quiet), only=only,
-                            seed=seed, dtype=dtype, compare=compare, shard=shard, jobs_per_worker=jobs_per_worker)
+                            seed=seed, dtype=dtype, compare=compare, shard=shard, jobs_per_worker=jobs_per_worker,
+                            rtol=rtol, atol=atol)
     except AuditError as exc:
         fail(str(exc))
     except SuiteInterrupted as stop:  # the workers are dead already; keep what finished

@@ -3,6 +3,7 @@
 against eager float64 on CPU instead of checking it on its own."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -97,9 +98,10 @@ def planned_backends(backends: list[str], compare: bool) -> list[str]:
 
 def plan(zoo_spec: str, backends: Iterable[str], orders: Iterable[int] = (1, 2), only=None,
          seed: int = 0, dtype: str | None = None, compare: bool = False,
-         shard: str | tuple[int, int] | None = None) -> Plan:
+         shard: str | tuple[int, int] | None = None, rtol: float = 0.0, atol: float = 0.0) -> Plan:
     """The jobs of a suite; refuses bad orders, no backends, an unknown backend, a bad shard and a selection
-    of no case before anything runs."""
+    of no case before anything runs. ``rtol``/``atol`` (the user's tolerance, see ``gradaudit.check``) go into
+    the jobs that have one."""
     from gradaudit.registry import get_backend
     from gradaudit.suite.zoos import load_zoo
 
@@ -120,6 +122,11 @@ def plan(zoo_spec: str, backends: Iterable[str], orders: Iterable[int] = (1, 2),
     if not cases:
         raise AuditError(f"shard {shard[0]}/{shard[1]} holds no case (only {len(selected)} selected)")
     extra = {"compare": True} if compare else {}
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not 0 <= value < math.inf:  # (NaN fails every comparison)
+            raise AuditError(f"{name} must be a finite number >= 0, got {value!r}")
+        if value:
+            extra[name] = float(value)
     jobs = [make_job(spec, case.name, backend, orders, seed, dtype, **extra)
             for case in cases for backend in planned_backends(backends, compare)]
     return Plan(spec, cases, jobs)

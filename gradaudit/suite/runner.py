@@ -49,7 +49,8 @@ class SuiteRun:
         """The store key of one order of a job."""
         return record_key(self.plan.spec, job["case"], job["backend"], order, job.get("seed", 0),
                           job.get("dtype"), self.versions[job["backend"]], self.zoo_sha256,
-                          compare=bool(job.get("compare")))
+                          compare=bool(job.get("compare")),
+                          tolerances={name: job.get(name) for name in ("rtol", "atol")})
 
     def finish(self, job: dict, record: SuiteRecord) -> None:
         """Keep a record (and store it, unless it came from the store), then report progress."""
@@ -124,7 +125,8 @@ def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Itera
               results_dir: str | os.PathLike | None = None, address: str | None = None,
               progress: Callable[[dict, int, int], None] | None = None, only=None, seed: int = 0,
               dtype: str | None = None, command: list[str] | None = None, compare: bool = False,
-              shard: str | tuple[int, int] | None = None, jobs_per_worker: int = 1) -> list[dict]:
+              shard: str | tuple[int, int] | None = None, jobs_per_worker: int = 1, rtol: float = 0.0,
+              atol: float = 0.0) -> list[dict]:
     """Audit every case of a zoo on each backend at each order; one record (a dict) per (case, backend, order).
 
     ``only`` keeps cases whose name contains one of its substrings (comma-separated or a list; or a predicate
@@ -135,9 +137,10 @@ def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Itera
     without running anything; so do jobs on a backend a worker found unusable. ``jobs_per_worker`` jobs run in
     turn in one worker process (a worker's start costs seconds; an audit of one op less than one). With
     ``results_dir``, records are stored and a re-run reuses those whose key still matches (editing the zoo's
-    file, or changing a version, seed, dtype or ``compare``, runs the jobs again)."""
+    file, or changing a version, seed, dtype, ``compare`` or a tolerance, runs the jobs again). ``rtol``/``atol``:
+    the user's tolerance for approximate gradients in every audit (see ``gradaudit.check``)."""
     _check_arguments(executor, timeout, workers, jobs_per_worker, address)
-    suite = SuiteRun(plan(zoo_spec, list(backends), orders, only, seed, dtype, compare, shard),
+    suite = SuiteRun(plan(zoo_spec, list(backends), orders, only, seed, dtype, compare, shard, rtol, atol),
                      ResultStore(results_dir) if results_dir else None, progress)
     pending = suite.pending()
     try:

@@ -55,10 +55,11 @@ def zoo_digest(spec: str) -> str | None:
 
 
 def record_key(zoo: str, case: str, backend: str, order: int, seed: int, dtype: str | None,
-               versions: dict | None = None, zoo_sha256: str | None = None, compare: bool = False) -> dict:
+               versions: dict | None = None, zoo_sha256: str | None = None, compare: bool = False,
+               tolerances: dict | None = None) -> dict:
     """Everything a record depends on. A compare run's key says so (a checked record is never resumed as a
     compared one, nor the reverse); a check run's key has no ``compare`` entry, so results stored before it
-    existed still resume."""
+    existed still resume. ``tolerances``: the user's ``rtol``/``atol`` where given (likewise absent without)."""
     from gradaudit import __version__
 
     key = {"zoo": zoo, "zoo_sha256": zoo_sha256, "case": case, "backend": backend, "order": order, "seed": seed,
@@ -66,6 +67,7 @@ def record_key(zoo: str, case: str, backend: str, order: int, seed: int, dtype: 
            "backend_versions": versions if versions is not None else backend_versions(backend)}
     if compare:
         key["compare"] = True
+    key |= {name: value for name, value in (tolerances or {}).items() if value}
     return key
 
 

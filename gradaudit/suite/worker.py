@@ -202,13 +202,18 @@ def _seed(job: dict) -> int:
     return int(job.get("seed", 0) or 0)
 
 
+def tolerances(job: dict) -> dict[str, float]:
+    """The job's ``rtol``/``atol`` (the user's tolerance for approximate gradients), where it has them."""
+    return {name: float(job[name]) for name in ("rtol", "atol") if job.get(name)}
+
+
 def check_audit(case: "Case", order: int, job: dict) -> "Report":
     """gradaudit.check of the case on the job's backend: the Report."""
     import gradaudit
 
     return gradaudit.check(case, backend=job.get("backend", "eager"), order=order, dtype=job.get("dtype"),
                            seed=_seed(job), mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
-                           localize=bool(job.get("localize", True)))
+                           localize=bool(job.get("localize", True)), **tolerances(job))
 
 
 def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "Report":
@@ -218,7 +223,8 @@ def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "
 
     backend = job.get("backend", "eager")
     report = gradaudit.compare(case, backends=(backend,), order=order, dtype=job.get("dtype"), seed=_seed(job),
-                               probes=int(job.get("probes", 3)), localize=bool(job.get("localize", True)))
+                               probes=int(job.get("probes", 3)), localize=bool(job.get("localize", True)),
+                               **tolerances(job))
     if job.get("zoo") == "torch.ops":  # a divergence of an op gets its repro, run in a process of its own
         try:
             attach_repros(zoo_case.name, report, backend, job.get("dtype"), order)

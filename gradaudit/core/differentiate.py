@@ -21,13 +21,28 @@ Tensors = list[torch.Tensor]
 # Torch's own words when forward mode cannot run something ("Trying to use forward AD with X that does not
 # support it", "You must implement the jvp function ... forward mode AD"; and torch's forward-over-reverse of
 # mse_loss writing into an efficient zero tensor, docs/torch-bugs.md): only these mean "skip forward mode".
-FORWARD_AD_UNSUPPORTED = re.compile(r"forward (mode )?AD|jvp function|derivative for .* is not implemented"
-                                    r"|ZeroTensors are immutable")
+# C++ custom Functions (torch::autograd::Function, torchvision's ops) have no forward mode at all: "jvp is not
+# implemented for the c++ API of custom Function yet".
+FORWARD_AD_UNSUPPORTED = re.compile(r"forward (mode )?AD|jvp function|jvp is not implemented"
+                                    r"|derivative for .* is not implemented|ZeroTensors are immutable")
+
+
+class OracleFailure(Exception):
+    """An oracle raised: a derivative computed only to be compared (double backward at order 2), not one of the
+    primary quantities the case's own code computes (its outputs, its backward). Not the user's failure: the
+    caller skips that oracle with a note (``cause`` says why)."""
+
+    def __init__(self, oracle: str, cause: BaseException) -> None:
+        super().__init__(f"{oracle}: {type(cause).__name__}: {cause}")
+        self.oracle, self.cause = oracle, cause
 
 
 class ForwardFunction:
     order = 1
     needs_grad = False
+    # False once a backward is seen to change what it saved (see checks.reentrancy): every backward pass then
+    # gets a forward of its own, on copies of the leaves, so one pass cannot corrupt the next or the point x.
+    reentrant = True
 
     def __init__(self, program: Program) -> None:
         self.program = program
@@ -49,8 +64,12 @@ class GradientFunction:
         self.stats = inner.stats
         self.output_names = [f"grad[{name}]" for name in leaf_names]
 
+    @property
+    def reentrant(self) -> bool:
+        return self.inner.reentrant
+
     def outputs(self, xs: Tensors) -> Tensors:
-        xs = [x if x.requires_grad else x.detach().requires_grad_() for x in xs]
+        xs = [x if x.requires_grad else own_leaf(x, self.reentrant) for x in xs]
         ys = self.inner.outputs(xs)
         grads = gradients(ys, xs, self.cotangent, self.stats, create_graph=True)
         if not all(bool(torch.isfinite(y).all()) for y in ys):
@@ -58,6 +77,39 @@ class GradientFunction:
             # NaN says so, as the function itself does, so that steps stay in the domain at every order.
             grads = [g + float("nan") for g in grads]
         return grads
+
+
+class CotangentFunction:
+    """The backward of ``inner`` at a fixed point x as a function of its cotangent v (grad_output):
+    ``v -> d<v, inner(x)>/dx = J(x)^T v``, one output per leaf. Linear in v, so finite differences are
+    exact up to rounding; its reverse mode is the part of double backward that gradgradcheck also checks and a
+    hold-v-fixed test never sees: a backward that returns its gradients without a graph (computed under
+    ``no_grad`` or from detached values) gives 0 there."""
+
+    needs_grad = True
+
+    def __init__(self, gradient: GradientFunction, x: Tensors) -> None:
+        self.inner, self.x = gradient.inner, x
+        self.order, self.stats = gradient.order, gradient.stats
+        self.output_names = gradient.output_names
+        self.reentrant = gradient.reentrant
+
+    def outputs(self, vs: Tensors) -> Tensors:
+        xs = [own_leaf(x, self.reentrant) for x in self.x]
+        return gradients(self.inner.outputs(xs), xs, vs, self.stats, create_graph=True)
+
+    def without_graph(self, vs: Tensors) -> list[str]:
+        """The outputs (gradients) at v that are nonzero but carry no graph back to v: computed as constants."""
+        with torch.enable_grad():
+            grads = self.outputs([v.detach().requires_grad_() for v in vs])
+        return [name for name, g in zip(self.output_names, grads) if not g.requires_grad and bool(g.ne(0).any())]
+
+
+def own_leaf(x: torch.Tensor, shared: bool = True) -> torch.Tensor:
+    """x as a leaf that requires grad: sharing x's memory, or (``shared`` False, for a backward that writes into
+    what it saved) a copy of it."""
+    x = x.detach()
+    return (x if shared else x.clone()).requires_grad_()
 
 
 def _dense(gradient: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -99,12 +151,21 @@ def evaluate_batch(program: Program, points: list[Tensors]) -> list[Tensors]:
         return [[y.detach() for y in outputs] for outputs in program.evaluate_batch(points)]
 
 
-def vjps(f, x: Tensors, cotangents: list[Tensors]) -> list[Tensors]:
-    """Reverse mode: one forward, one backward per cotangent."""
+def vjps(f, x: Tensors, cotangents: list[Tensors], oracle: str | None = None) -> list[Tensors]:
+    """Reverse mode: one forward, one backward per cotangent (a forward per cotangent, on copies of x, where
+    the backward is not reentrant). ``oracle``: what the backward is when it is only an oracle (double backward
+    at order 2): an exception there is an :class:`OracleFailure`, never the case's."""
+    if not f.reentrant and len(cotangents) > 1:
+        return [vjps(f, x, [v], oracle)[0] for v in cotangents]
     with torch.enable_grad():
-        xs = [xi.detach().requires_grad_() for xi in x]
+        xs = [own_leaf(xi, f.reentrant) for xi in x]
         ys = f.outputs(xs)
-        return [[g.detach() for g in gradients(ys, xs, v, f.stats)] for v in cotangents]
+        try:
+            return [[g.detach() for g in gradients(ys, xs, v, f.stats)] for v in cotangents]
+        except Exception as exc:
+            if oracle is None:
+                raise
+            raise OracleFailure(oracle, exc) from exc
 
 
 def jvp(f, x: Tensors, direction: list) -> Tensors:
@@ -116,7 +177,7 @@ def jvp(f, x: Tensors, direction: list) -> Tensors:
         # Inputs require grad so that an output which depends on them but lost its tangent (an op without
         # a forward-mode formula drops it silently) is told apart from one that is constant.
         with fwAD.dual_level(), torch.enable_grad():
-            xs = [fwAD.make_dual(xi.detach().requires_grad_(), ti) for xi, ti in zip(x, tangents)]
+            xs = [fwAD.make_dual(own_leaf(xi, f.reentrant), ti) for xi, ti in zip(x, tangents)]
             out = []
             for y in f.outputs(xs):
                 tangent = fwAD.unpack_dual(y).tangent

@@ -22,6 +22,9 @@ class FaultKind(_Name):
     FAULTY_FORWARD_AD = "faulty_forward_ad"
     NONDIFFERENTIABLE_POINT = "nondifferentiable_point"
     NONDETERMINISTIC_BACKWARD = "nondeterministic_backward"
+    # A backward that changes what it saved (its inputs, leaves included): a second pass of the same graph gives
+    # other gradients (gradcheck's "Backward is not reentrant").
+    NONREENTRANT_BACKWARD = "nonreentrant_backward"
     FORWARD_DIVERGENCE = "forward_divergence"
     BACKWARD_DIVERGENCE = "backward_divergence"
     BACKEND_ERROR = "backend_error"  # between backends: one raised where eager float64 ran

@@ -15,6 +15,8 @@ import torch
 import gradaudit
 from gradaudit.testing import GradientAssertionError
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 HERE = "tests/test_tolerances.py"
 ADJOINT_ERROR = 5e-7  # torchdiffeq's odeint_adjoint differs from exact backprop by about this much
@@ -162,6 +164,25 @@ def test_marker_rtol_accepts_the_approximate_gradient(gradaudit):
 def test_without_the_marker_rtol_the_fixture_fails_with_the_relative_error(gradaudit):
     with pytest.raises(GradientAssertionError, match="relative error"):
         gradaudit(*approximate())
+
+
+INI_TESTS = """
+import test_tolerances
+
+
+def test_approximate(gradaudit):
+    gradaudit(*test_tolerances.approximate(), localize=False)
+"""
+
+
+@pytest.mark.slow  # an inner pytest session: ~10 s on the shared CPU
+def test_ini_rtol_is_the_fixtures_project_default(pytester):
+    pytester.makepyfile(test_ini=INI_TESTS)
+    pytester.makeini("[pytest]\ngradaudit_rtol = 1e-5\n")
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)  # (it fails without: tests above)
+    pytester.makeini("[pytest]\ngradaudit_atol = lots\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert "gradaudit_atol must be a number" in result.stdout.str() + result.stderr.str()
 
 
 # ------------------------------------------------------------------------------------------ the command line

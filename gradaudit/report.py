@@ -8,7 +8,7 @@ from typing import Any
 
 FINDING_KINDS = (
     "faulty_backward", "faulty_double_backward", "faulty_forward_ad", "nondifferentiable_point",
-    "nondeterministic_backward", "forward_divergence", "backward_divergence", "hazard",
+    "nondeterministic_backward", "forward_divergence", "backward_divergence", "hazard", "nonreentrant_backward",
 )
 
 

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from gradaudit.core.differentiate import (ForwardFunction, GradientFunction, evaluate, evaluate_batch, jvp,
+from gradaudit.core.differentiate import (CotangentFunction, ForwardFunction, GradientFunction, OracleFailure,
+                                          evaluate, evaluate_batch, gradients, jvp, own_leaf,
                                           twice_differentiable_attention, vjps)
-from gradaudit.core.findings import nondeterminism_finding, order_findings, to_check
+from gradaudit.core.findings import (graphless_backward, nondeterminism_finding, nonreentrant_finding,
+                                     order_findings, to_check)
 from gradaudit.core.followups import at_kink, worst_element
 from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
@@ -27,7 +29,7 @@ from gradaudit.core.precision import Precision, coarsest, detect_precision
 from gradaudit.core.probe import (DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, UserTolerance,
                                   probe_group_resolving)
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
-from gradaudit.outcome import first_line, users_own_exception
+from gradaudit.outcome import first_line, raised_in_users_code, users_own_exception, where_it_happened
 from gradaudit.report import Check, Finding
 
 if TYPE_CHECKING:  # the core sees a backend only through the Program interface
@@ -341,6 +343,99 @@ def nondeterminism(f, x: Tensors, cotangent: Tensors, reference: Tensors, repeat
     return nondeterminism_finding(f.order, spread, scale, repeats)
 
 
+def attention_kernel(exc: BaseException) -> bool:
+    """Whether ``exc`` is a fused attention kernel's missing double backward (order 2 reruns with the math one)."""
+    return "not implemented" in str(exc) and "attention" in str(exc)
+
+
+def oracle_reason(failure: OracleFailure) -> str:
+    """Why an oracle could not run, in one line: torch's words (or the exception) and where it was raised."""
+    cause = failure.cause
+    where = f" ({where_it_happened(cause)})" if raised_in_users_code(cause) else ""  # (torch's own: no place)
+    return (f"torch cannot run {failure.oracle} here, so that oracle is skipped: {type(cause).__name__}: "
+            f"{first_line(cause)}{where}")
+
+
+def reentrancy(f: ForwardFunction, x: Tensors, cotangent_of: Callable[[Tensors], Tensors],
+               names: list[str]) -> Finding | None:
+    """A backward must leave the tensors its graph saved as they were, so that a second pass of the same graph
+    gives the same gradients (gradcheck: "Backward is not reentrant"). One that writes into them (liger-kernel
+    0.5.10's SwiGLU stores its gradients in its saved inputs) is found by comparing the saved tensors (seen
+    through ``saved_tensors_hooks``) and the leaves before and after a backward pass; a second pass says what
+    that does to the gradients. Random noise in a backward changes nothing saved: ``nondeterminism`` judges it.
+    Runs on copies of x: x itself is never written."""
+    copies = [xi.detach().clone() for xi in x]
+    with torch.enable_grad():
+        xs = [own_leaf(c) for c in copies]
+        ys, saved = outputs_and_saved(f, xs)
+        before = [t.clone() for t in saved]
+        cotangent = cotangent_of([y.detach() for y in ys])
+        first = [g.detach().clone() for g in gradients(ys, xs, cotangent, f.stats)]
+        changed = [t for t, b in zip(saved, before) if gradient_spread([t], [b]) > 0]
+        mutated = [name for name, c, xi in zip(names, copies, x) if gradient_spread([c], [xi]) > 0]
+        if not changed and not mutated:
+            return None
+        nodes = nodes_saving(ys, changed)
+        try:
+            second = [g.detach() for g in gradients(ys, xs, cotangent, f.stats)]
+        except Exception as exc:  # torch's version counter saw the change ("modified by an inplace operation")
+            return nonreentrant_finding(f.order, mutated, nodes, None, first_line(exc))
+    scale = max((float(real(g).double().abs().max()) for g in first if g.numel()), default=0.0)
+    return nonreentrant_finding(f.order, mutated, nodes, gradient_spread(first, second) / max(scale, 1e-300), None)
+
+
+def outputs_and_saved(f: ForwardFunction, xs: Tensors) -> tuple[Tensors, Tensors]:
+    """f's outputs at xs, and the tensors its autograd graph saved for backward (each once)."""
+    saved: dict[int, torch.Tensor] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.setdefault(id(tensor), tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        ys = f.outputs(xs)
+    return ys, [t.detach() for t in saved.values()]
+
+
+def nodes_saving(ys: Tensors, tensors: Tensors) -> list[str]:
+    """The autograd nodes of ys's graph that saved one of ``tensors`` (custom Functions' ``saved_tensors``,
+    built-in nodes' ``_saved_*``), by name."""
+    wanted = {t.data_ptr() for t in tensors if t.numel()}
+    seen, stack, names = set(), [y.grad_fn for y in ys if y.grad_fn is not None], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if any(isinstance(t, torch.Tensor) and t.numel() and t.data_ptr() in wanted for t in saved_by(node)):
+            names.append(node.name())
+        stack += [next_node for next_node, _ in node.next_functions]
+    return names
+
+
+def saved_by(node) -> list:
+    """What an autograd node saved for backward (empty where it cannot be read)."""
+    try:
+        if hasattr(node, "saved_tensors"):  # a custom Function's node
+            return list(node.saved_tensors)
+        return [getattr(node, name) for name in dir(node) if name.startswith("_saved_")]
+    except RuntimeError:  # freed, or not readable
+        return []
+
+
+def gradient_spread(a: Tensors, b: Tensors) -> float:
+    """The largest elementwise difference between two lists of tensors: 0 where they are equal (NaN and infinities
+    included), infinite where only one side is finite."""
+    spread = 0.0
+    for g, h in zip(a, b):
+        if g.numel():
+            g, h = real(g).double().cpu(), real(h).double().cpu()
+            same = (g == h) | (g.isnan() & h.isnan())
+            gap = torch.where(same, torch.zeros_like(g), (g - h).abs())
+            spread = max(spread, float(torch.nan_to_num(gap, nan=math.inf).max()))
+    return spread
+
+
 # Each program's precision, traced once (the checker, the report and forward parity all ask for it).
 _PRECISION: "weakref.WeakKeyDictionary[Program, Precision | None]" = weakref.WeakKeyDictionary()
 
@@ -400,12 +495,16 @@ class Auditor:
         self.forward_ad_failures: list[tuple[int, BackendFailure]] = []
         self._done, self._steps = 0, 0
         self.order = 0
+        self.graphless: list[str] = []  # order-2 outputs the backward computed without a graph (see CotangentFunction)
 
     def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
         first = ForwardFunction(self.program)
         self._numeric_first = first if self.numeric is self.program else ForwardFunction(self.numeric)
         self._steps = self.settings.order  # at least one probe per order; splitting a failure adds more
-        self.check_order(first)
+        if self.program.capabilities.reference:  # (a property of the case's code: eager float64 tells it)
+            self.check_reentrancy(first)
+        if self.check_order(first):
+            self.findings += order_findings(self.checks, 1)
         if self.settings.order >= 2:
             if not self.program.capabilities.double_backward or self.numeric is not self.program:
                 self.skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
@@ -414,46 +513,106 @@ class Auditor:
                                                    self.space.names))
         return self.checks, self.findings, self.skipped
 
+    def check_reentrancy(self, first: ForwardFunction) -> None:
+        """A backward that changes what it saved (see ``reentrancy``) is a finding of its own; the audit then
+        gives every backward pass a forward of its own, so the other checks judge its first pass only. (Its
+        cotangent comes from a generator of its own: the probes stay those of the seed.)"""
+        generator = torch.Generator().manual_seed(self.settings.seed + 7)
+        finding = reentrancy(first, self.space.x, lambda ys: [rademacher_like(y, generator, "cpu") for y in ys],
+                             self.space.names)
+        if finding is not None:
+            self.findings.append(finding)
+            first.reentrant = False
+
     def second_order(self, second: GradientFunction) -> None:
+        """Order 2: the gradient as a function of x, then of its cotangent. Double backward is the oracle here:
+        where torch cannot run it, order 2 is skipped with a note saying why (the case's own code computing the
+        gradient itself failing is still the audit's failure)."""
         try:
-            self.check_order(second)
-        except RuntimeError as exc:  # fails at the first double backward, before any check is kept
-            if "not implemented" in str(exc) and "attention" in str(exc):
+            ran = self.check_second(second)
+        except OracleFailure as failure:  # fails at the first double backward, before any check is kept
+            if not attention_kernel(failure.cause):
+                self.skip_double_backward(failure)
+                return
+            with twice_differentiable_attention(self.skipped):
+                ran = self.check_second(second)
+        except RuntimeError as exc:  # computing the gradient with a graph failed: the case's, or torch's words
+            if attention_kernel(exc):
                 with twice_differentiable_attention(self.skipped):
-                    self.check_order(second)
+                    ran = self.check_second(second)
             elif NO_DOUBLE_BACKWARD.search(str(exc)):
                 self.skipped.append({"what": "order 2", "reason": "torch has no double backward here: "
                                      + first_line(exc)})
+                return
             else:
                 raise AuditError(f"the order-2 check could not run: differentiating the gradient raised "
                                  f"{type(exc).__name__}: {first_line(exc)}") from exc
+        if ran:
+            self.findings += graphless_backward(order_findings(self.checks, 2), self.graphless)
 
-    def check_order(self, f) -> None:
-        x, order = self.space.x, f.order
+    def check_second(self, second: GradientFunction) -> bool:
+        """Order 2 with respect to x, then (where that ran) with respect to the cotangent."""
+        if not self.check_order(second):
+            return False
+        self.check_cotangent(second)
+        return True
+
+    def skip_double_backward(self, failure: OracleFailure) -> None:
+        """Order 2 without its oracle: torch's reason where it gave one, else the exception, named as such.
+        On a backend other than the reference, an exception that is not torch's "no formula" stays an error."""
+        cause = failure.cause
+        if not (self.program.capabilities.reference or NO_DOUBLE_BACKWARD.search(str(cause))):
+            raise AuditError(f"the order-2 check could not run: differentiating the gradient raised "
+                             f"{type(cause).__name__}: {first_line(cause)}") from cause
+        self.skipped.append({"what": "order 2", "reason": oracle_reason(failure)})
+
+    def check_cotangent(self, second: GradientFunction) -> None:
+        """The gradient's derivative with respect to its cotangent (grad_output), as gradgradcheck checks it: the
+        backward as a function of v at the fixed point x, probed in a space of its own (its own generator: the
+        probes with respect to x stay those of the seed)."""
+        f = CotangentFunction(second, self.space.x)
+        names = [f"grad_output[{name}]" for name in self._numeric_first.output_names]
+        space = ProbeSpace.seeded(list(second.cotangent), names, self.space.dtype, self.settings.seed + 65537,
+                                  self.space.arithmetic)
+        try:
+            self.check_order(f, space, oracles=False)
+        except OracleFailure as failure:
+            self.skipped.append({"what": "order 2 wrt grad_output", "reason": oracle_reason(failure)})
+            return
+        self.graphless = f.without_graph(space.x)
+
+    def check_order(self, f, space: ProbeSpace | None = None, oracles: bool = True) -> bool:
+        """The checks of one order's function f at ``space``'s point (the leaves' x by default); False where f
+        is not finite there, so that there is nothing to differentiate. ``oracles``: whether forward mode and
+        the non-determinism check run too."""
+        space = space or self.space
+        x, order = space.x, f.order
         self.order = order  # (the order under way, for a failure's report)
         outputs = on_cpu(evaluate(f, x))
         for name, out in zip(f.output_names, outputs):
             if not torch.isfinite(out).all():  # (order 1's outputs were checked when the program loaded)
                 self.skipped.append({"what": f"order {order}", "reason": f"the order-{order - 1} gradient {name} "
                                      "is NaN or Inf at this point, so it cannot be differentiated"})
-                return
-        values = self.numeric_values(f)
-        numerics = Numerics(values, self.space, measure_noise(values, self.space, f, self.settings.seed),
+                return False
+        values = self.numeric_values(f, x)
+        numerics = Numerics(values, space, measure_noise(values, space, f, self.settings.seed),
                             self.model_error, user=UserTolerance.of(self.settings.rtol, self.settings.atol))
-        cotangents = [self.space.random_like(outputs) for _ in range(self.settings.probes)]
-        grads = [on_cpu(g) for g in vjps(f, x, cotangents)]
-        numerics.gradient_noise = measure_gradient_noise(f, self.space, cotangents, grads, self.settings.seed)
-        numerics.center = values([x])[0] if self.space.mixed else None
-        finding = nondeterminism(f, x, cotangents[0], grads[0], self.settings.repeats)
+        cotangents = [space.random_like(outputs) for _ in range(self.settings.probes)]
+        double = "double backward" if order > 1 else None  # (order 1's backward is the case's own)
+        grads = [on_cpu(g) for g in vjps(f, x, cotangents, oracle=double)]
+        numerics.gradient_noise = measure_gradient_noise(f, space, cotangents, grads, self.settings.seed)
+        numerics.center = values([x])[0] if space.mixed else None
+        finding = nondeterminism(f, x, cotangents[0], grads[0], self.settings.repeats) if oracles else None
         self.findings += [finding] if finding else []
 
         def analytical_at(point: list[torch.Tensor], grads: list | None = None) -> Analytical:
-            return Analytical(cotangents, grads or [on_cpu(g) for g in vjps(f, point, cotangents)],
-                              lambda u: self.tangents(f, point, u), f.output_names)
+            tangents = (lambda u: self.tangents(f, point, u)) if oracles else (lambda u: None)
+            return Analytical(cotangents, grads or [on_cpu(g) for g in vjps(f, point, cotangents)], tangents,
+                              f.output_names)
 
         state = OrderState(f, numerics, analytical_at(x, grads), analytical_at, self.settings, self._tick)
         self.checks += CHECK_MODES[self.settings.mode](state)
-        self.findings += order_findings(self.checks, order)
+        return True
 
     def tangents(self, f, x: Tensors, u: list) -> Tensors | None:
         """The JVP along u at x, while forward mode runs; torch saying it cannot turns it off, with a note."""
@@ -466,8 +625,13 @@ class Auditor:
             self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(exc)})
             return None
         except Exception as exc:
-            if self.program.capabilities.reference or users_own_exception(exc):
+            if users_own_exception(exc):  # a raise of the case's own code (its forward runs here too)
                 raise
+            if self.program.capabilities.reference:  # torch cannot run forward mode on this case: an oracle less
+                self.forward_ad = False
+                self.skipped.append({"what": f"forward-mode AD (order {f.order})",
+                                     "reason": oracle_reason(OracleFailure("forward-mode AD", exc))})
+                return None
             failure = backend_failure(self.program.device, "forward-mode AD", exc)
             self.forward_ad = False
             self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(failure)})
@@ -475,7 +639,7 @@ class Auditor:
                 self.forward_ad_failures.append((f.order, failure))
             return None
 
-    def numeric_values(self, f) -> Evaluate:
+    def numeric_values(self, f, point: Tensors | None = None) -> Evaluate:
         """``points -> [f(z) for z in points]`` evaluated where finite differences run: the audited program
         itself, or the numeric backend with the points moved to its dtype and device (in one batched run
         where it can)."""

@@ -64,9 +64,12 @@ def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
     if len(others) > OTHERS_SHOWN:
         others = others[:OTHERS_SHOWN] + [f"{len(others) - OTHERS_SHOWN} more"]
     accepted = "" if worst.user_tolerance is None else f", --rtol/--atol allow {worst.user_tolerance:.3g}"
-    message = (f"order-{order} {what} wrt {worst.wrt} is wrong{where}: analytical {worst.analytical:.6g} vs "
-               f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}, relative error "
-               f"{worst.max_rel_err:.3g}, error bar {worst.tolerance:.3g}{accepted})")
+    if all(v is not None and math.isfinite(v) for v in (worst.analytical, worst.numerical)):
+        message = (f"order-{order} {what} wrt {worst.wrt} is wrong{where}: analytical {worst.analytical:.6g} vs "
+                   f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}, relative error "
+                   f"{worst.max_rel_err:.3g}, error bar {worst.tolerance:.3g}{accepted})")
+    else:
+        message = f"order-{order} {what} wrt {worst.wrt} is wrong: " + nonfinite_words(order, method, worst, where)
     if others:
         message += f"; also wrong wrt {', '.join(others)}"
     return Finding(fault_kind(order, method), message, order=order, wrt=worst.wrt, max_abs_err=worst.max_abs_err,
@@ -74,6 +77,27 @@ def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
                             "worst_index": worst.worst_index, "analytical": worst.analytical,
                             "numerical": worst.numerical, "error_bar": worst.tolerance,
                             "relative_error": worst.max_rel_err})
+
+
+def nonfinite_words(order: int, method: str, check: Check, where: str) -> str:
+    """A comparison with NaN or Inf on one side, said as such: which side, where, and the other side's value."""
+    doer = {Method.FORWARD: "forward-mode AD"}.get(method, "the backward" if order == 1 else "the double backward")
+    a, n = check.analytical, check.numerical
+    if a is None or not math.isfinite(a):
+        other = f"the numerical derivative is {number(n)}" if n is not None and math.isfinite(n) else (
+            f"the numerical derivative is {number(n)} too (the function is not finite a step away)")
+        return f"{doer} returns {number(a)}{where} where {other}"
+    return (f"the numerical derivative is {number(n)}{where} (the function is not finite a step away) where "
+            f"{doer} returns {a:.6g}")
+
+
+def number(value: float | None) -> str:
+    """A value as a message says it: NaN, +Inf, -Inf, or 6 significant digits."""
+    if value is None or math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return f"{value:.6g}"
 
 
 def kink_finding(order: int, checks: list[Check]) -> Finding:
@@ -112,6 +136,39 @@ def nondeterminism_finding(order: int, spread: float, scale: float, repeats: int
                    message=f"order-{order} gradients differ between identical backward runs by up to "
                            f"{spread:.3g} ({spread / max(scale, 1e-300):.2g} of their largest value)",
                    details={"spread": spread, "repeats": repeats})
+
+
+def nonreentrant_finding(order: int, mutated: list[str], nodes: list[str], spread: float | None,
+                         error: str | None) -> Finding:
+    """A backward that is not reentrant: it writes into the tensors it saved (the leaves ``mutated`` among them;
+    ``nodes``: the autograd nodes that saved them), so a second backward pass of the same graph gives other
+    gradients (``spread``, relative to their largest) or raises (``error``)."""
+    saver = f" of {nodes[0]}" if nodes else ""
+    wrote = f"writes into the tensors it saved for backward{saver}" + (
+        f" (its inputs {', '.join(mutated)} changed during the backward pass)" if mutated else "")
+    if error is not None:
+        effect = f"a second backward pass of the same graph raises: {error}"
+    else:
+        effect = f"a second backward pass of the same graph gives gradients off by {spread:.3g} of their largest value"
+    return Finding(FaultKind.NONREENTRANT_BACKWARD, order=order, wrt=mutated[0] if mutated else None,
+                   node=nodes[0] if nodes else None, severity=Severity.ERROR,
+                   message=f"the order-{order} backward is not reentrant: it {wrote}; {effect}. The other checks "
+                           "judge its first pass, each on a fresh forward",
+                   details={"mutated_inputs": mutated, "nodes": nodes, "relative_spread": spread,
+                            "second_pass_error": error})
+
+
+def graphless_backward(findings: list[Finding], graphless: list[str]) -> list[Finding]:
+    """``findings`` of order 2, the double-backward fault's message saying why where the backward returned some
+    gradients without a graph (they depend on grad_output, yet double backward sees constants)."""
+    for finding in findings:
+        if finding.kind == FaultKind.FAULTY_DOUBLE_BACKWARD and graphless:
+            gradients = ", ".join(name.removeprefix("grad[").removesuffix("]") for name in graphless)
+            finding.message += (f". The backward returns its gradient wrt {gradients} without a graph (computed "
+                                "under no_grad or from detached values): double backward takes it for a constant, "
+                                "although it depends on grad_output")
+            finding.details["graphless_backward"] = list(graphless)
+    return findings
 
 
 def backend_error_finding(order: int, failure) -> Finding:

@@ -25,7 +25,7 @@ from gradaudit.core.followups import at_kink, worst_element
 from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, ROUNDING_FACTOR, Evaluate, Tensors, directional_derivative,
                                      on_device_of, rademacher_like, real, rounding_noise, to_host)
-from gradaudit.core.precision import Precision, coarsest, detect_precision
+from gradaudit.core.precision import Precision, coarsest, detect_precision, without_down_casts
 from gradaudit.core.probe import (DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, UserTolerance,
                                   probe_group_resolving)
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
@@ -646,7 +646,10 @@ class Auditor:
         if self.numeric is self.program:
             if isinstance(f, ForwardFunction) and self.settings.batch and self.program.capabilities.batch_evaluation:
                 return lambda points: [on_cpu(y) for y in evaluate_batch(self.program, points)]
-            return lambda points: [on_cpu(evaluate(f, z)) for z in points]
+            values = lambda points: [on_cpu(evaluate(f, z)) for z in points]  # noqa: E731
+            mixed = self.precision is not None and self.precision.mixed
+            point = self.space.x if point is None else point  # (where f is evaluated: x, or a cotangent)
+            return without_down_casts(values, point, self.space.eps) if mixed else values
         leaves = self.numeric.leaves
 
         def move(z):

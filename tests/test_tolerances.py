@@ -217,6 +217,14 @@ def test_cli_bad_tolerance_is_one_line_and_exit_2(args, env):
     assert "Traceback" not in result.stderr
 
 
+def test_cli_compare_carries_the_tolerance_into_its_worker():
+    result = gradaudit_cli("compare", f"{HERE}:approximate", "--backends", "eager", "--no-localize", "--rtol",
+                           "1e-5", "--atol", "1e-12", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)["settings"]
+    assert settings["rtol"] == 1e-5 and settings["atol"] == 1e-12
+
+
 def test_cli_compare_refuses_a_bad_tolerance_in_one_line():
     result = gradaudit_cli("compare", f"{HERE}:approximate", "--backends", "eager", "--rtol", "-0.5")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

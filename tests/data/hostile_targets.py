@@ -12,6 +12,8 @@ import time
 
 import torch
 
+from planted import WrongTanh, under_analyzer
+
 D = torch.float64
 
 
@@ -116,31 +118,8 @@ def not_implemented_by_user():
 
 
 # -- crashes in optional phases --------------------------------------------------------------------------
-def _traced() -> bool:
-    """Under a dispatch mode of the analyzers (localization, the hazard scan, graph export): the optional phases,
-    not the checks' own precision scan."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
-    return any(type(mode).__module__.startswith("gradaudit.analyzers") for mode in _get_current_dispatch_mode_stack())
-
-
-class WrongTanh(torch.autograd.Function):
-    """tanh whose backward forgets the square, and which segfaults when traced (localization, hazards)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        y = torch.tanh(x)
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        return grad * (1 - y)
-
-
 def _segfault_when_traced(x):
-    if _traced():
+    if under_analyzer():
         ctypes.string_at(0)  # a read of address 0: SIGSEGV
     return x
 

@@ -3,9 +3,12 @@ against its own finite differences and compared with eager float64; a planted co
 localized to its op and module, and comes with a repro that shows it."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import gradaudit
 from gradaudit.backends.compile import CompileBackend
@@ -13,45 +16,8 @@ from gradaudit.backends.compile import CompileBackend
 pytest_plugins = ["pytester"]
 
 # ------------------------------------------------------------------------ a custom op and a planted fault
-# softsign as a torch.library op whose backward is an op of its own. Eager runs its kernels; the compilers that
-# use inductor's decomposition table (inductor, aot_eager_decomp_partition) run whatever decomposition is
-# registered there for the backward op instead: the planted one forgets the square.
-
-
-@torch.library.custom_op("gradaudit_compile_test::softsign", mutates_args=())
-def softsign(x: Tensor) -> Tensor:
-    return x / (1 + x.abs())
-
-
-@softsign.register_fake
-def _(x):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("gradaudit_compile_test::softsign_backward", mutates_args=())
-def softsign_backward(grad: Tensor, x: Tensor) -> Tensor:
-    return grad / (1 + x.abs()) ** 2
-
-
-@softsign_backward.register_fake
-def _(grad, x):
-    return torch.empty_like(grad)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0])
-
-
-def _backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return softsign_backward(grad, x)
-
-
-softsign.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _faulty_decomposition(grad, x):
-    return grad / (1 + x.abs())  # the square is missing
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from compile_targets import faulty_softsign_backward, softsign  # noqa: E402  (the op, and its planted fault)
 
 
 @pytest.fixture
@@ -60,7 +26,7 @@ def planted_decomposition():
     from torch._inductor import decomposition
 
     op = torch.ops.gradaudit_compile_test.softsign_backward.default
-    decomposition.decompositions[op] = _faulty_decomposition
+    decomposition.decompositions[op] = faulty_softsign_backward
     decomposition.fast_random_decomps.cache_clear()
     try:
         yield

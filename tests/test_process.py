@@ -103,4 +103,4 @@ def test_a_failing_compiled_case_finishes_with_its_verdict():
     assert result.returncode == 1, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["findings"][0]["kind"] == "faulty_backward"
-    assert report["findings"][0]["op"] == "gradaudit_process_test.softsign", report["findings"][0]
+    assert report["findings"][0]["op"] == "gradaudit_compile_test.softsign", report["findings"][0]

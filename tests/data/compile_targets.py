@@ -1,10 +1,14 @@
-"""A compile-only gradient fault for tests/test_process.py: softsign as a torch.library op whose backward op has
-a wrong decomposition in inductor's table (installed when this file is loaded: in the audit's worker process)."""
+"""A compile-only gradient fault: softsign as a torch.library op whose backward is an op of its own. Eager runs
+its kernels; the compilers that use inductor's decomposition table (inductor, aot_eager_decomp_partition) run
+whatever decomposition is registered there for the backward op instead, and the planted one forgets the square.
+
+tests/test_compile.py imports the op from here and plants the fault for one test at a time; as a TARGET
+(tests/test_process.py), ``faulty_decomposition`` plants it for the rest of the audit's worker process."""
 import torch
 from torch import Tensor, nn
 
 
-@torch.library.custom_op("gradaudit_process_test::softsign", mutates_args=())
+@torch.library.custom_op("gradaudit_compile_test::softsign", mutates_args=())
 def softsign(x: Tensor) -> Tensor:
     return x / (1 + x.abs())
 
@@ -14,14 +18,14 @@ def _(x):
     return torch.empty_like(x)
 
 
-@torch.library.custom_op("gradaudit_process_test::softsign_backward", mutates_args=())
+@torch.library.custom_op("gradaudit_compile_test::softsign_backward", mutates_args=())
 def softsign_backward(grad: Tensor, x: Tensor) -> Tensor:
     return grad / (1 + x.abs()) ** 2
 
 
 @softsign_backward.register_fake
 def _(grad, x):
-    return torch.empty_like(x)
+    return torch.empty_like(grad)
 
 
 def _setup_context(ctx, inputs, output):
@@ -36,11 +40,14 @@ def _backward(ctx, grad):
 softsign.register_autograd(_backward, setup_context=_setup_context)
 
 
+def faulty_softsign_backward(grad: Tensor, x: Tensor) -> Tensor:
+    return grad / (1 + x.abs())  # the square is missing
+
+
 def _plant_faulty_decomposition():
     from torch._inductor import decomposition
 
-    op = torch.ops.gradaudit_process_test.softsign_backward.default
-    decomposition.decompositions[op] = lambda grad, x: grad / (1 + x.abs())  # the square is missing
+    decomposition.decompositions[torch.ops.gradaudit_compile_test.softsign_backward.default] = faulty_softsign_backward
     decomposition.fast_random_decomps.cache_clear()
 
 

@@ -77,6 +77,7 @@ def test_a_read_only_results_directory(tmp_path):
     assert "cannot write to results directory" in line
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_storing_a_record(tmp_path):
     """RLIMIT_FSIZE makes every write past 64 bytes fail (EFBIG), as a full disk would, for root too."""
     results = tmp_path / "results"
@@ -86,6 +87,7 @@ def test_a_full_disk_while_storing_a_record(tmp_path):
     assert not [p for p in results.iterdir() if p.name.endswith(".tmp")]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_a_directory_where_a_record_goes(stored, tmp_path):
     results = copy_of(stored, tmp_path)
     record = record_file(results, "good")
@@ -95,6 +97,7 @@ def test_a_directory_where_a_record_goes(stored, tmp_path):
     assert f"cannot store a record in {record}" in line
 
 
+@pytest.mark.slow
 def test_damaged_and_tampered_records_are_run_again_with_a_warning(stored, tmp_path):
     results = copy_of(stored, tmp_path)
     record_file(results, "good").write_bytes(b"\xff\xfe{not utf-8 \x80")
@@ -150,6 +153,7 @@ def test_the_html_report_never_inlines_files_outside_its_folders(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ workers and executors
+@pytest.mark.slow
 def test_a_json_py_in_the_working_directory_never_runs_in_a_worker(tmp_path):
     marker = tmp_path / "json_py_ran"
     (tmp_path / "json.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\nraise SystemExit('hijacked')\n")
@@ -162,9 +166,18 @@ def test_a_json_py_in_the_working_directory_never_runs_in_a_worker(tmp_path):
     assert [r["status"] for r in json.loads(out.read_text())["records"]] == ["pass"]
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "no-port"])
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
 def test_an_unreachable_ray_address_is_one_line_within_seconds(address):
     started = time.monotonic()
     line = one_error_line(suite(ZOO, "--executor", "ray", "--address", address))
     assert time.monotonic() - started < 30
     assert address in line
+
+
+def test_a_ray_address_without_a_port_is_refused_at_once():
+    from gradaudit.errors import AuditError
+    from gradaudit.suite.executors import check_ray_address
+
+    with pytest.raises(AuditError, match="expected host:port"):
+        check_ray_address("no-port")
+    check_ray_address("auto")  # left to Ray

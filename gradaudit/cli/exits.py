@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
+import threading
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ import click
 
 from gradaudit.errors import AuditError
 from gradaudit.outcome import error_line, exits_raise
+from gradaudit.renderers.printable import printable
 
 EXIT_OK, EXIT_PROBLEM, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -34,14 +37,14 @@ def _echo_err(message: str) -> None:
 
 
 def fail(message: str) -> NoReturn:
-    """Exit 2 with one line on stderr."""
-    _echo_err(f"gradaudit: error: {message}")
+    """Exit 2 with one line on stderr (control characters of the message, often the user's, escaped)."""
+    _echo_err(f"gradaudit: error: {printable(message)}")
     sys.exit(EXIT_ERROR)
 
 
 def interrupted(message: str = "interrupted", code: int = EXIT_INTERRUPTED) -> NoReturn:
     """Exit 130 (Ctrl-C; 143 for SIGTERM) with one line on stderr and no verdict."""
-    _echo_err(f"gradaudit: {message}")
+    _echo_err(f"gradaudit: {printable(message)}")
     sys.exit(code)
 
 
@@ -59,6 +62,28 @@ def command_outcome(show_traceback: bool = False) -> Iterator[None]:
             if show_traceback:
                 traceback.print_exception(exc)
             fail(error_line(exc, show_traceback))
+
+
+@contextmanager
+def real_interrupts() -> Iterator[threading.Event]:
+    """An event set when SIGINT really arrives while inside (Ctrl-C still raises KeyboardInterrupt), so that a
+    ``KeyboardInterrupt`` the user's code raises itself can be told from it: that one is exit 2, not 130."""
+    seen = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        seen.set()
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: every KeyboardInterrupt counts as real
+        seen.set()
+        yield seen
+        return
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class InterruptibleGroup(click.Group):

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from gradaudit.outcome import orders_not_run
+from gradaudit.renderers.printable import printable, printable_tree
 from gradaudit.cli.exits import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail,
                                  interrupted, write_outputs, write_text_file)
 
@@ -21,13 +23,65 @@ def progress_bar(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("auditing", total=None)
 
         def update(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what, completed=done, total=total)
+            bar.update(task, description=printable(what), completed=done, total=total)
         yield update
+
+
+class PlainProgress:
+    """Progress for runs whose stderr is not a terminal (a CI log), once the run has taken ``after`` seconds (a
+    quick run, or one that fails at once, keeps its one line): then a line per phase, and at most one progress
+    line per ``every`` seconds, each with the time since the start (``gradaudit: [31 s] the checks``)."""
+
+    def __init__(self, after: float = 30.0, every: float = 15.0) -> None:
+        self.started = time.monotonic()
+        self.last: float | None = None  # when the last line was printed
+        self.after, self.every = after, every
+
+    def _line(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self.started < self.after:
+            return
+        self.last = now
+        try:
+            click.echo(printable(f"gradaudit: [{now - self.started:.0f} s] {text}"), err=True)
+        except OSError:  # stderr is gone: progress is no reason to stop
+            pass
+
+    def phase(self, name: str) -> None:
+        """A phase starts."""
+        self._line(name)
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        """A step done: said when ``every`` seconds passed since the last line, or for the last step."""
+        if done == total or self.last is None or time.monotonic() - self.last >= self.every:
+            self._line(f"{what} ({done}/{total})" if done <= total else f"{what} (step {done})")
+
+
+@contextmanager
+def progress_reporters(stderr_is_terminal: bool, quiet: bool):
+    """(on_progress, on_phase) for the supervisor: a rich bar on a terminal, plain lines otherwise, nothing
+    with ``-q``."""
+    if quiet:
+        yield None, None
+    elif stderr_is_terminal:
+        with progress_bar(True) as update:
+            yield update, None
+    else:
+        plain = PlainProgress()
+        yield plain.progress, plain.phase
+
+
+def terminal_copy(report):
+    """The report with every text in it (names, messages: the user's code's) made printable: an escape
+    sequence or a newline in a case name is shown as ``\\x1b`` or ``\\n``, never obeyed."""
+    from gradaudit.report import Report
+
+    return Report.from_dict(printable_tree(report.to_dict()))
 
 
 def render(report, stderr: bool, verbose: bool = False, quiet: bool = False, verdict_shown: bool = False) -> None:
@@ -38,6 +92,7 @@ def render(report, stderr: bool, verbose: bool = False, quiet: bool = False, ver
 
     if quiet and verdict_shown:
         return
+    report = terminal_copy(report)
     console = Console(stderr=stderr, highlight=False)
     if console.is_terminal:
         from gradaudit.renderers.rich import render_rich
@@ -56,6 +111,7 @@ def render_verdict(report, stderr: bool) -> None:
     """Print the verdict line alone (the rest follows once the optional phases are done)."""
     from rich.console import Console
 
+    report = terminal_copy(report)
     console = Console(stderr=stderr, highlight=False)
     if console.is_terminal:
         from gradaudit.renderers.rich import verdict
@@ -113,8 +169,8 @@ def audit_in_worker(command: str, target: str, options: dict[str, Any], limits: 
                 render_verdict(report, stderr=False)
                 shown.append(True)
 
-    with progress_bar(sys.stderr.isatty() and not quiet) as progress:
-        outcome = supervise(request, limits, on_verdict, progress)
+    with progress_reporters(sys.stderr.isatty(), quiet) as (progress, phase):
+        outcome = supervise(request, limits, on_verdict, progress, phase)
     stopped = {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(outcome.stopped_by)
     if outcome.report is None and stopped is not None:
         interrupted(outcome.stopped_by, stopped)

@@ -4,6 +4,7 @@ finished records kept in the results directory and the reports)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable
 
 import click
@@ -11,7 +12,9 @@ import click
 from gradaudit.cli.common import (OutputPath, dtype_option, json_option, logger, seed_option, tolerance_options,
                                   verbosity_options)
 from gradaudit.errors import AuditError
-from gradaudit.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, fail, interrupted, write_outputs
+from gradaudit.renderers.printable import printable, printable_tree
+from gradaudit.cli.exits import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, fail, interrupted, real_interrupts,
+                                 write_outputs)
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -40,20 +43,26 @@ def _plain_table(records: list[dict]) -> str:
 
 def _progress_line(quiet: bool) -> Callable[[dict, int, int], None]:
     """What the runner calls after each record: one line on stderr, none with ``-q``."""
+    started = time.monotonic()
+
     def progress(record: dict, done: int, total: int) -> None:
-        """``[done/total] status case backend order``, and the reason of a failure or error."""
+        """``[done/total, seconds since the start] status case backend order``, and the reason of a failure or
+        error."""
         logger.debug("record %s", record)
         if quiet:
             return
         resumed = " (stored)" if record.get("resumed") else ""
         reason = f": {record.get('reason')}" if record.get("status") in ("fail", "error") else ""
-        click.echo(f"[{done}/{total}] {record.get('status'):5} {record.get('case')} {record.get('backend')} "
-                   f"o{record.get('order')}{resumed}{reason}", err=True)
+        click.echo(printable(f"[{done}/{total}, {time.monotonic() - started:.0f} s] {record.get('status'):5} "
+                             f"{record.get('case')} "
+                             f"{record.get('backend')} o{record.get('order')}{resumed}{reason}"), err=True)
     return progress
 
 
 def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) -> None:
-    """The table of cases by backend and order (not with ``-q``), then the counts line."""
+    """The table of cases by backend and order (not with ``-q``), then the counts line. Names and reasons come
+    from the user's code and from stored records: their control characters are shown escaped."""
+    records = printable_tree(records)
     if not quiet:  # a rich table on a terminal, plain text (nothing cut) when piped
         from rich.console import Console
 
@@ -111,18 +120,22 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
 
     backends = [b.strip() for b in backend_list.split(",") if b.strip()]
     outputs = (json_path, junit_path, html_path)
+    sigint = None
     try:
         orders = _int_list(order_list, "orders")
         if markdown_path and not compare:
             raise AuditError("--markdown writes the cross-backend report: it needs --compare")
         logger.info("suite %s on %s, orders %s, executor %s%s", zoo, ", ".join(backends), orders, executor,
                     ", compared against eager float64" if compare else "")
-        records = run_suite(zoo, backends, orders, executor=executor, workers=workers, timeout=timeout,
-                            results_dir=results_dir, address=address, progress=_progress_line(quiet), only=only,
-                            seed=seed, dtype=dtype, compare=compare, shard=shard, jobs_per_worker=jobs_per_worker,
-                            rtol=rtol, atol=atol)
+        with real_interrupts() as sigint:
+            records = run_suite(zoo, backends, orders, executor=executor, workers=workers, timeout=timeout,
+                                results_dir=results_dir, address=address, progress=_progress_line(quiet),
+                                only=only, seed=seed, dtype=dtype, compare=compare, shard=shard,
+                                jobs_per_worker=jobs_per_worker, rtol=rtol, atol=atol)
     except AuditError as exc:
         fail(str(exc))
+    except SystemExit as exc:  # nothing of gradaudit exits in there: the zoo's own code did
+        fail(f"loading the zoo {zoo} exited (SystemExit: {exc.code!r})")
     except SuiteInterrupted as stop:  # the workers are dead already; keep what finished
         try:
             write_reports(stop.records, zoo, backends, orders, *outputs, results_dir=results_dir)
@@ -131,7 +144,9 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
         where = f" (in {results_dir})" if results_dir else ""
         interrupted(f"interrupted; {len(stop.records)} of {stop.total} results finished and kept{where}")
     except KeyboardInterrupt:
-        interrupted()
+        if sigint is None or sigint.is_set():
+            interrupted()
+        fail(f"loading the zoo {zoo} raised KeyboardInterrupt (the zoo's own: only Ctrl-C is an interruption)")
 
     counts = summary_counts(records)
     audited = counts["pass"] + counts["fail"]

@@ -149,9 +149,11 @@ def signal_name(number: int) -> str:
 
 
 def supervise(request: dict, limits: Limits, on_verdict: Callable[[Any], None],
-              on_progress: Callable[[str, int, int], None] | None = None) -> Outcome:
+              on_progress: Callable[[str, int, int], None] | None = None,
+              on_phase: Callable[[str], None] | None = None) -> Outcome:
     """Run ``request`` (see ``gradaudit.cli.worker``) in a worker within ``limits``. ``on_verdict(report)``
-    is called once the checks are done, before any optional phase."""
+    is called once the checks are done, before any optional phase; ``on_progress(what, done, total)`` and
+    ``on_phase(name)`` as the worker reports them."""
     from gradaudit.report import Report
 
     outcome, started, phase = Outcome(), time.monotonic(), "the start of the worker"
@@ -171,6 +173,8 @@ def supervise(request: dict, limits: Limits, on_verdict: Callable[[Any], None],
             kind = event["event"]
             if kind == "phase":
                 phase = event["name"]
+                if on_phase is not None:
+                    on_phase(phase)
                 if outcome.report is not None:  # an optional phase: its own clock
                     deadline = _phase_deadline(limits, outcome.verdict_seconds)
             elif kind == "progress" and on_progress is not None:

@@ -18,12 +18,13 @@ STATUS_STYLE = {"pass": "green", "fail": "red"}  # anything else (nondifferentia
 
 
 def verdict(report: Report) -> Text:
-    """The verdict line, PASS in green or FAIL in red."""
+    """The verdict line, PASS in green, FAIL in red, NOT CHECKED (static analysis only) in yellow."""
     line = plain.verdict_line(report)
-    word = "PASS" if report.ok else "FAIL"
+    word = plain.verdict_word(report)
     styled = Text(line)
     start = line.index(word)
-    styled.stylize("bold green" if report.ok else "bold red", start, start + len(word))
+    style = {"PASS": "bold green", "FAIL": "bold red"}.get(word, "bold yellow")
+    styled.stylize(style, start, start + len(word))
     return styled
 
 

@@ -32,8 +32,26 @@ def where(finding: Finding) -> str:
     return ", ".join(f"{name} {getattr(finding, name)}" for name in WHERE_FIELDS if getattr(finding, name))
 
 
+def verdict_word(report: Report) -> str:
+    """PASS or FAIL; ``NOT CHECKED`` for a static-only audit that found nothing to fail on (no gradient was
+    checked: a PASS would read as "the gradients are right")."""
+    if not report.ok:
+        return "FAIL"
+    return "NOT CHECKED" if report.settings.get("static_only") else "PASS"
+
+
+def static_only_line(report: Report) -> str:
+    """The verdict line of ``--static-only``: the hazards found, and that no gradient was checked."""
+    hazards = sum(1 for f in report.findings if f.kind == "hazard")
+    found = f"{hazards} hazard{'s' if hazards != 1 else ''} found" if hazards else "no hazards found"
+    return (f"gradaudit {verdict_word(report)}: {report.target} on {report.backend}/{report.device} "
+            f"({report.dtype}), static analysis only: {found}; no gradient was checked")
+
+
 def verdict_line(report: Report) -> str:
     """One line: the verdict, what was audited where, and how many checks failed (or which orders did not run)."""
+    if report.settings.get("static_only"):
+        return static_only_line(report)
     checks = report.checks
     failed = len(report.failed_checks)
     orders = sorted({c.order for c in checks if isinstance(c.order, int) and c.order > 0})

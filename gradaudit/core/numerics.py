@@ -339,6 +339,54 @@ def rss_inner(a: Sequence[torch.Tensor | None], b: Sequence[torch.Tensor | None]
     return total ** 0.5
 
 
+def flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The tensors' real views, in float64 on the CPU, end to end in one vector."""
+    parts = [real(t).detach().double().cpu().reshape(-1) for t in tensors]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+
+class CotangentRows:
+    """The cotangents v_k and their gradients v_k^T J as the rows of two matrices (outputs' and leaves' real
+    views end to end), so that a probe test's inner products over every cotangent, output and leaf are a few
+    matrix-vector products instead of a few small ops per tensor and cotangent (most of a tiny audit's time).
+    Made once per analytical point; the products are those of :func:`probe_tolerance`, summed in another order."""
+
+    def __init__(self, cotangents: list[Tensors], grads: list[Tensors]) -> None:
+        self.v = torch.stack([flat(row) for row in cotangents])
+        self.g = torch.stack([flat(row) for row in grads])
+        self.v2, self.v_abs = self.v * self.v, self.v.abs()
+        sizes = [real(t).numel() for t in grads[0]]
+        ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+        self.columns = [(end - size, end) for size, end in zip(sizes, ends)]  # each leaf's columns in g
+
+    def moved(self, direction: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the gradients' columns of the leaves the direction moves, the direction there): leaves it leaves
+        alone (None) do not count, as in :func:`inner` (a NaN gradient there must not leak in)."""
+        moved = [i for i, u in enumerate(direction) if u is not None]
+        if len(moved) == len(direction):
+            return self.g, flat(direction)
+        g = torch.cat([self.g[:, slice(*self.columns[i])] for i in moved], dim=1)
+        return g, flat([direction[i] for i in moved])
+
+
+def probe_tests(rows: CotangentRows, numerical: NumericalDerivative, direction: Sequence[torch.Tensor | None],
+                eps: float, model_error: float = 0.0, noise: Tensors | None = None) -> list[tuple[float, float, float]]:
+    """(``<g_k, u>``, ``<v_k, J·u>``, tolerance) for every cotangent k at once: :func:`probe_tolerance`'s bound,
+    without its ``gradient_noise`` term (the caller adds it where it is measured)."""
+    g, u = rows.moved(direction)
+    value, error = flat(numerical.value), flat(numerical.error)
+    analytical, numeric = g @ u, rows.v @ value
+    numerical_error = (rows.v2 @ (error * error)).sqrt()
+    analytical_error = ANALYTICAL_NOISE * (rows.v2 @ flat(noise).pow(2)).sqrt() if noise is not None else 0.0
+    magnitude = g.abs() @ u.abs() + rows.v_abs @ value.abs()
+    spread = RSS_SAFETY * (((g * g) @ (u * u)).sqrt() + (rows.v2 @ (value * value)).sqrt())
+    tolerance = (RSS_SAFETY * numerical_error + analytical_error + relative_floor(eps) * torch.minimum(magnitude, spread)
+                 + model_error * magnitude + 1e-300)
+    return list(zip(analytical.tolist(), numeric.tolist(), tolerance.tolist()))
+
+
 def elementwise_tolerance(numerical: NumericalDerivative, eps: float, model_error: float = 0.0) -> Tensors:
     """Per-output tolerance for comparing a forward-mode J·u with the numerical one."""
     scale = max((float(v.abs().mean()) for v in numerical.value if v.numel()), default=0.0)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable
 
 import torch
 
-from gradaudit.core.numerics import (FIRST_LEVELS, RSS_SAFETY, Evaluate, NumericalDerivative, Tensors, abs_inner,
-                                     elementwise_tolerance, eps_of, extrapolated_derivative, inner, is_finite,
-                                     ladder_points, ladder_steps, ladder_top, probe_tolerance, rademacher_like, real,
-                                     rss_inner, step_size, to_host, unravel)
+from gradaudit.core.numerics import (FIRST_LEVELS, GRADIENT_NOISE_SAFETY, RSS_SAFETY, CotangentRows, Evaluate,
+                                     NumericalDerivative, Tensors, abs_inner, elementwise_tolerance, eps_of,
+                                     extrapolated_derivative, flat, is_finite, ladder_points, ladder_steps,
+                                     ladder_top, probe_tests, rademacher_like, real, rss_inner, step_size, to_host,
+                                     unravel)
 
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
 DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
@@ -245,6 +247,11 @@ class Analytical:
     tangents: Callable[[list], Tensors | None] = lambda u: None
     output_names: list[str] = field(default_factory=list)
 
+    @cached_property
+    def rows(self) -> CotangentRows:
+        """The cotangents and gradients as matrices, for every probe test at this point."""
+        return CotangentRows(self.cotangents, self.grads)
+
 
 @dataclass
 class Numerics:
@@ -329,12 +336,13 @@ def judge(numerics: Numerics, analytical: Analytical, numerical: NumericalDeriva
     """The reverse-mode (one test per cotangent) and forward-mode outcomes against one numerical J·u."""
     eps = numerics.floor_eps
     reverse, forward = Outcome(), Outcome()
+    tests = probe_tests(analytical.rows, numerical, u, eps, numerics.model_error, numerics.noise)
     for k, (v, g) in enumerate(zip(analytical.cotangents, analytical.grads)):
-        jitter = numerics.gradient_noise[k] if numerics.gradient_noise else None
+        a, n, tolerance = tests[k]  # (probe_tolerance's bound, every cotangent at once)
+        if numerics.gradient_noise:
+            tolerance += GRADIENT_NOISE_SAFETY * rss_inner(numerics.gradient_noise[k], u)
         user = numerics.user.on_probe(v, numerical.value, g, u) if numerics.user else None
-        reverse.absorb(inner(g, u), inner(v, numerical.value),
-                       probe_tolerance(numerical, v, g, u, eps, numerics.model_error, numerics.noise, jitter),
-                       cotangent=k, user=user)
+        reverse.absorb(a, n, tolerance, cotangent=k, user=user)
     if tangents is not None:
         # (a JVP through the coarse section rounds there too, and no jitter measures it: its eps is the model)
         compare_tangents(tangents, numerical, numerics.space.eps, numerics.model_error, analytical.output_names,
@@ -387,9 +395,9 @@ def probe_group_resolving(numerics: Numerics, analytical: Analytical, x: Tensors
         rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed))
         reverse.merge(rev)
         forward.merge(fwd)
-        for i in members:
-            part = max(abs(dot(real(g[i]).double().reshape(-1), real(u[i]).double().reshape(-1)))
-                       for g in analytical.grads)
+        for i in members:  # (max over the cotangents of |<g_k[i], u[i]>|, over the elements u moves: see dot)
+            gradients, ui = analytical.rows.g[:, slice(*analytical.rows.columns[i])], flat([u[i]])
+            part = float(torch.where(ui != 0, gradients * ui, 0.0).sum(1).abs().max())
             resolution[i] = min(resolution[i], rev.tolerance / part if part > 0 else math.inf)
     results = {"reverse": reverse, "forward": forward} if forward.tests else {"reverse": reverse}
     return results, resolution

@@ -40,11 +40,11 @@ class Check:
     # The smallest relative error this check could have seen: its error bar over the scale of the compared
     # quantity (None where not measured). A pass only says the gradient is right to about this much.
     resolution: float | None = None
-    # Which bound judged the check: "error_bar" (the numerical side's error bar) or "user_tolerance" (--rtol/--atol,
-    # looser than the error bar where a pass needed it); None where neither applies (form mismatches, records).
+    # Which bound judged the check: "error_bar" (the numerical side's error bar) or "user_tolerance" (--rtol/--atol:
+    # a test passed only within it, or failed it although it was the looser); None where not recorded.
     bound: str | None = None
     user_tolerance: float | None = None  # the bound --rtol/--atol gave at the worst test (absolute)
-    user_rel_err: float | None = None  # that test's error over the size rtol multiplies (see probe.UserTolerance)
+    user_rel_err: float | None = None  # the largest error over the size rtol multiplies (see probe.UserTolerance)
 
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}

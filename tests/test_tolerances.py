@@ -56,6 +56,7 @@ class Net(torch.nn.Module):
         self.fc = torch.nn.Linear(5, 4).double()
         with torch.no_grad():
             self.fc.weight.copy_(torch.randn(4, 5, generator=generator, dtype=torch.float64))
+            self.fc.bias.copy_(torch.randn(4, generator=generator, dtype=torch.float64))
         self.act = wobbly_sin(relative)
 
     def forward(self, x):
@@ -90,7 +91,9 @@ def test_approximate_gradient_fails_without_a_tolerance_and_says_how_far_off_rel
     finding = report.findings[0]
     assert finding.kind == "faulty_backward" and "relative error" in finding.message
     relative = finding.details["relative_error"]
-    assert 1e-8 < relative < 1e-5  # the planted 5e-7, seen at one element of the gradient
+    # The planted 5e-7 per Jacobian entry, seen at the worst element of a gradient (under a random cotangent, whose
+    # sum over the outputs may cancel: larger relative errors than the entries' own, below 1e-3 here).
+    assert 1e-8 < relative < 1e-3
     assert f"{relative:.3g}" in finding.message
     assert all(c.bound == "error_bar" and c.user_tolerance is None for c in report.checks)
     assert "rel. err" in str(report)
@@ -100,12 +103,12 @@ def test_approximate_gradient_passes_within_rtol_and_the_report_says_which_bound
     report = gradaudit.check(*approximate(), rtol=1e-5, localize=False)
     assert report.ok, report
     assert report.settings["rtol"] == 1e-5 and report.settings["atol"] == 0.0
-    accepted = [c for c in report.checks if c.bound == "user_tolerance"]
-    assert accepted, "the error bar alone would have failed these"
-    for check in accepted:
-        assert check.max_abs_err > check.tolerance  # beyond the error bar ...
-        assert check.max_abs_err <= check.user_tolerance  # ... within the user's tolerance
-        assert 1e-9 < check.user_rel_err < 1e-5
+    accepted = {(c.order, c.wrt, c.method): c for c in report.checks if c.bound == "user_tolerance"}
+    failing = {(c.order, c.wrt, c.method) for c in gradaudit.check(*approximate(), localize=False).failed_checks}
+    assert accepted and set(accepted) == failing  # the checks the error bar alone fails, and only those
+    for check in accepted.values():
+        assert check.max_abs_err <= check.user_tolerance  # the worst test, within the user's tolerance
+        assert 1e-9 < check.user_rel_err < 1e-5  # the planted 5e-7, relative to what rtol multiplies
     text = str(report)
     assert "passed within --rtol 1e-05" in text and "relative" in text
     assert report.to_dict()["checks"][0]["bound"] in ("error_bar", "user_tolerance")
@@ -118,6 +121,16 @@ def test_forward_mode_and_full_jacobians_take_the_tolerance_too():
         methods = {c.method for c in report.checks if c.bound == "user_tolerance"}
         assert methods >= ({"reverse", "forward"} if mode == "auto" else {"full_jacobian"}), (mode, methods)
         assert not gradaudit.check(*approximate(), mode=mode, localize=False).ok
+
+
+def test_a_check_within_its_error_bar_says_so_whatever_the_tolerance():
+    correct = Net(0.0), inputs()
+    plain = gradaudit.check(*correct, order=2, localize=False)
+    loose = gradaudit.check(*correct, order=2, localize=False, rtol=1e-3, atol=1e-6)
+    assert plain.ok and loose.ok
+    assert {c.bound for c in loose.checks} == {"error_bar"}  # the tolerance was not needed
+    assert [(c.wrt, c.method, c.ok) for c in loose.checks] == [(c.wrt, c.method, c.ok) for c in plain.checks]
+    assert "passed within" not in str(loose)
 
 
 def test_a_tolerance_that_is_too_tight_still_fails():
@@ -217,6 +230,7 @@ def test_cli_bad_tolerance_is_one_line_and_exit_2(args, env):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a compare worker (~10 s on the shared CPU)
 def test_cli_compare_carries_the_tolerance_into_its_worker():
     result = gradaudit_cli("compare", f"{HERE}:approximate", "--backends", "eager", "--no-localize", "--rtol",
                            "1e-5", "--atol", "1e-12", "--json", "-")

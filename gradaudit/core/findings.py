@@ -25,7 +25,7 @@ def to_check(order: int, wrt: str, method: str, outcome: Outcome, status: CheckS
     check.bound = outcome.bound
     if outcome.user_bound is not None:
         check.user_tolerance = outcome.user_bound
-        check.user_rel_err = outcome.abs_err / outcome.magnitude if outcome.magnitude else None
+        check.user_rel_err = outcome.user_rel_err
     if status == CheckStatus.FAIL and detail.get("worst_index") is not None:
         check.worst_index = detail["worst_index"]
         if method == Method.REVERSE:

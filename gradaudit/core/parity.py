@@ -16,7 +16,7 @@ from gradaudit.core.checks import Settings, on_cpu, program_precision
 from gradaudit.core.precision import coarsest
 from gradaudit.core.findings import backend_error_finding, fault_finding, to_check
 from gradaudit.core.kinds import CheckStatus, FaultKind, Severity
-from gradaudit.core.probe import Outcome
+from gradaudit.core.probe import Outcome, user_judged
 from gradaudit.core.differentiate import ForwardFunction, GradientFunction, evaluate, twice_differentiable_attention, vjps
 from gradaudit.core.lowprecision import NoiseMeasurement, measure_noise, ratio_to_noise, tolerance
 from gradaudit.core.numerics import ROUNDING_FACTOR, eps_of, rademacher_like, real
@@ -96,8 +96,10 @@ def compare_elementwise(order: int, name: str, method: str, native: torch.Tensor
         tolerance = tolerance_of(finite_abs(reference)) + 1e-300
         gaps = elementwise_gaps(native, reference)
         accepted = user[1] + user[0] * finite_abs(reference) + 1e-300 if any(user) else None
-        worst = int(torch.argmax(gaps / tolerance if accepted is None
-                                 else torch.minimum(gaps / tolerance, gaps / accepted)))
+        excess = gaps / tolerance
+        if accepted is not None:  # (as torch.allclose: atol + rtol * |reference|, per element)
+            excess = user_judged(outcome, excess, gaps, accepted, finite_abs(reference))
+        worst = int(torch.argmax(excess))
         a, b = _cpu(native).reshape(-1)[worst], _cpu(reference).reshape(-1)[worst]
         outcome.absorb(float(a), float(b), float(tolerance[worst]), user=None if accepted is None else (
             float(accepted[worst]), abs(float(b))))

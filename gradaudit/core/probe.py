@@ -42,7 +42,8 @@ class Outcome:
     # the compared quantity that rtol multiplies, and which bound the kept test was judged by.
     user_bound: float | None = None
     magnitude: float | None = None
-    bound: str = "error_bar"
+    bound: str = "error_bar"  # "user_tolerance" once a test needed it (passing only within it), or failed both
+    user_rel_err: float | None = None  # the largest error over magnitude of the tests (what rtol is compared to)
 
     @property
     def failed(self) -> bool:
@@ -51,9 +52,19 @@ class Outcome:
     def merge(self, other: "Outcome") -> None:
         """Keep the worse of the two, counting the tests of both (and the finer resolution)."""
         tests, resolution = self.tests + other.tests, min(self.resolution, other.resolution)
+        bound = "user_tolerance" if "user_tolerance" in (self.bound, other.bound) else "error_bar"
+        relative = max((r for r in (self.user_rel_err, other.user_rel_err) if r is not None), default=None)
         if other.tests and (other.excess >= self.excess or self.analytical is None):
             self.__dict__.update(other.__dict__)
-        self.tests, self.resolution = tests, resolution
+        self.tests, self.resolution, self.bound, self.user_rel_err = tests, resolution, bound, relative
+
+    def note_user(self, needed: bool, relative: float | None) -> None:
+        """Record that a test needed the user's tolerance (it failed its error bar, and the user's bound is
+        looser), and its error relative to the size rtol multiplies (the largest is kept)."""
+        if needed:
+            self.bound = "user_tolerance"
+        if relative is not None and (self.user_rel_err is None or not relative <= self.user_rel_err):
+            self.user_rel_err = relative  # (a NaN is kept: it is the worst)
 
     def absorb(self, analytical: float, numerical: float, tolerance: float, output: str | None = None,
                cotangent: int | None = None, resolution: float | None = None,
@@ -68,14 +79,27 @@ class Outcome:
         self.resolution = min(self.resolution, resolution if resolution is not None else math.inf)
         error = abs(analytical - numerical)
         excess = error / tolerance if math.isfinite(error) else math.inf
-        bound = "error_bar"
-        if user is not None and error / (user[0] + 1e-300) < excess:  # (the looser bound is the one that judges)
-            excess, bound = error / (user[0] + 1e-300), "user_tolerance"
+        if user is not None:  # judged by the looser bound; the error bar's own excess says if it was needed
+            user_excess = error / (user[0] + 1e-300)
+            self.note_user(excess >= 1 and user_excess < excess, error / user[1] if user[1] > 0 else None)
+            excess = min(excess, user_excess)
         if excess >= self.excess or self.analytical is None:
-            self.excess, self.abs_err, self.tolerance, self.bound = excess, error, tolerance, bound
+            self.excess, self.abs_err, self.tolerance = excess, error, tolerance
             self.rel_err = error / max(abs(numerical), 1e-300)
             self.analytical, self.numerical, self.output, self.cotangent = analytical, numerical, output, cotangent
             self.user_bound, self.magnitude = (None, None) if user is None else user
+
+
+def user_judged(outcome: Outcome, bar_excess: torch.Tensor, errors: torch.Tensor, accepted: torch.Tensor,
+                sizes: torch.Tensor) -> torch.Tensor:
+    """Elementwise comparisons under the user's tolerance: the excess of each element by the looser of its error
+    bar and ``accepted``; ``outcome`` notes whether some element needed the tolerance, and the largest error
+    relative to ``sizes`` (what rtol multiplies)."""
+    user_excess = errors / accepted
+    needed = bool(((bar_excess >= 1) & (user_excess < bar_excess)).any())
+    relative = errors / sizes
+    outcome.note_user(needed, float(relative[sizes > 0].max()) if bool((sizes > 0).any()) else None)
+    return torch.minimum(bar_excess, user_excess)
 
 
 def leaf_scale(x: torch.Tensor) -> float:
@@ -365,7 +389,7 @@ def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: flo
         errors = (t - n).abs() / tol
         accepted = user.on_elements(t, n, u) if user is not None else None
         if accepted is not None:
-            errors = torch.minimum(errors, (t - n).abs() / accepted)
+            errors = user_judged(outcome, errors, (t - n).abs(), accepted, torch.maximum(t.abs(), n.abs()))
         worst = int(torch.argmax(errors.flatten()))
         index = unravel(worst, n.shape)
         where = f"{name}[{', '.join(str(int(i)) for i in index)}]"

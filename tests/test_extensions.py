@@ -50,6 +50,9 @@ def test_cpp_function_passes_with_forward_mode_skipped_and_named(cpp_module):
     assert "jvp is not implemented for the c++ API of custom Function" in reason
     # its backward is made of differentiable ops: double backward runs, in x and in the cotangent
     assert {(c.order, c.wrt) for c in report.checks} == {(1, "args[0]"), (2, "args[0]"), (2, "grad_output[out]")}
+    # vmap cannot run a C++ Function either: batched evaluation falls back to one call per point, and says why
+    batched = gradaudit.check(*targets.cpp_cube(), batch=True)
+    assert batched.ok and "vmap cannot run the case" in batched.stats["batching"], batched.stats
 
 
 @cpp
@@ -132,3 +135,13 @@ def test_nan_returning_backward_says_nan_where_the_numerical_derivative_is_finit
     expected = "the backward returns NaN at element [1] where the numerical derivative is "
     assert expected + size in finding.message or expected + "-" + size in finding.message, finding.message
     assert "|err| nan" not in finding.message and "error bar nan" not in finding.message
+
+
+@pytest.mark.slow
+def test_the_text_report_says_nan_never_err_nan():
+    run = subprocess.run([sys.executable, "-m", "gradaudit", "run", f"{TARGETS}:nan_at_one_element", "--no-localize"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    text = run.stdout + run.stderr
+    assert "the backward returns NaN at element [1]" in text and "analytical NaN vs numerical" in text
+    assert "|err| nan" not in text and "error bar nan" not in text, text

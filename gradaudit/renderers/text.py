@@ -15,9 +15,14 @@ def fmt(value: Any) -> str:
     """A number in 4 significant digits (``3.185e-10``), ``-`` for None; anything else as its text."""
     if value is None:
         return "-"
+    if str(value) in NONFINITE:  # (a JSON report carries them as the strings 'nan', 'inf', '-inf')
+        return NONFINITE[str(value)]
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+NONFINITE = {"nan": "NaN", "inf": "+Inf", "-inf": "-Inf"}
 
 
 def fmt_precise(value: Any) -> str:
@@ -58,9 +63,18 @@ def verdict_line(report: Report) -> str:
     counted = f"{failed} of {len(checks)} checks failed" if failed else f"{len(checks)} checks passed"
     not_run = "".join(f"; order {order} not checked ({why})" for order, why in orders_not_run(report))
     verdict = "PASS" + coarse_resolution(report) if report.ok else "FAIL"
-    return (f"gradaudit {verdict}: {report.target} on {report.backend}/{report.device} "
-            f"({report.dtype}), order{'s' if len(orders) > 1 else ''} {', '.join(map(str, orders)) or '-'}, "
+    return (f"gradaudit {verdict}: {report.target} {audited_where(report)}, "
+            f"order{'s' if len(orders) > 1 else ''} {', '.join(map(str, orders)) or '-'}, "
             f"seed {report.seed}: {counted}{not_run}")
+
+
+def audited_where(report: Report) -> str:
+    """``on eager/cpu (float64)``; for ``compare``: ``on xla, onnx against eager/cpu/float64 (dtype as given)``."""
+    reference = (report.settings or {}).get("reference")
+    if not reference:
+        return f"on {report.backend}/{report.device} ({report.dtype})"
+    dtype = "dtype as given" if report.dtype == "as given" else f"cast to {report.dtype}"
+    return f"on {report.backend.replace(',', ', ')} against {reference} ({dtype})"
 
 
 # The relative resolution a check in each dtype is expected to reach: 1e-6 in float64 (the checker's target for
@@ -125,9 +139,10 @@ def finding_lines(finding: Finding) -> list[str]:
     if details.get("analytical") is not None or details.get("numerical") is not None:
         numbers.append(f"analytical {fmt_precise(details.get('analytical'))} vs numerical "
                        f"{fmt_precise(details.get('numerical'))}")
-    if details.get("error_bar") is not None:
+    finite = lambda value: isinstance(value, (int, float)) and math.isfinite(value)  # noqa: E731 (NaN: in the message)
+    if finite(details.get("error_bar")):
         numbers.append(f"error bar {fmt_precise(details['error_bar'])}")
-    if finding.max_abs_err is not None:
+    if finite(finding.max_abs_err):
         numbers.append(f"|err| {fmt_precise(finding.max_abs_err)}")
     if numbers:
         lines.append("    " + ", ".join(numbers))
@@ -139,12 +154,21 @@ def finding_lines(finding: Finding) -> list[str]:
     return lines
 
 
+def compared_names(check: Check) -> tuple[str, str]:
+    """What a check's two values are: the backend's vs eager float64's for a parity check (``compare``), the
+    analytical vs the numerical gradient for the others."""
+    if str(check.method).endswith("_parity"):
+        return (check.backend or "backend"), "reference"
+    return "analytical", "numerical"
+
+
 def check_line(check: Check) -> str:
     """One check in a sentence: ``order 1 reverse wrt fc2.bias at [1]: fail, analytical ... (|err| ...)``."""
     index = "" if check.worst_index is None else f" at {check.worst_index}"
     backend = f"[{check.backend}] " if check.backend else ""
-    return (f"{backend}order {check.order} {check.method} wrt {check.wrt}{index}: {check.status}, analytical "
-            f"{fmt(check.analytical)} vs numerical {fmt(check.numerical)} (|err| {fmt(check.max_abs_err)}, "
+    got, expected = compared_names(check)
+    return (f"{backend}order {check.order} {check.method} wrt {check.wrt}{index}: {check.status}, {got} "
+            f"{fmt(check.analytical)} vs {expected} {fmt(check.numerical)} (|err| {fmt(check.max_abs_err)}, "
             f"relative {fmt(check.max_rel_err)}, error bar {fmt(check.tolerance)}"
             + ("" if check.resolution is None else f", resolution {check.resolution:.1g}") + ")")
 
@@ -174,11 +198,20 @@ RESOLUTION_COLUMN: tuple[str, Callable[[Check], str], bool] = (
 RELATIVE_COLUMN: tuple[str, Callable[[Check], str], bool] = ("rel. err", lambda c: fmt(c.max_rel_err), True)
 
 
+# In a table with parity checks (``compare``) the two value columns hold a backend's and the reference's values
+# on those rows: their headers say both meanings.
+PARITY_VALUE_COLUMNS: tuple[tuple[str, Callable[[Check], str], bool], ...] = (
+    ("analytical|backend", lambda c: fmt(c.analytical), True),
+    ("numerical|reference", lambda c: fmt(c.numerical), True),
+)
+
+
 def check_columns(checks: Iterable[Check], relative: bool = False) -> tuple:
     """The columns for these checks: a backend column first in cross-backend reports, the relative error after
     |err| when ``relative``, a resolution column last where checks have one."""
     checks = list(checks)
-    columns = CHECK_COLUMNS[:5] + ((RELATIVE_COLUMN,) if relative else ()) + CHECK_COLUMNS[5:]
+    values = PARITY_VALUE_COLUMNS if any(compared_names(c)[1] == "reference" for c in checks) else CHECK_COLUMNS[7:]
+    columns = CHECK_COLUMNS[:5] + ((RELATIVE_COLUMN,) if relative else ()) + CHECK_COLUMNS[5:7] + values
     return (((BACKEND_COLUMN,) if any(c.backend for c in checks) else ()) + columns
             + ((RESOLUTION_COLUMN,) if any(c.resolution is not None for c in checks) else ()))
 
@@ -188,10 +221,39 @@ def shown_checks(report: Report, verbose: bool) -> list[Check]:
     return list(report.checks) if verbose else [c for c in report.checks if c.status != "pass"]
 
 
+# The columns whose numbers a leaf covered by a passing aggregate shares with it (measured once, for ``total``).
+AGGREGATE_COLUMNS = {"|err|", "rel. err", "error bar", "worst", "analytical", "numerical", "analytical|backend",
+                     "numerical|reference"}
+
+
+def covered_by_total(checks: list[Check]) -> set[int]:
+    """The positions of passing leaf checks whose numbers are their passing ``total`` check's (a passing
+    aggregate probe covers its leaves; nothing was measured for each of them alone)."""
+    def numbers(c: Check) -> tuple:
+        return c.order, c.method, c.backend, c.max_abs_err, c.tolerance, c.analytical, c.numerical
+    totals = {numbers(c) for c in checks if c.wrt == "total" and c.ok}
+    return {i for i, c in enumerate(checks) if c.wrt != "total" and c.ok and numbers(c) in totals}
+
+
+def check_cells(checks: list[Check], columns: tuple) -> list[list[str]]:
+    """Each check's cells; a leaf covered by its ``total`` says ``via total`` instead of repeating its numbers."""
+    covered = covered_by_total(checks)
+    rows = []
+    for i, check in enumerate(checks):
+        cells = [cell(check) for _, cell, _ in columns]
+        if i in covered:
+            shared = [j for j, (header, _, _) in enumerate(columns) if header in AGGREGATE_COLUMNS]
+            for j in shared:
+                cells[j] = ""
+            cells[shared[0]] = "via total"
+        rows.append(cells)
+    return rows
+
+
 def checks_table(checks: list[Check], indent: str = "  ") -> list[str]:
     """An aligned plain table, each column as wide as its widest cell (nothing cut)."""
     columns = check_columns(checks, relative=True)
-    rows = [[header for header, _, _ in columns]] + [[cell(c) for _, cell, _ in columns] for c in checks]
+    rows = [[header for header, _, _ in columns]] + check_cells(checks, columns)
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
 
     def line(row: list[str]) -> str:
@@ -210,16 +272,16 @@ def tolerance_lines(report: Report) -> list[str]:
     given = " ".join(f"--{name} {value:g}" for name, value in (("rtol", rtol), ("atol", atol)) if value)
     worst = max(accepted, key=lambda c: c.user_rel_err or 0.0)
     count = f"{len(accepted)} check{'s' if len(accepted) > 1 else ''}"
-    relative = "" if worst.user_rel_err is None else f"error {worst.user_rel_err:.3g} relative, "
+    relative = "" if worst.user_rel_err is None else f"relative error up to {worst.user_rel_err:.3g} "
     bars = "their error bars" if len(accepted) > 1 else "its error bar"
-    return [f"{count} passed within {given} (not within {bars}): "
-            f"worst order {worst.order} {worst.method} wrt {worst.wrt}, {relative}|err| {worst.max_abs_err:.3g} "
-            f"within {fmt(worst.user_tolerance)}; error bar {worst.tolerance:.3g}"]
+    return [f"{count} passed within {given} (not within {bars}): {relative}(order {worst.order} "
+            f"{worst.method} wrt {worst.wrt}, error bar {worst.tolerance:.3g})"]
 
 
 def skipped_lines(report: Report) -> list[str]:
-    """``skipped forward-mode AD (order 1): why``, one per capability the case lacked."""
-    return [f"skipped {s.get('what')}: {s.get('reason')}" for s in report.skipped]
+    """``skipped forward-mode AD (order 1): why``, one per capability the case lacked; ``note ...`` for an entry
+    that says how the audit ran rather than what it left out (``"note": true``: a backend's compile count)."""
+    return [f"{'note' if s.get('note') else 'skipped'} {s.get('what')}: {s.get('reason')}" for s in report.skipped]
 
 
 def stats_line(report: Report) -> str:
@@ -227,8 +289,10 @@ def stats_line(report: Report) -> str:
     st = report.stats
     if not st:
         return ""
+    compilations = st.get("compilations", 0)
     return (f"{float(st.get('seconds', 0) or 0):.2f}s, {st.get('forward_evals', 0)} forward / "
-            f"{st.get('backward_evals', 0)} backward evaluations, {st.get('compilations', 0)} compilations")
+            f"{st.get('backward_evals', 0)} backward evaluations, {compilations} "
+            f"compilation{'' if compilations == 1 else 's'}")
 
 
 def render_text(report: Report, verbose: bool = False, quiet: bool = False, max_checks: int | None = 12) -> str:

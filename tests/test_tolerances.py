@@ -149,6 +149,7 @@ def test_a_real_fault_still_fails_with_a_loose_but_sane_rtol():
     finding = report.findings[0]
     assert finding.kind == "faulty_backward"
     assert finding.details["relative_error"] > 1e-2 and "relative error" in finding.message
+    assert "on --rtol's scale" in finding.message and "--rtol/--atol allow" in finding.message
     failing = [c for c in report.checks if not c.ok]
     assert failing and all(c.user_tolerance is not None and c.max_abs_err > c.user_tolerance for c in failing)
 

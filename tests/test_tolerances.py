@@ -240,6 +240,19 @@ def test_cli_compare_carries_the_tolerance_into_its_worker():
     assert settings["rtol"] == 1e-5 and settings["atol"] == 1e-12
 
 
+def test_pyproject_sets_the_tolerance_and_refuses_a_bad_one(tmp_path):
+    from gradaudit import config
+    from gradaudit.cli.main import main
+
+    (tmp_path / "pyproject.toml").write_text("[tool.gradaudit]\nrtol = 1e-5\n[tool.gradaudit.compare]\natol = 1e-9\n")
+    assert config.default_map(main, "run", cwd=tmp_path, environ={}) == {"rtol": 1e-5}
+    assert config.default_map(main, "compare", cwd=tmp_path, environ={}) == {"rtol": 1e-5, "atol": 1e-9}
+    assert config.default_map(main, "suite", cwd=tmp_path, environ={}) == {"rtol": 1e-5}
+    (tmp_path / "pyproject.toml").write_text("[tool.gradaudit.run]\natol = -0.1\n")
+    with pytest.raises(config.ConfigError, match=r"\[tool.gradaudit.run\]: atol = -0.1: --atol must be a finite"):
+        config.default_map(main, "run", cwd=tmp_path, environ={})
+
+
 def test_cli_compare_refuses_a_bad_tolerance_in_one_line():
     result = gradaudit_cli("compare", f"{HERE}:approximate", "--backends", "eager", "--rtol", "-0.5")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

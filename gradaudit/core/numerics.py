@@ -99,7 +99,14 @@ def shifted(x: Tensors, direction: Sequence[torch.Tensor | None], t: float) -> T
     """x + t u, computed on the CPU (where probe directions live: see probe.ProbeSpace) and handed to x's device
     as data: on a compiling backend (XLA) the sum on the device would be a graph of its own for every pattern
     of shifted leaves."""
-    return [xi if ui is None else on_device_of(to_host(xi) + t * ui.cpu(), xi) for xi, ui in zip(x, direction)]
+    return [xi if ui is None else _shifted_leaf(xi, ui, t) for xi, ui in zip(x, direction)]
+
+
+def _shifted_leaf(xi: torch.Tensor, ui: torch.Tensor, t: float) -> torch.Tensor:
+    if xi.device.type == "cpu" and ui.device.type == "cpu":  # (the same sum, without the moves' calls)
+        moved = xi.detach() + t * ui
+        return moved.requires_grad_() if xi.requires_grad else moved
+    return on_device_of(to_host(xi) + t * ui.cpu(), xi)
 
 
 def on_device_of(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -196,7 +203,10 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
     ``straddled_kinks``) carries that gap in its bar. On a smooth direction this costs one level."""
     steps = ladder_steps(top, levels)
     pending = list(first) if first is not None else f(ladder_points(x, u, steps[:FIRST_LEVELS]))
-    quotients, roundings, gaps = [], [], []
+    quotients, roundings, gaps, extrapolations = [], [], [], {}
+    # (the same numbers as at each level, computed once: a tiny audit's time is mostly such small ops)
+    twice_center = None if center is None else [2 * real(c).double() for c in center]
+    scaled_noise = None if noise is None else [RICHARDSON_NOISE * n for n in noise]
 
     def add_level() -> None:
         s = steps[len(quotients)]
@@ -206,14 +216,16 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
         plus, minus = [real(t).double() for t in plus], [real(t).double() for t in minus]
         quotients.append([(p - m) / (2 * s) for p, m in zip(plus, minus)])
         if center is not None:  # |D+(s) - D-(s)|: s |f''| where f is smooth, the slope's jump across a kink
-            gaps.append([(p + m - 2 * real(c).double().to(p.device)).abs() / s for p, m, c in zip(plus, minus, center)])
+            gaps.append([(p + m - c.to(p.device)).abs() / s for p, m, c in zip(plus, minus, twice_center)])
         floor = [e * (p.abs() + m.abs()) / s for e, p, m in zip(output_eps, plus, minus)]
         if noise is not None:
-            floor = [r + RICHARDSON_NOISE * n.to(r.device) / s for r, n in zip(floor, noise)]
+            floor = [r + n.to(r.device) / s for r, n in zip(floor, scaled_noise)]
         roundings.append(floor)
 
     def extrapolated(k: int) -> Tensors:
-        return [(4 * b - a) / 3 for a, b in zip(quotients[k], quotients[k + 1])]
+        if k not in extrapolations:
+            extrapolations[k] = [(4 * b - a) / 3 for a, b in zip(quotients[k], quotients[k + 1])]
+        return extrapolations[k]
 
     for _ in range(2):
         add_level()
@@ -356,7 +368,7 @@ class CotangentRows:
     def __init__(self, cotangents: list[Tensors], grads: list[Tensors]) -> None:
         self.v = torch.stack([flat(row) for row in cotangents])
         self.g = torch.stack([flat(row) for row in grads])
-        self.v2, self.v_abs = self.v * self.v, self.v.abs()
+        self.v2, self.v_abs, self.g_abs = self.v * self.v, self.v.abs(), self.g.abs()
         sizes = [real(t).numel() for t in grads[0]]
         ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
         self.columns = [(end - size, end) for size, end in zip(sizes, ends)]  # each leaf's columns in g

@@ -436,8 +436,9 @@ def balancing_weights(analytical: Analytical, u: list) -> list[float]:
     BALANCE_SPREAD. Without them a leaf with a small gradient (a bias beside large weights) would hide below the
     error bar of the large ones. Shares are only scaled down: no leaf moves further than its own scale, where a
     larger step would cross more kinks (ReLU) than its unbalanced probe does."""
-    shares = [0.0 if ui is None else sum(float((real(g[i]).double().abs() * real(ui).double().abs()).sum())
-                                         for g in analytical.grads) for i, ui in enumerate(u)]
+    rows = analytical.rows  # (summed over the cotangents in one product per leaf)
+    shares = [0.0 if ui is None else float((rows.g_abs[:, slice(*rows.columns[i])] @ flat([ui]).abs()).sum())
+              for i, ui in enumerate(u)]
     sizes = [s for s in shares if s > 0 and math.isfinite(s)]
     if len(sizes) < 2:
         return [1.0] * len(u)

@@ -206,6 +206,7 @@ class CompileProgram(EagerProgram):
     def _compile_notes(self) -> list[dict]:
         variants = ", ".join(f"{'with' if g.grad_enabled else 'without'} grad" for g in self.capture.graphs)
         notes = [{"what": f"torch.compile ({self.compiler}{', mode ' + self.mode if self.mode else ''})",
+                  "note": True,  # how the audit ran, not something it left out
                   "reason": f"{self.compilations} graph{'s' * (self.compilations != 1)} compiled ({variants}); "
                             "forward-mode AD and double backward are not audited through compiled code"}]
         reasons = graph_break_reasons(self._graph_breaks)

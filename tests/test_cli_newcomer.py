@@ -157,3 +157,43 @@ def test_rich_markup_in_a_progress_description_cannot_crash_the_bar(monkeypatch)
     with output.progress_bar(True) as update:
         update("order 1 wrt fc[/].weight[bold]", 1, 2)
     assert "fc[/].weight[bold]" in screen.getvalue()
+
+
+# ------------------------------------------------------------------------------------ what the report says
+def test_compare_says_what_is_compared_with_what():
+    import fixtures
+    import gradaudit
+    from gradaudit.renderers.text import check_line, render_text
+
+    report = gradaudit.compare(*fixtures.mlp(), backends=["eager"], localize=False)
+    text = render_text(report, verbose=True)
+    verdict = text.splitlines()[0]
+    assert " on eager against eager/cpu/float64 (dtype as given), order 1" in verdict, verdict
+    assert "(reference)" not in verdict and "(as given)," not in verdict
+    assert "analytical|backend" in text and "numerical|reference" in text
+    parity = next(c for c in report.checks if c.method == "backend_parity")
+    assert ", eager " in check_line(parity) and " vs reference " in check_line(parity)
+
+
+def test_leaves_covered_by_a_passing_total_say_so():
+    import fixtures
+    import gradaudit
+    from gradaudit.renderers.text import render_text
+
+    report = gradaudit.check(*fixtures.mlp(), localize=False)
+    total = next(c for c in report.checks if c.wrt == "total")
+    leaves = [line for line in render_text(report, verbose=True).splitlines()
+              if "reverse" in line and line.split()[1] != "total"]
+    covered = [line for line in leaves if "via total" in line]
+    assert covered, leaves  # a passing aggregate covers (some of) its leaves
+    assert not any(f"{total.max_abs_err:.4g}" in line and f"{total.tolerance:.4g}" in line for line in covered)
+
+
+def test_notes_are_not_listed_as_skipped():
+    from gradaudit.renderers.text import skipped_lines
+    from gradaudit.report import Report
+
+    report = Report.from_dict({"skipped": [{"what": "xla: torch.compile (inductor)", "reason": "2 graphs compiled",
+                                            "note": True}, {"what": "forward-mode AD", "reason": "no jvp"}]})
+    assert skipped_lines(report) == ["note xla: torch.compile (inductor): 2 graphs compiled",
+                                     "skipped forward-mode AD: no jvp"]

@@ -33,7 +33,9 @@ NARROWEST_NAME = 6  # a name column may fold down to this many characters
 
 def column_widths(checks: list[Check]) -> list[int]:
     """The width of each column's widest cell, header included."""
-    return [max([len(header)] + [len(cell(c)) for c in checks]) for header, cell, _ in plain.check_columns(checks)]
+    columns = plain.check_columns(checks)
+    rows = plain.check_cells(checks, columns)
+    return [max([len(header)] + [len(row[i]) for row in rows]) for i, (header, _, _) in enumerate(columns)]
 
 
 def checks_table(checks: list[Check]) -> Table:
@@ -44,8 +46,8 @@ def checks_table(checks: list[Check]) -> Table:
         table.add_column(header, justify="right" if numeric else "left", no_wrap=numeric,
                          min_width=width if numeric else None, overflow="fold")
     status = [header for header, _, _ in columns].index("status")
-    for check in checks:
-        cells = [Text(cell(check)) for _, cell, _ in columns]
+    for check, texts in zip(checks, plain.check_cells(checks, columns)):
+        cells = [Text(text) for text in texts]
         cells[status].stylize(STATUS_STYLE.get(check.status, "yellow"))
         table.add_row(*cells)
     return table

@@ -44,7 +44,19 @@ def failure_message(report: Any) -> str:
     from gradaudit.suite.reports import report_text
 
     data = report if isinstance(report, dict) else report.to_dict()
-    return "wrong gradients\n" + report_text(data)
+    return f"wrong gradients{first_finding_summary(data)}\n" + report_text(data)
+
+
+def first_finding_summary(report: dict) -> str:
+    """``: faulty_backward wrt fc1.bias at BadGeluBackward (module act, bad_gelu.py:35)``: the first error
+    finding in the words of pytest's one-line summary; "" where there is none."""
+    errors = [f for f in report.get("findings") or [] if f.get("severity", "error") == "error"]
+    if not errors:
+        return ""
+    first = errors[0]
+    where = ", ".join(str(first[key]) for key in ("module", "source") if first.get(key))
+    return (f": {first.get('kind')}" + (f" wrt {first['wrt']}" if first.get("wrt") else "")
+            + (f" at {first['node']}" if first.get("node") else "") + (f" ({where})" if where else ""))
 
 
 def assert_gradients(fn: Any, args: Any = (), kwargs: dict | None = None, **check_options: Any):

@@ -197,3 +197,13 @@ def test_notes_are_not_listed_as_skipped():
                                             "note": True}, {"what": "forward-mode AD", "reason": "no jvp"}]})
     assert skipped_lines(report) == ["note xla: torch.compile (inductor): 2 graphs compiled",
                                      "skipped forward-mode AD: no jvp"]
+
+
+def test_the_pytest_summary_line_names_the_first_finding():
+    import fixtures
+    from gradaudit.testing import GradientAssertionError, assert_gradients
+
+    with pytest.raises(GradientAssertionError) as raised:
+        assert_gradients(*fixtures.wrong_parameter_gradient(), localize=True)
+    first = str(raised.value).splitlines()[0]  # what pytest's short summary shows
+    assert first.startswith("wrong gradients: faulty_backward wrt fc2.bias at FnBackward (fixtures.py:"), first

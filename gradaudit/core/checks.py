@@ -394,7 +394,8 @@ def outputs_and_saved(f: ForwardFunction, xs: Tensors) -> tuple[Tensors, Tensors
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         ys = f.outputs(xs)
-    return ys, [t.detach() for t in saved.values()]
+    # (dense tensors only: a sparse one has no elementwise comparison, and no memory a kernel writes through)
+    return ys, [t.detach() for t in saved.values() if t.layout == torch.strided]
 
 
 def nodes_saving(ys: Tensors, tensors: Tensors) -> list[str]:
@@ -407,7 +408,8 @@ def nodes_saving(ys: Tensors, tensors: Tensors) -> list[str]:
         if node is None or node in seen:
             continue
         seen.add(node)
-        if any(isinstance(t, torch.Tensor) and t.numel() and t.data_ptr() in wanted for t in saved_by(node)):
+        if any(isinstance(t, torch.Tensor) and t.layout == torch.strided and t.numel() and t.data_ptr() in wanted
+               for t in saved_by(node)):
             names.append(node.name())
         stack += [next_node for next_node, _ in node.next_functions]
     return names
@@ -572,8 +574,10 @@ class Auditor:
         probes with respect to x stay those of the seed)."""
         f = CotangentFunction(second, self.space.x)
         names = [f"grad_output[{name}]" for name in self._numeric_first.output_names]
-        space = ProbeSpace.seeded(list(second.cotangent), names, self.space.dtype, self.settings.seed + 65537,
-                                  self.space.arithmetic)
+        # Steps in v are steps in the outputs' dtype (a float16 output rounds its cotangent to float16).
+        dtype = coarsest([self.space.dtype] + [real(v).dtype for v in second.cotangent])
+        space = ProbeSpace.seeded(list(second.cotangent), names, dtype, self.settings.seed + 65537,
+                                  coarsest([dtype, self.space.arithmetic or dtype]))
         try:
             self.check_order(f, space, oracles=False)
         except OracleFailure as failure:

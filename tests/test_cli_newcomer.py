@@ -207,3 +207,11 @@ def test_the_pytest_summary_line_names_the_first_finding():
         assert_gradients(*fixtures.wrong_parameter_gradient(), localize=True)
     first = str(raised.value).splitlines()[0]  # what pytest's short summary shows
     assert first.startswith("wrong gradients: faulty_backward wrt fc2.bias at FnBackward (fixtures.py:"), first
+
+
+def test_verbose_logs_each_phase_and_counts_in_words():
+    result = gradaudit("run", "examples/bad_gelu.py:case", "-v")
+    assert result.returncode == 1, result.stderr
+    for phase in ("the checks", "localization", "hazard scan"):
+        assert f"INFO gradaudit.cli: phase: {phase}" in result.stderr, result.stderr
+    assert "FAIL, 6 checks, 1 finding\n" in result.stderr and "module -" not in result.stderr

@@ -174,8 +174,11 @@ def load_case(target: str) -> Any:
 
 def log_verdict(report: Any) -> None:
     """Log what an audit found (info) and each finding (debug)."""
-    logger.info("audit done in %.2f s: %s, %d checks, %d findings", report.stats.get("seconds", 0.0),
-                "pass" if report.ok else "FAIL", len(report.checks), len(report.findings))
+    checks, findings = len(report.checks), len(report.findings)
+    logger.info("audit done in %.2f s: %s, %d check%s, %d finding%s", report.stats.get("seconds", 0.0),
+                "pass" if report.ok else "FAIL", checks, "" if checks == 1 else "s", findings,
+                "" if findings == 1 else "s")
     for finding in report.findings:
-        logger.debug("finding %s wrt %s: node %s, module %s, source %s", finding.kind, finding.wrt,
-                     finding.node or "-", finding.module or "-", finding.source or "-")
+        where = ", ".join(f"{name} {getattr(finding, name)}" for name in ("node", "module", "source")
+                          if getattr(finding, name))
+        logger.debug("finding %s wrt %s%s", finding.kind, finding.wrt, f": {where}" if where else "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -70,10 +70,21 @@ def progress_reporters(stderr_is_terminal: bool, quiet: bool):
         yield None, None
     elif stderr_is_terminal:
         with progress_bar(True) as update:
-            yield update, None
+            yield update, logged_phase(None)
     else:
         plain = PlainProgress()
-        yield plain.progress, plain.phase
+        yield plain.progress, logged_phase(plain.phase)
+
+
+def logged_phase(then: Callable[[str], None] | None) -> Callable[[str], None]:
+    """A phase callback that logs each phase the worker starts (``-v``: info), then calls ``then``."""
+    from gradaudit.cli.common import logger
+
+    def phase(name: str) -> None:
+        logger.info("phase: %s", name)
+        if then is not None:
+            then(name)
+    return phase
 
 
 def terminal_copy(report):

@@ -145,3 +145,17 @@ def test_the_text_report_says_nan_never_err_nan():
     text = run.stdout + run.stderr
     assert "the backward returns NaN at element [1]" in text and "analytical NaN vs numerical" in text
     assert "|err| nan" not in text and "error bar nan" not in text, text
+
+
+# ------------------------------------------------------------------------------------------ whose exception
+def test_a_double_backward_raising_in_python_skips_order_2_saying_where():
+    report = gradaudit.check(*targets.python_once_square(), order=2)
+    assert report.ok and {c.order for c in report.checks} == {1}, report
+    reason = skipped(report, "order 2")
+    assert "double backward" in reason and "python_once_square not supported" in reason
+    assert "extension_targets.py" in reason  # (raised in the user's code: the note says where)
+
+
+def test_the_cases_own_backward_raising_is_still_the_audits_failure():
+    with pytest.raises(gradaudit.AuditError, match="planted failure in the backward"):
+        gradaudit.check(*targets.raising_backward(), order=2)

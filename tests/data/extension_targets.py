@@ -107,3 +107,48 @@ class NanAtOneElement(torch.autograd.Function):
 
 def nan_at_one_element():
     return NanAtOneElement.apply, (_x(),)
+
+
+# ------------------------------------------------------------------------------------------ whose exception
+class SquareBackward(torch.autograd.Function):
+    """The backward of ``PythonOnceSquare``: 2 x g, refusing to be differentiated (torchvision's old Python ops)."""
+
+    @staticmethod
+    def forward(ctx, grad, x):
+        return 2 * x * grad
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("double backwards on python_once_square not supported")
+
+
+class PythonOnceSquare(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return SquareBackward.apply(grad, x)
+
+
+def python_once_square():
+    return PythonOnceSquare.apply, (_x(),)
+
+
+class RaisingBackward(torch.autograd.Function):
+    """x^2 whose (first) backward raises: a primary quantity, the case's own failure."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("planted failure in the backward")
+
+
+def raising_backward():
+    return RaisingBackward.apply, (_x(),)

@@ -215,3 +215,12 @@ def test_verbose_logs_each_phase_and_counts_in_words():
     for phase in ("the checks", "localization", "hazard scan"):
         assert f"INFO gradaudit.cli: phase: {phase}" in result.stderr, result.stderr
     assert "FAIL, 6 checks, 1 finding\n" in result.stderr and "module -" not in result.stderr
+
+
+def test_help_shows_the_dtype_configuration_sets():
+    import os
+
+    configured = subprocess.run([GRADAUDIT, "run", "--help"], capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "GRADAUDIT_DTYPE": "float32", "COLUMNS": "200"})
+    assert "[default: float32, from configuration]" in configured.stdout and "keep" not in configured.stdout
+    assert "(default: keep)" in gradaudit("run", "--help").stdout.replace("\n", " ").replace("  ", "")

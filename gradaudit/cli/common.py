@@ -6,6 +6,8 @@ it, so that ``--seed`` or ``--json`` mean the same thing everywhere and configur
 """
 from __future__ import annotations
 
+import re
+
 import functools
 import logging
 import math
@@ -103,9 +105,25 @@ def order_option(command: F) -> F:
                         help="2 checks first and second order.")(command)
 
 
+BUILT_IN_DEFAULT = re.compile(r"\s*\(default: [^)]*\)")
+
+
+class ConfiguredDefault(click.Option):
+    """An option whose help names its built-in default in words (``(default: keep)``): where configuration
+    (``[tool.gradaudit]``, ``GRADAUDIT_*``) sets another, ``--help`` says that one instead."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        configured = ctx.lookup_default(self.name, call=False) if self.name else None
+        if record is None or configured is None:
+            return record
+        names, text = record
+        return names, f"{BUILT_IN_DEFAULT.sub('', text)} [default: {configured}, from configuration]"
+
+
 def dtype_option(help: str = "Cast floating inputs and parameters (default: keep).") -> Callable[[F], F]:
     """``--dtype {float16,bfloat16,float32,float64}``, default None (keep the case's dtypes)."""
-    return click.option("--dtype", type=click.Choice(DTYPES), default=None, help=help)
+    return click.option("--dtype", type=click.Choice(DTYPES), default=None, help=help, cls=ConfiguredDefault)
 
 
 def json_option(what: str = "the JSON report") -> Callable[[F], F]:

@@ -13,7 +13,7 @@ from gradaudit import __version__
 from gradaudit.case import as_case
 from gradaudit.core.checks import Auditor, Settings, precision_notes
 from gradaudit.core.findings import backend_error_finding
-from gradaudit.errors import AuditError, Unsupported, backend_failure
+from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.pipeline import announce, optional_phase, publish_verdict
 from gradaudit.outcome import user_code_boundary, users_own_exception, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
@@ -113,7 +113,12 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     skipped: list[dict] = []
     announce("the checks")
     with same_rng_for_each_program() as rewind, ExitStack() as open_programs:
-        program = open_programs.enter_context(chosen.load(case, device, parse_dtype(dtype)))
+        try:
+            program = open_programs.enter_context(chosen.load(case, device, parse_dtype(dtype)))
+        except BackendFailure as failure:  # (only another backend's: eager raising is the case's own error)
+            report = failed_backend_report(case, chosen, failure, settings, rewind, dtype, started)
+            publish_verdict(report)
+            return report
         reference = None if static_only else load_reference(case, chosen, program, device, shadow, rewind,
                                                             skipped)
         if reference is not None:
@@ -143,6 +148,24 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
             report.findings += optional_phase(phase, work, report.skipped) or []
         report.stats = audit_stats(program, reference, started)
     return report
+
+
+def failed_backend_report(case, backend, failure: BackendFailure, settings: Settings, rewind: Callable[[], None],
+                          dtype: str | torch.dtype | None, started: float) -> Report:
+    """The backend raised running the case (torch-xla refusing ``dim=0`` on a 0-d tensor): when eager float64
+    runs the same case, that is a finding about the backend (``backend_error``, the verdict FAIL), as in
+    ``compare``; when eager raises too, its error is the case's own and the audit cannot run."""
+    rewind()
+    with usable_backend("eager").load(case, "cpu", torch.float64) as eager:
+        precision = precision_notes(eager)
+        stats = eager.stats.to_dict()
+    stats["seconds"] = round(time.perf_counter() - started, 4)
+    return Report(target=case.label, backend=backend.name, device=failure.device,
+                  dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=settings.seed,
+                  findings=[backend_error_finding(0, failure)], stats=stats, settings=settings.to_dict(),
+                  skipped=[{"what": f"order {order}", "reason": f"{failure.what} on {failure.device} raised"}
+                           for order in range(1, settings.order + 1)],
+                  version=__version__, precision=precision)
 
 
 def audit_stats(program: Program, reference: Program | None, started: float) -> dict:

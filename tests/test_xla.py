@@ -221,6 +221,19 @@ def test_a_backward_torch_xla_cannot_run_is_a_backend_error_finding():
     assert gradaudit.check(*eval_batch_norm()).ok
 
 
+def test_a_forward_torch_xla_cannot_run_is_a_backend_error_finding():
+    """torch-xla 2.9 refuses dim=0 on a 0-d tensor (amax, logsumexp, index_select), which eager accepts: a
+    finding about the backend at order 0 with the orders it stopped named, not an audit that could not run
+    (it was an error record in suites); a forward eager cannot run either stays the case's own error."""
+    report = gradaudit.check(lambda x: torch.amax(x, dim=0), (torch.tensor(1.5, dtype=torch.float64),),
+                             backend="xla", order=2)
+    assert [(f.kind, f.order, f.severity) for f in report.findings] == [("backend_error", 0, "error")], report
+    assert "Value out of range" in report.findings[0].details["exception"]
+    assert [note["what"] for note in report.skipped] == ["order 1", "order 2"] and not report.ok
+    with pytest.raises(AuditError, match="the case raised IndexError"):
+        gradaudit.check(lambda x: torch.amax(x, dim=3), (torch.ones(2, dtype=torch.float64),), backend="xla")
+
+
 def test_the_users_own_exception_on_xla_is_still_the_case_raising():
     calls = {"xla": 0}
 

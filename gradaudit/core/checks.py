@@ -352,7 +352,7 @@ def oracle_reason(failure: OracleFailure) -> str:
     """Why an oracle could not run, in one line: torch's words (or the exception) and where it was raised."""
     cause = failure.cause
     where = f" ({where_it_happened(cause)})" if raised_in_users_code(cause) else ""  # (torch's own: no place)
-    return (f"torch cannot run {failure.oracle} here, so that oracle is skipped: {type(cause).__name__}: "
+    return (f"{failure.oracle} could not run here, so that oracle is skipped: {type(cause).__name__}: "
             f"{first_line(cause)}{where}")
 
 

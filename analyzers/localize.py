@@ -60,23 +60,70 @@ LOCALIZED_KINDS = FAULTS
 
 
 # ------------------------------------------------------------------------------------------ perturbed runs
+# Ops that compute nothing (an alias of their input). torch issues some of them or not depending on who holds a
+# reference: a factory (``arange``, ``zeros``, ``empty_like``) whose output the trace's recorder still holds
+# detaches it once more, a re-run's does not. Either side may have them where the other has not.
+PASSIVE_OPS = frozenset({"aten.detach", "aten.alias", "aten.lift_fresh"})
+
+
+class _Diverged(RuntimeError):
+    """A re-run did not follow the traced op sequence (data-dependent control flow)."""
+
+
+class OpAligner:
+    """Maps each op a re-run dispatches onto the trace's op index, skipping passive ops that only one side has;
+    any other difference is a divergence."""
+
+    def __init__(self, ops) -> None:
+        self.ops = ops
+        self.cursor = 0  # the next traced op to match
+        self.count = 0  # ops dispatched by the re-run
+
+    def index_of(self, name: str) -> int | None:
+        """The trace's index of the op just dispatched; None for a passive op the trace does not have here."""
+        self.count += 1
+        while self.cursor < len(self.ops) and self.ops[self.cursor].name != name:
+            if name in PASSIVE_OPS:
+                return None
+            if self.ops[self.cursor].name not in PASSIVE_OPS:
+                raise _Diverged(f"op {self.count - 1} of the re-run is {name}, the trace had "
+                                f"{self._where(self.cursor)}")
+            self.cursor += 1
+        if self.cursor == len(self.ops):
+            if name in PASSIVE_OPS:
+                return None
+            raise _Diverged(f"the re-run dispatched {name} after the trace's last op ({len(self.ops)} ops)")
+        self.cursor += 1
+        return self.cursor - 1
+
+    def finish(self) -> None:
+        """The re-run has ended: the trace must have no computing op left."""
+        rest = [k for k in range(self.cursor, len(self.ops)) if self.ops[k].name not in PASSIVE_OPS]
+        if rest:
+            raise _Diverged(f"the re-run stopped after {self.count} ops; the trace went on with "
+                            f"{len(rest)} more, from {self._where(rest[0])}")
+
+    def _where(self, index: int) -> str:
+        op = self.ops[index]
+        place = ", ".join(x for x in (f"module {op.module}" if op.module else "", op.source or "") if x)
+        return f"{op.name} (op {index}{', ' + place if place else ''})"
+
+
 class _Intervene(TorchDispatchMode):
-    """Counts ops like the trace did; adds a delta to chosen outputs and/or captures chosen outputs."""
+    """Follows the trace's op sequence (:class:`OpAligner`); adds a delta to chosen outputs and/or captures
+    chosen outputs, by the trace's op index."""
 
     def __init__(self, ops, plan: dict[int, list] | None = None, capture: set | None = None) -> None:
         super().__init__()
-        self.names = [op.name for op in ops]
+        self.aligner = OpAligner(ops)
         self.plan, self.capture = plan or {}, capture or set()
-        self.count, self.captured = 0, {}
+        self.capture_ops = {index for index, _ in self.capture}
+        self.captured = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        index = self.count
-        self.count += 1
+        index = self.aligner.index_of(_name(func))
         out = func(*args, **(kwargs or {}))
-        if index in self.plan or any(key[0] == index for key in self.capture):
-            if index >= len(self.names) or not self.names[index] == _name(func):
-                raise _Diverged(f"op {index} is {func}, the trace had "
-                                f"{self.names[index] if index < len(self.names) else 'nothing'}")
+        if index in self.plan or index in self.capture_ops:
             flat, spec = tree_flatten(out)
             for pos, delta in self.plan.get(index, ()):
                 if getattr(func, "_schema", None) is not None and func._schema.is_mutable:
@@ -88,10 +135,6 @@ class _Intervene(TorchDispatchMode):
                     self.captured[(index, pos)] = real(value.detach()).double().clone()
             out = tree_unflatten(flat, spec)
         return out
-
-
-class _Diverged(RuntimeError):
-    """A re-run did not follow the traced op sequence (data-dependent control flow)."""
 
 
 def _name(func) -> str:
@@ -157,8 +200,7 @@ class Localizer:
             else:
                 with mode:
                     outputs = self.program(values)
-        if mode.count != len(trace.ops):
-            raise _Diverged(f"the re-run dispatched {mode.count} ops, the trace {len(trace.ops)}")
+        mode.aligner.finish()
         return outputs, mode.captured
 
     def testable(self, trace: Trace, node_id: str) -> bool:

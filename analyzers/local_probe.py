@@ -14,6 +14,7 @@ from gradaudit.analyzers.trace import NodeInfo
 from gradaudit.backends.base import Stats
 from gradaudit.case import is_differentiable
 from gradaudit.core.differentiate import gradients
+from gradaudit.core.followups import nonsmooth_at_x
 from gradaudit.core.numerics import is_finite, rademacher_like, real
 from gradaudit.core.probe import Analytical, Numerics, ProbeSpace, probe_group
 
@@ -93,14 +94,16 @@ def _backward_function(fn: Callable, n_inputs: int) -> Callable:
 def local_probe(fn: Callable, xs: list[torch.Tensor], test: str, generator: torch.Generator,
                 probes: int = 2, nearby: bool = True) -> LocalResult:
     """The checker's probe test (``core.probe``) on one node in isolation: ``reverse`` (VJP vs finite
-    differences), ``double`` (the same on the node's backward B(a, g)) or ``forward`` (JVP vs finite
-    differences, elementwise). A failure is re-checked at a nearby point; passing there marks a kink, not a
-    fault."""
-    if test == "double":
+    differences), ``forward`` (JVP vs finite differences, elementwise), ``double`` or ``double_forward`` (the
+    same on the node's backward B(a, g)). A failure where the function is provably non-smooth (a kink) is
+    re-checked at a nearby point; passing there marks a kink, not a fault. Where it is smooth (a removable
+    singularity such as sinc's at 0) a failure is the node's, however close the points nearby pass."""
+    if test in ("double", "double_forward"):
         with torch.enable_grad():
             outs = fn([x.detach().requires_grad_() for x in xs])
         gs = [rademacher_like(o.detach(), generator) for o in outs]
-        fn, xs, test = _backward_function(fn, len(xs)), list(xs) + gs, "reverse"
+        fn, xs = _backward_function(fn, len(xs)), list(xs) + gs
+        test = "forward" if test == "double_forward" else "reverse"
     dtype = min((real(x).dtype for x in xs), key=lambda d: torch.finfo(d).bits)
     space = ProbeSpace(list(xs), [f"input {i}" for i in range(len(xs))], dtype, generator)
 
@@ -108,17 +111,19 @@ def local_probe(fn: Callable, xs: list[torch.Tensor], test: str, generator: torc
         with torch.enable_grad():
             return [o.detach() for o in fn([z.detach().requires_grad_() for z in zs])]
     numerics = Numerics(at_points(evaluate), space)
+    members = list(range(len(xs)))
 
-    def at(point) -> LocalResult:
+    def at(point) -> tuple[LocalResult, Analytical]:
         analytical = _local_analytical(fn, point, generator, forward=test == "forward")
-        outcome = probe_group(numerics, analytical, point, list(range(len(point))), probes)[
+        outcome = probe_group(numerics, analytical, point, members, probes)[
             "forward" if test == "forward" else "reverse"]
-        return LocalResult(outcome.failed, outcome.excess, outcome.analytical, outcome.numerical, outcome.tolerance)
+        return LocalResult(outcome.failed, outcome.excess, outcome.analytical, outcome.numerical,
+                           outcome.tolerance), analytical
 
-    result = at(xs)
-    if result.failed and nearby:
+    result, analytical = at(xs)
+    if result.failed and nearby and nonsmooth_at_x(numerics, analytical, members) is not None:
         shifted = space.nearby_point(lambda point: is_finite(evaluate(point)))
-        if shifted is not None and not at(shifted).failed:
+        if shifted is not None and not at(shifted)[0].failed:
             result.failed, result.kink = False, True
     return result
 

@@ -266,10 +266,15 @@ class Localizer:
         return Localization(trace, None, details={"method": "local_probe", "probed": len(probed),
                                                   "note": "no node failed its local probe test"})
 
-    def localize_double(self, finding: Finding) -> Localization:
+    def localize_double(self, finding: Finding, test: str = "double") -> Localization:
+        """Order 2: the first node whose own backward B(a, g) fails a probe test (``double``: reverse mode over
+        it; ``double_forward``: forward mode over it, for an order-2 ``faulty_forward_ad``)."""
         trace = trace_program(self.program, self.fresh())
         leaf = trace.leaf_id(finding.wrt) if finding.wrt and finding.wrt != "total" else None
-        return self.by_local_probes(trace, "double", leaf)
+        return self.by_local_probes(trace, test, leaf)
+
+    def localize_double_forward(self, finding: Finding) -> Localization:
+        return self.localize_double(finding, "double_forward")
 
 
 class ReverseLocalizer(Localizer):
@@ -482,6 +487,8 @@ def locate(program, finding: Finding, seed: int = 0) -> Localization:
     started = time.perf_counter()
     if finding.kind == FaultKind.FAULTY_DOUBLE_BACKWARD:
         localizer, how = Localizer(program, seed), Localizer.localize_double
+    elif finding.kind == FaultKind.FAULTY_FORWARD_AD and finding.order == 2:  # the JVP of the gradient
+        localizer, how = Localizer(program, seed), Localizer.localize_double_forward
     elif finding.kind == FaultKind.FAULTY_FORWARD_AD:
         localizer, how = ForwardLocalizer(program, seed), ForwardLocalizer.localize_forward
     else:

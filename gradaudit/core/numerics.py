@@ -202,51 +202,92 @@ def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, 
     and an element whose one-sided slopes differ by a gap that does not shrink with the step (see
     ``straddled_kinks``) carries that gap in its bar. On a smooth direction this costs one level."""
     steps = ladder_steps(top, levels)
-    pending = list(first) if first is not None else f(ladder_points(x, u, steps[:FIRST_LEVELS]))
-    quotients, roundings, gaps, extrapolations = [], [], [], {}
-    # (the same numbers as at each level, computed once: a tiny audit's time is mostly such small ops)
-    twice_center = None if center is None else [2 * real(c).double() for c in center]
-    scaled_noise = None if noise is None else [RICHARDSON_NOISE * n for n in noise]
-
-    def add_level() -> None:
-        s = steps[len(quotients)]
-        plus, minus = (pending.pop(0), pending.pop(0)) if pending else f(ladder_points(x, u, [s]))
-        # An output may be rounded coarser than the leaves (x.to(torch.bfloat16)): its own eps counts.
-        output_eps = [max(eps, eps_of(t.dtype)) if t.is_floating_point() or t.is_complex() else eps for t in plus]
-        plus, minus = [real(t).double() for t in plus], [real(t).double() for t in minus]
-        quotients.append([(p - m) / (2 * s) for p, m in zip(plus, minus)])
-        if center is not None:  # |D+(s) - D-(s)|: s |f''| where f is smooth, the slope's jump across a kink
-            gaps.append([(p + m - c.to(p.device)).abs() / s for p, m, c in zip(plus, minus, twice_center)])
-        floor = [e * (p.abs() + m.abs()) / s for e, p, m in zip(output_eps, plus, minus)]
-        if noise is not None:
-            floor = [r + n.to(r.device) / s for r, n in zip(floor, scaled_noise)]
-        roundings.append(floor)
-
-    def extrapolated(k: int) -> Tensors:
-        if k not in extrapolations:
-            extrapolations[k] = [(4 * b - a) / 3 for a, b in zip(quotients[k], quotients[k + 1])]
-        return extrapolations[k]
-
-    for _ in range(2):
-        add_level()
+    ladder = Ladder(steps, eps, noise, center)
+    ladder.add(list(first) if first is not None else f(ladder_points(x, u, steps[:FIRST_LEVELS])))
     best, lag = None, 0 if center is None else 1
     for k in range(1, levels - 1):
-        add_level()
+        if ladder.depth < k + 2:
+            ladder.add(f(ladder_points(x, u, [steps[ladder.depth]])))
         if k < 1 + lag:
             continue
         j = k - lag  # the estimate judged: R_j, against R_(j-1) (and R_k = R_(j+1) where kinks may be straddled)
-        value = extrapolated(j)
-        truncation = [(a - b).abs() for a, b in zip(value, extrapolated(j - 1))]
-        if lag:
-            truncation = [torch.maximum(t, (a - b).abs()) + kink for t, a, b, kink in
-                          zip(truncation, value, extrapolated(k), straddled_kinks(gaps[j], gaps[j + 1]))]
-        error = [t + r for t, r in zip(truncation, roundings[j + 1])]
-        total = sum(float(e.sum()) for e in error)
+        value, truncation = ladder.estimate(j, lag)
+        error = truncation + ladder.roundings[j + 1]
+        total = float(error.sum())
         if best is None or total < best[0] or not math.isfinite(best[0]):
-            best = (total, NumericalDerivative(value, error, steps[j - 1]))
-        if sum(float(t.sum()) for t in truncation) <= sum(float(r.sum()) for r in roundings[j + 1]):
+            best = (total, ladder.derivative(value, error, steps[j - 1]))
+        if float(truncation.sum()) <= ladder.rounding_sums[j + 1]:
             break  # rounding has caught up with truncation: a smaller step no longer helps
     return best[1]
+
+
+class Ladder:
+    """The levels of a Richardson ladder, with every output's real view end to end in one float64 vector (a
+    small op per level, not one per output): each level's central difference quotient, the rounding floor of
+    its step (the outputs' eps over the step, plus the measured noise), and, where f(x) is known, the one-sided
+    slopes' gap. Levels evaluated together (the first ones) are computed together."""
+
+    def __init__(self, steps: list[float], eps: float, noise: Tensors | None, center: Tensors | None) -> None:
+        self.steps, self.eps = steps, eps
+        self.scaled_noise = None if noise is None else RICHARDSON_NOISE * flat(noise)
+        self.twice_center = None if center is None else 2 * flat(center)
+        self.quotients: list[torch.Tensor] = []
+        self.roundings: list[torch.Tensor] = []
+        self.rounding_sums: list[float] = []
+        self.gaps: list[torch.Tensor] = []
+        self.extrapolations: list[torch.Tensor] = []  # R_k = (4 D_(k+1) - D_k) / 3
+        self.shapes: list[torch.Size] = []
+
+    @property
+    def depth(self) -> int:
+        return len(self.quotients)
+
+    def add(self, points: list[Tensors]) -> None:
+        """The levels of ``points`` (x + s u, x - s u for each next step s, as ``ladder_points`` orders them)."""
+        if not self.shapes:
+            self.shapes = [real(t).shape for t in points[0]]
+            self.output_eps = self.eps_of_outputs(points[0])
+        both = torch.stack([flat(point) for point in points])
+        plus, minus = both[0::2], both[1::2]
+        s = torch.tensor(self.steps[self.depth:self.depth + len(plus)], dtype=torch.float64).unsqueeze(1)
+        quotients = (plus - minus) / (2 * s)
+        floor = self.output_eps * (plus.abs() + minus.abs()) / s
+        if self.scaled_noise is not None:
+            floor = floor + self.scaled_noise / s
+        if self.twice_center is not None:  # |D+(s) - D-(s)|: s |f''| where f is smooth, the slope's jump at a kink
+            self.gaps += list(((plus + minus - self.twice_center).abs() / s).unbind(0))
+        previous = self.quotients[-1:]
+        self.quotients += list(quotients.unbind(0))
+        self.roundings += list(floor.unbind(0))
+        self.rounding_sums += floor.sum(1).tolist()
+        rows = torch.stack(previous + list(quotients.unbind(0)))
+        if len(rows) > 1:
+            self.extrapolations += list(((4 * rows[1:] - rows[:-1]) / 3).unbind(0))
+
+    def eps_of_outputs(self, outputs: Tensors) -> float | torch.Tensor:
+        """The rounding unit of each element: the arithmetic's, or an output's own where it is rounded coarser
+        than the leaves (x.to(torch.bfloat16))."""
+        each = [max(self.eps, eps_of(t.dtype)) if t.is_floating_point() or t.is_complex() else self.eps
+                for t in outputs]
+        if all(e == self.eps for e in each):
+            return self.eps
+        return torch.cat([torch.full((real(t).numel(),), e, dtype=torch.float64) for e, t in zip(each, outputs)])
+
+    def estimate(self, j: int, lag: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R_j and its truncation error: its distance from R_(j-1), and with ``lag``, from R_(j+1) too, plus
+        the straddled kinks' share (see ``straddled_kinks``)."""
+        value = self.extrapolations[j]
+        truncation = (value - self.extrapolations[j - 1]).abs()
+        if lag:
+            kinks = straddled_kinks([self.gaps[j]], [self.gaps[j + 1]])[0]
+            truncation = torch.maximum(truncation, (value - self.extrapolations[j + 1]).abs()) + kinks
+        return value, truncation
+
+    def derivative(self, value: torch.Tensor, error: torch.Tensor, top: float) -> NumericalDerivative:
+        """The estimate, split back into one tensor per output (their real views' shapes)."""
+        sizes = [math.prod(shape) for shape in self.shapes]
+        split = lambda t: [part.reshape(shape) for part, shape in zip(t.split(sizes), self.shapes)]  # noqa: E731
+        return NumericalDerivative(split(value), split(error), top)
 
 
 def straddled_kinks(coarse: Tensors, fine: Tensors) -> Tensors:

@@ -135,6 +135,7 @@ def test_a_targets_message_is_escaped_in_the_error_line(tmp_path):
     assert len(errors) == 1 and "boom \\x1b[31mred" in errors[0], result.stderr
 
 
+@pytest.mark.slow
 def test_a_keyboard_interrupt_the_user_raises_is_exit_2(tmp_path):
     path = hostile_zoo(tmp_path)
     result = gradaudit("suite", f"{path}:zoo_interrupts", cwd=tmp_path)

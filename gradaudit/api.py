@@ -11,7 +11,7 @@ import torch
 
 from gradaudit import __version__
 from gradaudit.case import as_case
-from gradaudit.core.checks import Auditor, Settings, precision_notes
+from gradaudit.core.checks import Auditor, Settings, precision_notes, share_precision
 from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.pipeline import announce, optional_phase, publish_verdict
@@ -257,6 +257,7 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
     if not program.capabilities.reference:
         rewind()
         eager = open_programs.enter_context(usable_backend("eager").load(case, "cpu", torch.float64))
+        share_precision(program, eager)  # (the notes and arithmetic of a backend the precision scan cannot see)
         checks, findings, model_error = forward_parity(program, eager, skipped)
         if any(check.mismatch for check in checks):  # another function than eager's: nothing to audit
             skipped.append({"what": "gradient checks", "reason": "the forward results differ in form (shape, "

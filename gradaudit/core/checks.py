@@ -26,7 +26,8 @@ from gradaudit.core.kinds import CheckStatus, Method
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, GRADIENT_NOISE_SAFETY, ROUNDING_FACTOR, RSS_SAFETY, Evaluate,
                                      Tensors, directional_derivative, on_device_of, rademacher_like, real,
                                      rounding_noise, rss_inner, to_host)
-from gradaudit.core.precision import Precision, coarsest, detect_precision, without_down_casts
+from gradaudit.core.precision import (Precision, coarsest, detect_precision, resolution_of,
+                                      without_down_casts)
 from gradaudit.core.probe import (DOMAIN_SHRINKS, Analytical, Numerics, Outcome, ProbeSpace, UserTolerance,
                                   probe_group_resolving)
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
@@ -483,6 +484,22 @@ def program_precision(program: Program) -> Precision | None:
         precision = None
     _PRECISION[program] = precision
     return precision
+
+
+def share_precision(program: Program, reference: Program) -> None:
+    """Where ``program``'s scan saw no section below its leaves' dtype but ``reference`` (eager float64 running the
+    same case) has some, ``program`` takes them: the same code casts at the same places, and torch-xla's
+    functional tensors hide requires_grad from the scan (an XLA report had no precision notes)."""
+    own, theirs = program_precision(program), program_precision(reference)
+    if theirs is None or (own is not None and any(d.what == "section" for d in own.drops)):
+        return
+    audited = own.audited if own is not None else program.dtype
+    sections = [d for d in theirs.drops
+                if d.what == "section" and resolution_of(getattr(torch, d.dtype)) > resolution_of(audited)]
+    if sections:
+        outputs = own.drops if own is not None else []
+        _PRECISION[program] = Precision(audited, coarsest([audited, theirs.dtype] + ([own.dtype] if own else [])),
+                                        outputs + sections)
 
 
 def precision_notes(program: Program) -> list[dict]:

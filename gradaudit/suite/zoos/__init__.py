@@ -87,6 +87,8 @@ def _call(function: Any, spec: str) -> Any:
         raise AuditError(f"zoo {spec} is a {type(function).__name__}, not a function returning cases")
     try:
         return function()
+    except AuditError:  # (the zoo's own one line: an optional library missing)
+        raise
     except Exception as exc:
         raise AuditError(f"zoo {spec} raised {type(exc).__name__}: {exception_line(exc)}") from exc
 

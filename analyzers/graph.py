@@ -68,17 +68,19 @@ def _node_info(node_id: str, node, record: OpRecord | None) -> NodeInfo:
 
 def _producers(resolved: dict, ops: list[OpRecord]) -> tuple[dict, dict]:
     """For each autograd node: the first op whose output carries it, and the (op index, output position,
-    output_nr) of the outputs that carry it (one per output_nr; all of them from that first op, or from the
-    ops of a custom Function's forward)."""
+    output_nr) of the outputs that carry it (one per output_nr, all from that first op). A custom Function's
+    output may be carried by several ops of its forward (``out = empty_like(x)`` then ``out.copy_(...)``): the
+    last of them made its value, so that one is kept."""
     first_record: dict[Any, OpRecord] = {}
-    producers: dict[Any, list] = {}
+    producers: dict[Any, dict] = {}  # node -> {output_nr: (op index, output position, output_nr)}
     for (i, pos), (node, output_nr) in sorted(resolved.items()):
         first_record.setdefault(node, ops[i])
-        if first_record[node] is ops[i] or first_record[node].function is not None:
-            taken = {nr for _, _, nr in producers.get(node, [])}
-            if output_nr not in taken:
-                producers.setdefault(node, []).append((i, pos, output_nr))
-    return first_record, producers
+        in_function = first_record[node].function is not None
+        if first_record[node] is ops[i] or in_function:
+            taken = producers.setdefault(node, {})
+            if output_nr not in taken or in_function:
+                taken[output_nr] = (i, pos, output_nr)
+    return first_record, {node: list(taken.values()) for node, taken in producers.items()}
 
 
 class _GraphBuilder:

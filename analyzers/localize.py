@@ -118,12 +118,21 @@ class _Intervene(TorchDispatchMode):
         self.aligner = OpAligner(ops)
         self.plan, self.capture = plan or {}, capture or set()
         self.capture_ops = {index for index, _ in self.capture}
-        self.captured = {}
+        self.captured, self.reached = {}, set()
+
+    def finish(self) -> None:
+        """The re-run has ended: it followed the trace, and reached every op it was to perturb or capture."""
+        self.aligner.finish()
+        missed = sorted(k for k in set(self.plan) | self.capture_ops if k not in self.reached)
+        if missed:
+            raise _Diverged(f"the re-run never dispatched {self.aligner._where(missed[0])}, whose output "
+                            f"was to be perturbed or captured")
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         index = self.aligner.index_of(_name(func))
         out = func(*args, **(kwargs or {}))
         if index in self.plan or index in self.capture_ops:
+            self.reached.add(index)
             flat, spec = tree_flatten(out)
             for pos, delta in self.plan.get(index, ()):
                 if getattr(func, "_schema", None) is not None and func._schema.is_mutable:
@@ -200,7 +209,7 @@ class Localizer:
             else:
                 with mode:
                     outputs = self.program(values)
-        mode.aligner.finish()
+        mode.finish()
         return outputs, mode.captured
 
     def testable(self, trace: Trace, node_id: str) -> bool:
@@ -264,7 +273,15 @@ class Localizer:
                                                                               result.to_dict()},
                                                              "confirmed": True})
         return Localization(trace, None, details={"method": "local_probe", "probed": len(probed),
-                                                  "note": "no node failed its local probe test"})
+                                                  "note": f"none of the {len(probed)} nodes that can run alone "
+                                                          f"failed its local probe test"})
+
+    def after_divergence(self, trace: Trace, test: str, leaf: str | None, exc: _Diverged) -> Localization:
+        """Re-runs of the forward took another path than the trace (control flow that depends on values or on
+        state): perturbed re-runs cannot be compared, so probe nodes one by one."""
+        result = self.by_local_probes(trace, test, leaf)
+        result.details["rerun"] = f"re-runs of the forward took another path than the traced one ({exc})"
+        return result
 
     def localize_double(self, finding: Finding, test: str = "double") -> Localization:
         """Order 2: the first node whose own backward B(a, g) fails a probe test (``double``: reverse mode over
@@ -357,10 +374,13 @@ class ReverseLocalizer(Localizer):
         for attempt in range(3):
             self.status = {}
             trace, v, grads, incoming = self.reverse_pass()
-            for name in wanted:
-                leaf = trace.leaf_id(name)
-                if leaf is not None and self.test_node(trace, leaf, v, grads, incoming) is False:
-                    return self.bisect(trace, leaf, v, grads, incoming)
+            try:
+                for name in wanted:
+                    leaf = trace.leaf_id(name)
+                    if leaf is not None and self.test_node(trace, leaf, v, grads, incoming) is False:
+                        return self.bisect(trace, leaf, v, grads, incoming)
+            except _Diverged as exc:
+                return self.after_divergence(trace, "reverse", trace.leaf_id(wanted[0]) if wanted else None, exc)
         return self.by_local_probes(trace, "reverse", None)
 
     def bisect(self, trace: Trace, leaf: str, v, grads, incoming) -> Localization:
@@ -439,9 +459,7 @@ class ForwardLocalizer(Localizer):
             u = [direction if k == index else None for k in range(len(self.names))]
             numerical = directional_derivative(at_points(captured), self.leaf_values, u, self.h, self.eps)
         except _Diverged as exc:
-            result = self.by_local_probes(trace, "forward", trace.leaf_id(self.names[index]))
-            result.details["note"] = f"forward re-runs diverged ({exc}); probed nodes one by one"
-            return result
+            return self.after_divergence(trace, "forward", trace.leaf_id(self.names[index]), exc)
         value = dict(zip(keys, numerical.value))
         tolerance = dict(zip(keys, elementwise_tolerance(numerical, self.eps)))
         status: dict[str, bool | None] = {}
@@ -520,13 +538,22 @@ def localize(program, finding: Finding, seed: int = 0) -> None:
     try:
         result = locate(program, finding, seed)
     except Exception as exc:  # localization is best effort: a finding without a place is still a finding
-        finding.details["localization"] = {"error": f"{type(exc).__name__}: {exc}"}
+        error = f"{type(exc).__name__}: {exc}"
+        finding.details["localization"] = {"error": error, "not_localized": f"localization failed ({error})"}
         return
     apply(finding, result)
 
 
+def not_localized_reason(details: dict) -> str:
+    """Why no node was named, in one line: what was tried and what it found."""
+    why = details.get("note") or "no node was found"
+    return f"{why}; {details['rerun']}" if details.get("rerun") else why
+
+
 def apply(finding: Finding, result: Localization) -> None:
     details = dict(result.details)
+    if result.culprit is None:
+        details["not_localized"] = not_localized_reason(details)
     if result.culprit is not None:
         info = result.trace.infos[result.culprit]
         finding.node, finding.op = info.name, info.op

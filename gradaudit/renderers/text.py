@@ -102,6 +102,8 @@ def precision_words(note: dict) -> str:
     """``float32 section at input_layernorm`` / ``float32 loss``: a precision note in a few words."""
     if note.get("what") == "output":
         return f"{note.get('dtype')} {note.get('output') or 'output'}"
+    if note.get("what") == "shadow":  # (the reference a low-precision program is judged against)
+        return f"{note.get('dtype')} shadow (the case refused float64)"
     at = note.get("at") or note.get("source") or note.get("op")  # ('' is the top module: its line says more)
     return f"{note.get('dtype')} section" + (f" at {at}" if at else "")
 
@@ -148,10 +150,21 @@ def finding_lines(finding: Finding) -> list[str]:
         lines.append("    " + ", ".join(numbers))
     if where(finding):
         lines.append(f"    at {where(finding)}")
+    if not_localized(finding):
+        lines.append(f"    not localized: {not_localized(finding)}")
     also = [str(w) for w in details.get("wrt_all") or [] if w != finding.wrt]
     if also and "also wrong wrt" not in message:
         lines.append(f"    also wrong wrt {', '.join(also)}")
     return lines
+
+
+def not_localized(finding: Finding) -> str | None:
+    """Why localization named no node for this finding (one line), or None (it did, or it did not run)."""
+    localization = (finding.details or {}).get("localization")
+    if not isinstance(localization, dict) or finding.node:
+        return None
+    why = localization.get("not_localized") or localization.get("error")
+    return " ".join(str(why).split()) if why else None
 
 
 def compared_names(check: Check) -> tuple[str, str]:

@@ -4,6 +4,7 @@ Run from the repository root:
 
     .venv/bin/python benchmarks/bench_core.py            # every row
     .venv/bin/python benchmarks/bench_core.py --quick    # skip the slowest rows (TransformerEncoderLayer)
+    .venv/bin/python benchmarks/bench_core.py --quick --before old.json   # ratios before and after, side by side
 
 Cases come from ``tests/fixtures.py``: planted faults (a checker should catch them) and correct cases
 (a checker should pass them). Each case is checked by
@@ -21,8 +22,12 @@ Verdicts: faults are ``caught`` / ``missed``; correct cases ``pass`` / ``FALSE A
 raises shows ``error: <reason>``. In float32 rows a torch ``caught*`` says little: torch at its default
 tolerances fails every float32 case, correct or not.
 
-Times are wall seconds. Each tool first runs once untimed (that run gives the verdict and pays first-call
-costs); if it took over 5 s its time is reported as is (1 run), else the median of 3 further timed runs.
+Times are wall seconds (``--clock cpu``: the process's CPU seconds, steadier when other processes load the
+machine; the cases run on one thread). Each tool first runs once untimed (that run gives the verdict and pays first-call
+costs); if it took over 5 s its time is reported as is (1 run), else the median of 5 further timed runs.
+``ratio`` is gradaudit's time over torch's fast mode for the same orders: gradcheck fast at order 1, gradcheck
+fast plus gradgradcheck fast at order 2 (gradaudit checks both orders there); the summary gives its geometric
+mean and its maximum over the rows, and ``--before`` a results file of an earlier run to set beside them.
 Everything runs single-threaded by default (``--threads``): these cases are tiny, and on a shared machine
 intra-op threads fighting other processes made timings swing by 10-50x. The table is also written to
 ``benchmarks/results/core.json`` (``core-quick.json`` with ``--quick``), with every run's time.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -52,7 +58,7 @@ import gradaudit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "core.json"
 SLOW_RUN_S = 5.0  # a first run longer than this is not repeated
-RUNS = 3
+RUNS = 5
 DROPOUT_SEED = 1234
 
 
@@ -155,12 +161,16 @@ def short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:70]
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def once(run: Callable[[], bool]) -> tuple[bool, float]:
-    started = time.perf_counter()
+    started = clock()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about float32 inputs on every call
         passed = run()
-    return passed, time.perf_counter() - started
+    return passed, clock() - started
 
 
 def timed(run: Callable[[], bool], fault: bool) -> Result:
@@ -232,18 +242,51 @@ def cell(entry: dict | None) -> str:
     return f"{entry['verdict']}{seconds}"
 
 
-def table(records: list[dict]) -> str:
-    header = ["case", "dtype", "ord", "expected", *TOOLS]
+def fast_ratio(record: dict) -> float:
+    """gradaudit's time over torch fast mode's for the row's orders (nan where a time is missing)."""
+    results = record["results"]
+    tools = ["gradcheck fast"] + (["gradgradcheck fast"] if record["order"] == 2 else [])
+    torch_seconds = [results.get(tool, {}).get("seconds") for tool in tools]
+    mine = results["gradaudit auto"]["seconds"]
+    if mine is None or any(t is None for t in torch_seconds):
+        return float("nan")
+    return mine / sum(torch_seconds)
+
+
+def ratio_cell(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.1f}x"
+
+
+def table(records: list[dict], before: dict[tuple, dict] | None = None) -> str:
+    header = ["case", "dtype", "ord", "expected", *TOOLS, "ratio"] + (["ratio before"] if before else [])
     lines = [[r["case"], r["dtype"], str(r["order"]), r["expected"],
-              *(cell(r["results"].get(tool)) for tool in TOOLS)] for r in records]
+              *(cell(r["results"].get(tool)) for tool in TOOLS), ratio_cell(fast_ratio(r))]
+             + ([ratio_cell(fast_ratio(before[key(r)]) if key(r) in before else None)] if before else [])
+             for r in records]
     widths = [max(len(x) for x in col) for col in zip(header, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa
     out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines]
     notes = sorted({f"{r['case']}: {r['note']}" for r in records if r["note"]})
     notes.append("caught*: a torch catch in float32, where torch at default tolerances fails every case")
+    notes.append("ratio: gradaudit auto / torch fast mode (gradcheck fast; + gradgradcheck fast at order 2)")
     if not any(r["case"] == "transformer_layer" for r in records):
         notes.append("transformer_layer rows skipped (--quick)")
     return "\n".join(out + [""] + [f"note  {n}" for n in notes])
+
+
+def key(record: dict) -> tuple:
+    return record["case"], record["dtype"], record["order"]
+
+
+def ratio_summary(records: list[dict], label: str) -> str:
+    """Geometric mean and maximum of the rows' ratios, and how many rows exceed the 3x target."""
+    ratios = [x for x in (fast_ratio(r) for r in records) if x == x and x > 0]
+    if not ratios:
+        return f"{label}: no ratios"
+    geomean = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+    worst = max(records, key=lambda r: fast_ratio(r) if fast_ratio(r) == fast_ratio(r) else 0)
+    return (f"{label}: gradaudit / torch fast mode geomean {geomean:.1f}x, max {max(ratios):.1f}x "
+            f"({worst['case']} {worst['dtype']}), {sum(x > 3 for x in ratios)} of {len(ratios)} rows over 3x")
 
 
 def summary(records: list[dict]) -> list[str]:
@@ -270,6 +313,7 @@ def summary(records: list[dict]) -> list[str]:
                      f"{'met' if r >= 10 else 'NOT met'})")
     else:
         lines.append("(2) TransformerEncoderLayer: skipped (--quick)")
+    lines.append(ratio_summary(records, "(4) speed"))
     correct = [r for r in records if r["expected"] == "correct"]
     for label, dtypes in (("float64/complex128", ("float64", "complex128")),
                           ("float32/complex64", ("float32", "complex64"))):
@@ -285,7 +329,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the slowest rows")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="wall seconds (default), or the process's CPU seconds: steadier on a shared machine")
+    parser.add_argument("--before", type=Path, help="results JSON of an earlier run: its ratios beside these")
     options = parser.parse_args()
+    before = load_before(options.before) if options.before else None
+    global clock
+    clock = CLOCKS[options.clock]
     torch.set_num_threads(options.threads)
     warm_up()
     records = []
@@ -294,19 +344,31 @@ def main() -> None:
             continue
         print(f"... {row.case} {row.dtype or ''} order {row.order}", file=sys.stderr, flush=True)
         records.append(measure(row))
-    print(table(records))
+    print(table(records, before))
     print()
     lines = summary(records)
+    if before:
+        lines.append(ratio_summary([before[key(r)] for r in records if key(r) in before],
+                                   f"(4) before ({options.before.name})"))
     print("\n".join(lines))
     path = RESULTS.with_name("core-quick.json") if options.quick else RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"torch": torch.__version__, "gradaudit": getattr(gradaudit, "__version__", "?"),
-            "threads": torch.get_num_threads(), "quick": options.quick, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "quick": options.quick, "clock": options.clock, "cpus": os.cpu_count(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
-    print(f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['cpus']} CPUs, "
+    print(f"torch {meta['torch']}, {meta['threads']} thread(s), {meta['clock']} clock, {meta['cpus']} CPUs, "
           f"load average {meta['load_average_at_end'][0]}")
     path.write_text(json.dumps({"meta": meta, "rows": records, "summary": lines}, indent=1))
     print(f"\nwritten {path.relative_to(ROOT)}")
+
+
+def load_before(path: Path) -> dict[tuple, dict]:
+    """The rows of an earlier results file, by (case, dtype, order)."""
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"bench_core.py: error: --before {path}: {exc}") from None
+    return {key(r): r for r in rows}
 
 
 def warm_up() -> None:

@@ -453,8 +453,8 @@ def probe_tests(rows: CotangentRows, numerical: NumericalDerivative, direction: 
     analytical_error = ANALYTICAL_NOISE * (rows.v2 @ flat(noise).pow(2)).sqrt() if noise is not None else 0.0
     magnitude = g.abs() @ u.abs() + rows.v_abs @ value.abs()
     spread = RSS_SAFETY * (((g * g) @ (u * u)).sqrt() + (rows.v2 @ (value * value)).sqrt())
-    tolerance = (RSS_SAFETY * numerical_error + analytical_error + relative_floor(eps) * torch.minimum(magnitude, spread)
-                 + model_error * magnitude + 1e-300)
+    floor = relative_floor(eps) * torch.minimum(magnitude, spread)
+    tolerance = RSS_SAFETY * numerical_error + analytical_error + floor + model_error * magnitude + 1e-300
     return list(zip(analytical.tolist(), numeric.tolist(), tolerance.tolist()))
 
 

@@ -15,7 +15,7 @@ from gradaudit.core.checks import Auditor, Settings, precision_notes, share_prec
 from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.pipeline import announce, optional_phase, publish_verdict
-from gradaudit.outcome import user_code_boundary, users_own_exception, where_it_happened
+from gradaudit.outcome import first_line, user_code_boundary, users_own_exception, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks, path_dtype
 from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
@@ -58,9 +58,33 @@ def load_reference(case, backend, program: Program, device: str | None, shadow: 
     try:
         return backend.load(case, device, torch.float64)
     except Exception as exc:
-        skipped.append({"what": "float64 shadow", "reason": f"{type(exc).__name__}: {exc}; "
-                        f"checked in {program.dtype} with its own error bars"})
+        refusal = f"{type(exc).__name__}: {first_line(exc)}"
+    fallback = float32_shadow(case, backend, program, device, rewind)
+    what = "the reference is a float32 shadow" if fallback is not None else \
+        f"checked in {program.dtype} with its own error bars"
+    skipped.append({"what": "float64 shadow", "reason": f"{refusal}; {what}"})
+    return fallback
+
+
+def float32_shadow(case, backend, program: Program, device: str | None,
+                   rewind: Callable[[], None]) -> Program | None:
+    """The case in float32 where it refuses float64 (a Triton kernel, torchaudio's rnnt_loss) and the program is
+    coarser (bf16/fp16): float32's rounding is 2^16 times below bf16's, so it still judges the program's noise."""
+    if torch.finfo(program.dtype).eps <= torch.finfo(torch.float32).eps:
         return None
+    rewind()
+    try:
+        return backend.load(case, device, torch.float32)
+    except Exception:
+        return None
+
+
+def shadow_notes(program: Program, reference: Program | None) -> list[dict]:
+    """The precision note of a low-precision program judged against a float32 shadow rather than float64."""
+    if reference is None or not program.capabilities.autograd or reference.dtype == torch.float64:
+        return []
+    return [{"dtype": str(reference.dtype).replace("torch.", ""), "what": "shadow",
+             "reason": "the case refused float64: gradients judged against a float32 shadow"}]
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -137,12 +161,14 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
             for finding in findings:
                 if finding.kind == FaultKind.HAZARD:
                     finding.severity = Severity.ERROR
-        settings_dict = settings.to_dict() | {"shadow": "float64" if reference is not None else None,
+        shadow = str(reference.dtype).replace("torch.", "") if reference is not None else None
+        settings_dict = settings.to_dict() | {"shadow": shadow,
                                               "localize": localize, "static_only": static_only}
         report = Report(target=case.label, backend=chosen.name, device=program.device,
                         dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=checks, findings=findings,
                         skipped=skipped, stats=audit_stats(program, reference, started), settings=settings_dict,
-                        version=__version__, precision=[] if static_only else precision_notes(reference or program))
+                        version=__version__, precision=[] if static_only else
+                        precision_notes(reference or program) + shadow_notes(program, reference))
         publish_verdict(report)
         for phase, work in later:
             report.findings += optional_phase(phase, work, report.skipped) or []

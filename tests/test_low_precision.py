@@ -167,3 +167,44 @@ def test_torch_nn_modules_raise_no_parity_alarm_in_low_precision(dtype):
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_the_whole_torch_nn_zoo_raises_no_parity_alarm_in_low_precision(dtype):
     assert parity_false_alarms(dtype, zoo_cases(), strict=False) == []
+
+
+SHADOW_BUG = {"scale": 1.0}  # the factor NoFloat64Kernel's backward is off by
+
+
+class NoFloat64Kernel(torch.autograd.Function):
+    """A fused kernel with no float64 path (as a Triton kernel or torchaudio's rnnt_loss): float32 inside."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        if torch.float64 in (x.dtype, weight.dtype):
+            raise TypeError("kernel has no float64 implementation")
+        ctx.save_for_backward(x, weight)
+        return (torch.tanh(x.float() * weight.float())).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = (t.float() for t in ctx.saved_tensors)
+        local = (1 - torch.tanh(x * weight) ** 2) * grad.float()
+        return (local * weight * SHADOW_BUG["scale"]).to(grad.dtype), (local * x).to(grad.dtype)
+
+
+def no_float64_case():
+    generator = torch.Generator().manual_seed(0)
+    return NoFloat64Kernel.apply, (torch.randn(64, generator=generator).requires_grad_(),
+                                   torch.randn(64, generator=generator).requires_grad_())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_kernel_refusing_float64_is_judged_against_a_float32_shadow(dtype):
+    report = gradaudit.check(*no_float64_case(), dtype=dtype, localize=False)
+    assert report.ok, report
+    assert report.settings["shadow"] == "float32"
+    assert {"dtype": "float32", "what": "shadow"}.items() <= report.precision[-1].items(), report.precision
+    assert "float32 shadow" in str(report)
+    SHADOW_BUG["scale"] = 1.1  # a 10 % error in the gradient of x
+    try:
+        report = gradaudit.check(*no_float64_case(), dtype=dtype, localize=False)
+    finally:
+        SHADOW_BUG["scale"] = 1.0
+    assert not report.ok and any(c.wrt == "args[0]" and not c.ok for c in report.checks), report

@@ -394,7 +394,7 @@ def measured_parity_checks(native: Program, reference: Program,
 
         def gradients_at(xs, f_n=f_n, f_r=f_r, cotangent=cotangent, native_like=native_like, what=what):
             with twice_differentiable_attention([]) if f_n.order > 1 else nullcontext():
-                g_reference = vjps(f_r, up(xs), [cotangent])[0]
+                g_reference = as_float64_shadows(vjps(f_r, up(xs), [cotangent])[0], reference.dtype)
                 g_native = on_backend(native, what, lambda: on_cpu(
                     vjps(f_n, xs, [_like(cotangent, native_like)])[0]))
             return g_native, g_reference
@@ -410,6 +410,15 @@ def measured_parity_checks(native: Program, reference: Program,
         if failing:
             findings.append(noise_finding(f_n.order, failing, ratios, native.dtype))
     return checks, findings
+
+
+def as_float64_shadows(gradients: list[torch.Tensor], shadow: torch.dtype) -> list[torch.Tensor]:
+    """A float32 shadow's gradients (the case refused float64) in the form a float64 shadow's have, so the
+    program's dtype is the one expected of them (their values keep float32's rounding, 2^16 below bf16's)."""
+    if shadow == torch.float64:
+        return gradients
+    wider = {torch.float32: torch.float64, torch.complex64: torch.complex128}
+    return [g.to(wider[g.dtype]) if g.dtype in wider else g for g in gradients]
 
 
 def _like(cotangent: list[torch.Tensor], tensors: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -85,13 +85,42 @@ def locate_divergence(program, reference, findings: list[Finding]) -> None:
             exported = list(dict.fromkeys(op for _, op, _, _ in program.node_modules()))
             for finding in targets:
                 finding.details["exported_ops"] = exported
-        return
+        divergence = _only_op_or_none(reference, targets)
+        if divergence is None:
+            return
     for finding in targets:
         finding.module, finding.node, finding.op = divergence.module, divergence.node, divergence.op
         finding.source = divergence.source
-        finding.details["localization"] = {"method": "module outputs vs eager float64",
-                                           "max_abs_err": divergence.max_abs_err,
-                                           "tolerance": divergence.tolerance}
+        finding.details["localization"] = divergence.details.get("localization") or {
+            "method": "module outputs vs eager float64", "max_abs_err": divergence.max_abs_err,
+            "tolerance": divergence.tolerance}
+
+
+def _only_op_or_none(reference, targets: list[Finding]) -> Divergence | None:
+    """:func:`only_op`, a failure noted on the findings (best effort, like every localization)."""
+    try:
+        return only_op(reference)
+    except Exception as exc:
+        for finding in targets:
+            finding.details["localization"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return None
+
+
+def only_op(reference) -> Divergence | None:
+    """The op a single-op case runs (a bare function, a loss module without submodules), with its autograd
+    node, from one traced forward of the reference; None when the case runs more than one op. A divergence
+    of such a case has nothing finer to blame: the whole backend program (an exported graph, its
+    decomposition included) stands for that one op."""
+    from gradaudit.analyzers.trace import trace_program
+
+    trace = trace_program(reference)
+    computing = [op for op in trace.ops if _base_op(op.name) not in PASSIVE_OPS]
+    if len(computing) != 1:
+        return None
+    op = computing[0]
+    node = next((info.name for info in trace.infos.values() if info.record is op), None)
+    return Divergence(op.module or None, node, op.name, op.source, math.nan, math.nan,
+                      details={"localization": {"method": "the case's only op"}})
 
 
 def _floating_tensors(values) -> list[torch.Tensor]:
@@ -114,6 +143,9 @@ def _relative_gap(got: list[torch.Tensor], expected: list[torch.Tensor]) -> floa
     return gap
 
 
+PASSIVE_OPS = ("detach", "alias", "lift_fresh")  # ops that compute nothing, which one side may run more often
+
+
 def _base_op(name: str) -> str:
     """``aten.t_copy.default`` -> ``aten.t``: functionalizing backends (XLA) run the copy variants of views."""
     parts = name.split(".")
@@ -132,8 +164,9 @@ def first_diverging_op(program, reference) -> Divergence | None:
 
     ours, theirs = trace_program(program), trace_program(reference)
     eps = eps_of(program.dtype)
-    computing = lambda ops: [op for op in ops if _base_op(op.name) not in ("detach", "alias")]  # noqa: E731
-    for mine, ref in zip(computing(ours.ops), computing(theirs.ops)):
+    computing = lambda ops: [op for op in ops if _base_op(op.name) not in PASSIVE_OPS]  # noqa: E731
+    mine_ops, their_ops = computing(ours.ops), computing(theirs.ops)
+    for mine, ref in zip(mine_ops, their_ops):
         if _base_op(mine.name) != _base_op(ref.name):
             # The backend ran other code from here on (a device-dependent branch): this op is where it parts.
             return Divergence(mine.module, mine.name, mine.name, mine.source, math.inf, ROUNDING_FACTOR * eps)
@@ -141,6 +174,9 @@ def first_diverging_op(program, reference) -> Divergence | None:
         output_gap = _relative_gap(_floating_tensors(mine.outputs), _floating_tensors(ref.outputs))
         if output_gap > ROUNDING_FACTOR * eps and output_gap > 100 * input_gap:
             return Divergence(ref.module, mine.name, mine.name, ref.source, output_gap, ROUNDING_FACTOR * eps)
+    if len(mine_ops) != len(their_ops):  # one side ran an op more (or fewer) after the common part: it parts there
+        extra = (mine_ops if len(mine_ops) > len(their_ops) else their_ops)[min(len(mine_ops), len(their_ops))]
+        return Divergence(extra.module, extra.name, extra.name, extra.source, math.inf, ROUNDING_FACTOR * eps)
     return None
 
 

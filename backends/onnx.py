@@ -194,6 +194,9 @@ class OnnxProgram(Program):
         except _RuntimeGap as exc:
             raise BackendFailure(self.device, "onnxruntime", exc) from None
 
+    def display_name(self) -> str:
+        return "the ONNX export run in onnxruntime"
+
     def node_modules(self) -> list[tuple[str, str, str, str | None]]:
         """See :func:`node_modules`."""
         return node_modules(self)

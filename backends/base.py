@@ -145,6 +145,10 @@ class Program(ABC):
         ``capabilities.node_modules`` says it has one."""
         raise Unsupported(f"the {type(self).__name__} has no graph of nodes to map onto modules")
 
+    def display_name(self) -> str:
+        """The program as its user knows it, for messages ("torch-xla", "the ONNX export run in onnxruntime")."""
+        return f"the {self.device} program"
+
     def locate_divergence(self, reference: "Program", phase: str, seed: int = 0):
         """Where this program's ``phase`` ('forward' or 'backward') parts from ``reference`` (an
         ``analyzers.divergence.Divergence``, or None), where ``capabilities.localizes_divergence`` says it can."""

@@ -215,6 +215,9 @@ class CompileProgram(EagerProgram):
                           f"(the code between them ran eagerly): {'; '.join(reasons)}"})
         return notes
 
+    def display_name(self) -> str:
+        return f"torch.compile ({self.compiler})"
+
     def locate_divergence(self, reference, phase: str, seed: int = 0):
         """Where this program's ``phase`` ('forward' or 'backward') parts from eager: the op (or fused segment)
         of dynamo's graph that diverges when compiled alone, with a standalone repro."""

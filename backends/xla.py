@@ -210,6 +210,9 @@ class XlaProgram(EagerProgram):
 
     capabilities = Capabilities(fallback_ops=True)
 
+    def display_name(self) -> str:
+        return "torch-xla"
+
     def __init__(self, case: Case, device: torch.device, dtype: torch.dtype | None, xla: SimpleNamespace) -> None:
         # Everything close() needs exists before EagerProgram.__init__ loads the case (which may fail).
         self._xla = xla

@@ -66,7 +66,7 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
     for finding in gradient_findings:
         if finding.kind in FAULTS:
             finding.kind = FaultKind.BACKWARD_DIVERGENCE
-            finding.message = (f"derivatives of the {program.device} program differ from PyTorch's gradients: "
+            finding.message = (f"derivatives of {program.display_name()} differ from PyTorch's gradients: "
                                + finding.message)
     findings += gradient_findings
     later = []

@@ -355,7 +355,7 @@ def parity_finding(order: int, method: str, failing: list[Check], native: Progra
                            "noise: " + finding.message)
     else:
         finding.kind = FaultKind.BACKWARD_DIVERGENCE
-        finding.message = (f"{native.device} gradients disagree with eager float64 on CPU beyond {dtype} "
+        finding.message = (f"gradients of {native.display_name()} disagree with eager float64 on CPU beyond {dtype} "
                            "noise: " + finding.message)
     mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
     if mismatches:

@@ -187,16 +187,18 @@ BATCHED_SHIFT_DTYPES = (torch.float64, torch.float32, torch.complex128, torch.co
 
 
 def shifted_points(x: Tensors, direction: Sequence[torch.Tensor | None], ts: Sequence[float]) -> list[Tensors]:
-    """``[shifted(x, direction, t) for t in ts]``, each CPU leaf's points in two ops instead of two per point
-    (the same products and sums, elementwise: t in the leaf's precision, as a Python scalar is)."""
+    """``[shifted(x, direction, t) for t in ts]``, each contiguous CPU leaf's products and sums in two ops
+    instead of two per point (the same numbers: t in the leaf's precision, as a Python scalar is). Each point is
+    then copied out on its own: a slice of the batch would carry a storage offset, which ``as_strided`` (and
+    ``as_strided_scatter``) read as an absolute position, so every point would read the first one's values."""
     columns = []
     for xi, ui in zip(x, direction):
         if ui is None:
             columns.append([xi] * len(ts))
         elif (xi.device.type == "cpu" and ui.device.type == "cpu" and not xi.requires_grad
-              and ui.dtype in BATCHED_SHIFT_DTYPES and xi.dtype == ui.dtype):
+              and ui.dtype in BATCHED_SHIFT_DTYPES and xi.dtype == ui.dtype and xi.is_contiguous()):
             t = torch.tensor(ts, dtype=real(ui).dtype).reshape(-1, *[1] * ui.dim())
-            columns.append(list((xi.detach() + t * ui).unbind(0)))
+            columns.append([point.clone() for point in (xi.detach() + t * ui).unbind(0)])
         else:
             columns.append([_shifted_leaf(xi, ui, t) for t in ts])
     return [list(point) for point in zip(*columns)]

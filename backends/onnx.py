@@ -21,12 +21,13 @@ import math
 import os
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from gradaudit.case import Case, Leaf, PreparedCase, flatten_outputs, prepare_case
+from gradaudit.case import Case, PreparedCase, flatten_outputs, prepare_case
 from gradaudit.errors import AuditError, BackendFailure, Unsupported
 from gradaudit.outcome import one_line
 from gradaudit.rng import preserved_rng
@@ -133,7 +134,7 @@ class OnnxProgram(Program):
         self.notes += first.notes
         self._keep = first.keep
         self.precision, self._exported, outputs = self._export_in_lowest_precision(prepared)
-        self.leaves = [Leaf(leaf.name, leaf.value.to(self.precision), leaf.kind) for leaf in prepared.leaves]
+        self.leaves = [dataclasses.replace(leaf, value=leaf.value.to(self.precision)) for leaf in prepared.leaves]
         self.output_names = self._exported.case_output_names
         if not outputs:
             raise AuditError(f"{self._label} returned no floating-point or complex tensor to differentiate")

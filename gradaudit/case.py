@@ -387,6 +387,26 @@ class Leaf:
     name: str  # 'args[0]', 'kwargs[mask]', 'fc1.weight'
     value: torch.Tensor
     kind: str  # 'input' | 'parameter'
+    # Elements whose gradient torch defines as zero instead of the derivative (an embedding's padding row):
+    # finite differences never move them, and the report says so (see declared_zero_gradients).
+    frozen: torch.Tensor | None = None  # a bool mask of the value's shape, on the CPU
+    frozen_reason: str = ""
+
+
+def declared_zero_gradients(module: nn.Module | None) -> dict[int, tuple[torch.Tensor, str]]:
+    """Per parameter (by identity), the elements whose gradient the module declares to be zero: nn.Embedding's
+    and nn.EmbeddingBag's ``padding_idx`` row ("the entries at padding_idx do not contribute to the gradient").
+    BERT-style models put their pad token there; where a batch holds it, the row's derivative is not zero."""
+    declared: dict[int, tuple[torch.Tensor, str]] = {}
+    for path, sub in ([] if module is None else module.named_modules()):
+        row = getattr(sub, "padding_idx", None)
+        if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and row is not None:
+            mask = torch.zeros(sub.weight.shape, dtype=torch.bool)
+            mask[row] = True
+            where = f"{path}.padding_idx" if path else "padding_idx"
+            declared[id(sub.weight)] = (mask, f"row {row} is {where}: torch defines its "
+                                              f"gradient as zero, not the derivative, so it is not checked")
+    return declared
 
 
 def cast_tensor(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -521,7 +541,9 @@ def prepare_case(case: Case, dtype: torch.dtype | None = None, device: str | tor
     inputs = InputSlots.of(tuple(pytree.tree_map(cast, args)), pytree.tree_map(cast, kwargs), set(choice.inputs))
     params = [] if module is None else [
         (name, p) for name, p in module.named_parameters() if name in choice.parameters]
-    leaves = [Leaf(name, p.detach().clone(), "parameter") for name, p in params]
+    declared = declared_zero_gradients(module)
+    leaves = [Leaf(name, p.detach().clone(), "parameter", *declared.get(id(p), (None, "")))
+              for name, p in params]
     leaves += [Leaf(name, inputs.values[slot].detach().clone(), "input")
                for name, slot in zip(inputs.names, inputs.slots)]
     if not leaves:

@@ -209,7 +209,8 @@ def explain_kinks(finding: Finding, reference, settings: Settings) -> Finding:
     names = [leaf.name for leaf in reference.leaves]
     if finding.wrt not in names:
         return finding
-    space = ProbeSpace.seeded([leaf.value for leaf in reference.leaves], names, reference.dtype, settings.seed)
+    space = ProbeSpace.seeded([leaf.value for leaf in reference.leaves], names, reference.dtype, settings.seed,
+                              frozen=[leaf.frozen for leaf in reference.leaves])
     f = ForwardFunction(reference)
     numerics = Numerics(lambda points: [evaluate(f, z) for z in points], space)
     cotangent = space.random_like(evaluate(f, space.x))

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 import fixtures as fx
 import gradaudit
@@ -210,3 +211,42 @@ def test_torch_forward_over_reverse_failure_skips_only_forward_mode():
     report = gradaudit.check(torch.nn.MSELoss(), (a, torch.randn(3, dtype=D)), order=2)
     assert report.ok and {(c.order, c.method) for c in report.checks} >= {(2, "reverse")}
     assert any("ZeroTensors" in s["reason"] for s in report.skipped)
+
+
+class _TokensThenMean(nn.Module):
+    """BERT's embedding in small: a pad row (padding_idx 0) that torch keeps at zero gradient, and a batch that
+    holds the pad token."""
+
+    def __init__(self, scale_row_3: float = 1.0):
+        super().__init__()
+        self.embedding = nn.Embedding(6, 3, padding_idx=0)
+        self.scale_row_3 = scale_row_3
+
+    def forward(self, tokens):
+        hidden = self.embedding(tokens)
+        if self.scale_row_3 != 1.0:  # a planted fault: token 3's gradient scaled on its way back
+            hidden = torch.where((tokens == 3).unsqueeze(-1), _ScaleGradient.apply(hidden, self.scale_row_3), hidden)
+        return hidden.tanh().sum(-1)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+def test_an_embedding_padding_row_is_left_out_with_a_note_and_the_other_rows_still_checked():
+    tokens = torch.tensor([[0, 1, 3, 0], [2, 3, 5, 0]])
+    torch.manual_seed(0)
+    report = gradaudit.check(_TokensThenMean().double(), (tokens,), order=2)
+    assert report.ok, report.findings
+    (note,) = [n for n in report.skipped if n["what"] == "embedding.weight"]
+    assert note["reason"].startswith("row 0 is embedding.padding_idx"), note
+    torch.manual_seed(0)
+    report = gradaudit.check(_TokensThenMean(scale_row_3=1.001).double(), (tokens,), order=1)
+    assert not report.ok and report.findings[0].wrt == "embedding.weight", report.findings

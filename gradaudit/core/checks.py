@@ -529,10 +529,11 @@ class Auditor:
                               + ([arithmetic] if arithmetic is not None else []))
         self.space = ProbeSpace.seeded([leaf.value for leaf in program.leaves],
                                        [leaf.name for leaf in program.leaves], self.numeric.dtype, settings.seed,
-                                       arithmetic)
+                                       arithmetic, [leaf.frozen for leaf in program.leaves])
         self.checks: list[Check] = []
         self.findings: list[Finding] = []
-        self.skipped: list[dict] = []
+        self.skipped: list[dict] = [{"what": leaf.name, "reason": leaf.frozen_reason}
+                                    for leaf in program.leaves if leaf.frozen is not None]
         # Forward mode checks the program's own JVPs; against another backend's finite differences a
         # mismatch would be that backend's divergence, which the reverse-mode tests already report.
         self.forward_ad = program.capabilities.forward_ad and self.numeric is program

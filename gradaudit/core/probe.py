@@ -132,6 +132,8 @@ class ProbeSpace:
     # The precision the finite differences really carry: the coarsest on the differentiated path (a float32
     # section inside a float64 model; see core.precision). It sets the steps and the rounding floors.
     arithmetic: torch.dtype | None = None
+    # Per leaf, elements never moved (None: all may move): those whose gradient torch defines as zero.
+    frozen: list[torch.Tensor | None] | None = None
     eps: float = field(init=False)  # the arithmetic's rounding unit: steps, noise lines, relative floors
     leaf_eps: float = field(init=False)  # the leaves' own: rounding modelled where the noise is measured instead
     h: float = field(init=False)  # the plain central-difference step
@@ -147,12 +149,16 @@ class ProbeSpace:
         # Infinite elements (-inf in an attention mask) cannot be moved by a finite step: every direction leaves
         # them where they are, and they do not count in the scale.
         self.movable = [torch.isfinite(to_host(x)) for x in self.x]  # (a copy, not a device graph)
+        for movable, frozen in zip(self.movable, self.frozen or []):
+            if frozen is not None:
+                movable &= ~frozen.reshape(movable.shape)
         self.scales = [leaf_scale(x) for x in self.x]
 
     @classmethod
     def seeded(cls, x: list[torch.Tensor], names: list[str], dtype: torch.dtype, seed: int,
-               arithmetic: torch.dtype | None = None) -> "ProbeSpace":
-        return cls(x, names, dtype, torch.Generator().manual_seed(seed), arithmetic)
+               arithmetic: torch.dtype | None = None,
+               frozen: list[torch.Tensor | None] | None = None) -> "ProbeSpace":
+        return cls(x, names, dtype, torch.Generator().manual_seed(seed), arithmetic, frozen)
 
     @property
     def mixed(self) -> bool:

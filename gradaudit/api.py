@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from gradaudit import __version__
+from gradaudit._version import __version__
 from gradaudit.case import as_case
 from gradaudit.core.checks import Auditor, Settings, precision_notes, share_precision
 from gradaudit.core.findings import backend_error_finding
@@ -18,7 +18,8 @@ from gradaudit.pipeline import announce, optional_phase, publish_verdict
 from gradaudit.outcome import first_line, user_code_boundary, users_own_exception, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks, path_dtype
-from gradaudit.crossbackend import compare_backend, forward_parity, numeric_backend_audit, refuse_random_ops
+from gradaudit.crossbackend import (compare_backend, forward_parity, numeric_backend_audit, parity_settings,
+                                    refuse_random_ops)
 from gradaudit.registry import usable_backend
 from gradaudit.rng import preserved_rng
 from gradaudit.backends.base import Program, Stats
@@ -296,7 +297,7 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
     checks, findings = checks + more_checks, findings + more_findings + fallback_hazards(program)
     skipped += more
     if reference is not None:
-        parity, parity_findings = parity_checks(program, reference, settings)
+        parity, parity_findings = parity_checks(program, reference, parity_settings(program, settings, skipped))
         checks, findings = checks + parity, findings + parity_findings
     later = []
     if localize and any(f.severity == Severity.ERROR for f in findings):  # (a pass has nothing to localize)

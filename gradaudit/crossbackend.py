@@ -4,6 +4,7 @@ op is found by ``analyzers.divergence``. Used by ``gradaudit.compare`` and by ``
 other than eager."""
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack
 from typing import Callable
 
@@ -77,6 +78,16 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
     return checks + gradient_checks, findings, later
 
 
+def parity_settings(program: Program, settings: Settings, skipped: list[dict]) -> Settings:
+    """The settings of a backend's gradient parity: order 2 only where the backend declares a double backward.
+    A compiled backward (AOTAutograd) is not differentiable: its second derivatives raise or come from no graph,
+    so holding them against eager's would report the compiler's documented limit as a crash or a divergence."""
+    if settings.order < 2 or program.capabilities.double_backward:
+        return settings
+    skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
+    return dataclasses.replace(settings, order=1)
+
+
 def compare_program(program, reference, settings: Settings,
                     localize: bool = True) -> tuple[list, list[Finding], list[dict], list[tuple]]:
     """Forward parity, then gradient parity (autograd backends) or the finite-difference audit that
@@ -89,6 +100,7 @@ def compare_program(program, reference, settings: Settings,
         if not program.capabilities.autograd:
             checks, findings, later = numeric_backend_audit(program, reference, settings, None, notes, localize)
             return checks, findings, notes, later
+        settings = parity_settings(program, settings, notes)
         arithmetic = path_dtype(program, reference)
         checks, drift = forward_checks(program, reference, arithmetic=arithmetic)
         if not any(check.mismatch for check in checks):

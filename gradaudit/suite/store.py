@@ -18,7 +18,8 @@ from gradaudit.suite.records import SuiteRecord
 logger = logging.getLogger(__name__)
 
 # The packages whose versions decide a backend's results (besides torch and gradaudit).
-BACKEND_PACKAGES = {"eager": ("torch",), "xla": ("torch-xla",), "onnx": ("onnxruntime", "onnx", "onnxscript")}
+BACKEND_PACKAGES = {"eager": ("torch",), "xla": ("torch-xla",), "onnx": ("onnxruntime", "onnx", "onnxscript"),
+                    "compile": ("torch",)}
 
 
 def package_version(name: str) -> str | None:
@@ -39,7 +40,11 @@ def backend_versions(backend: str) -> dict[str, str | None]:
             if ep.name == backend and ep.dist is not None:
                 return {ep.dist.name: ep.dist.version}
         return {}
-    return {package: package_version(package) for package in packages}
+    versions = {package: package_version(package) for package in packages}
+    if backend == "compile":  # the compiler comes from the environment: an aot_eager record is no inductor one
+        versions |= {"compiler": os.environ.get("GRADAUDIT_COMPILE_BACKEND") or "inductor",
+                     "mode": os.environ.get("GRADAUDIT_COMPILE_MODE") or None}
+    return versions
 
 
 def zoo_digest(spec: str) -> str | None:

@@ -26,7 +26,7 @@ import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 import torch.fx
@@ -146,16 +146,13 @@ def _gap(got: list, expected: list) -> float:
     return _relative_gap([a for a, _ in finite], [b for _, b in finite])
 
 
-def compare_piece(gm: torch.fx.GraphModule, inputs: list, flags: list[bool], compiler: str, mode: str | None,
-                  dtype: torch.dtype, seed: int) -> PieceResult:
-    """Compile the piece alone and hold it, and eager in ``dtype``, against eager float64."""
-    from gradaudit.backends.compile import audit_compile_settings, compiler_function
-
+def compare_piece(gm: torch.fx.GraphModule, inputs: list, flags: list[bool], program, seed: int) -> PieceResult:
+    """Compile the piece alone as ``program`` compiles (its ``compile_alone`` under its ``compile_settings``)
+    and hold it, and eager in the program's dtype, against eager float64."""
     reference = _run(gm, inputs, flags, torch.float64, seed)
-    eager = reference if dtype == torch.float64 else _run(gm, inputs, flags, None, seed)
-    with audit_compile_settings():
-        compiled_fn = torch.compile(gm, backend=compiler_function(compiler, mode), dynamic=False, fullgraph=True)
-        compiled = _run(compiled_fn, inputs, flags, None, seed)
+    eager = reference if program.dtype == torch.float64 else _run(gm, inputs, flags, None, seed)
+    with program.compile_settings():
+        compiled = _run(program.compile_alone(gm), inputs, flags, None, seed)
     return PieceResult(_gap(compiled[0], reference[0]), _gap(compiled[1], reference[1]),
                        _gap(eager[0], reference[0]), _gap(eager[1], reference[1]), reference[2])
 
@@ -182,9 +179,7 @@ class PieceSearch:
     """The search of one captured graph for the piece that creates a divergence (see the module docstring)."""
 
     pieces: GraphPieces
-    compiler: str
-    mode: str | None
-    dtype: torch.dtype
+    program: Any  # the compiled program: how to compile a piece alone, its dtype
     phase: str
     seed: int
     compiles: int = 0
@@ -193,11 +188,11 @@ class PieceSearch:
     def check(self, start: int, end: int, outputs: list[torch.fx.Node]) -> PieceResult:
         self.compiles += 1
         gm, inputs, flags = self.pieces.piece(start, end, outputs)
-        return compare_piece(gm, inputs, flags, self.compiler, self.mode, self.dtype, self.seed)
+        return compare_piece(gm, inputs, flags, self.program, self.seed)
 
     def diverges(self, result: PieceResult) -> bool:
         gap, eager_gap = result.gap(self.phase)
-        return gap > max(ROUNDING_FACTOR * eps_of(self.dtype), 10 * eager_gap)
+        return gap > max(ROUNDING_FACTOR * eps_of(self.program.dtype), 10 * eager_gap)
 
     def first(self, outputs_of) -> tuple[int, PieceResult] | None:
         """The first candidate end (binary search; the last one must diverge) whose prefix diverges, with the
@@ -257,7 +252,7 @@ def locate_compiled_divergence(program, phase: str, seed: int = 0) -> Divergence
     graphs = _captured(program)
     for index, graph in graphs:
         pieces = GraphPieces(graph.module, graph.inputs, [bool(f) for f in graph.requires_grad])
-        search = PieceSearch(pieces, program.compiler, program.mode, program.dtype, phase, seed)
+        search = PieceSearch(pieces, program, phase, seed)
         hit = search.run()
         if hit is None:
             continue
@@ -329,7 +324,7 @@ def describe(found: Found, program, phase: str) -> Divergence:
                          "tolerance": tolerance, "compilations": found.compiles,
                          "segment": [op_name(n) for n in found.segment]},
         "repro": code,
-        "repro_confirmed": confirm_repro(code, phase, tolerance),
+        "repro_confirmed": confirm_repro(code, phase, tolerance, program.compile_settings),
     }
     return Divergence(module_path(last, program.module), found.result.node_name, op_name(last), user_source(last),
                       gap, tolerance, details)
@@ -377,18 +372,16 @@ def repro(gm: torch.fx.GraphModule, inputs: list, flags: list[bool], compiler: s
     return "\n".join(lines) + "\n"
 
 
-def confirm_repro(code: str, phase: str, tolerance: float) -> bool | str:
+def confirm_repro(code: str, phase: str, tolerance: float, settings: Callable[[], ContextManager]) -> bool | str:
     """Run the repro (quietly) in a namespace of its own: True when it shows the divergence, False when its
     random inputs do not, or why it could not run."""
     import contextlib
     import io
 
-    from gradaudit.backends.compile import audit_compile_settings
-
     module = types.ModuleType("gradaudit_repro")  # dynamo looks the function's module up in sys.modules
     sys.modules[module.__name__] = module
     try:
-        with contextlib.redirect_stdout(io.StringIO()), audit_compile_settings():
+        with contextlib.redirect_stdout(io.StringIO()), settings():
             exec(compile(code, "<gradaudit repro>", "exec"), module.__dict__)
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -6,7 +6,8 @@ Nodes are autograd nodes (attrs ``kind='node'``, ``name``, ``op``, ``module``, `
 ``next_functions`` entry -> ... -> leaf.
 
 :mod:`gradaudit.analyzers.trace` records the forward and calls :func:`graph_of`; :mod:`gradaudit.analyzers.render`
-draws the graph. The names that moved to those two modules stay importable from here.
+draws the graph; ``trace.build_graph`` traces a program and returns its graph (trace imports this module, never
+the other way round).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import networkx as nx
 if TYPE_CHECKING:
     from gradaudit.analyzers.trace import FunctionCall, OpRecord
 
-__all__ = ["NodeInfo", "graph_of", "build_graph", "mark_culprit", "culprit_path"]
+__all__ = ["NodeInfo", "graph_of", "mark_culprit", "culprit_path"]
 
 
 @dataclass
@@ -171,13 +172,6 @@ def _attributes(info: NodeInfo) -> dict:
     return {"kind": info.kind, "name": info.name, "op": info.op or "", "module": info.module or "",
             "source": info.source or "", "file": info.file or "", "line": info.line or 0,
             "category": info.category}
-
-
-def build_graph(program) -> nx.DiGraph:
-    """The autograd graph of one forward of an eager Program (see the module docstring for its shape)."""
-    from gradaudit.analyzers.trace import trace_program  # trace imports this module to build its graph
-
-    return trace_program(program).graph
 
 
 def _graphml_value(value: Any) -> str | int | float | bool:

@@ -304,3 +304,9 @@ def trace_program(program: Program, values: list[torch.Tensor] | None = None, *,
     infos, id_of, graph = graph_of(recorder.resolved, recorder.ops, values, names, outputs, output_names)
     return Trace(values, names, outputs, output_names, recorder.ops, infos, id_of, graph, recorder.tangent_of,
                  watcher.calls if watcher is not None else [])
+
+
+def build_graph(program: Program) -> nx.DiGraph:
+    """The autograd graph of one forward of an eager Program (see :mod:`gradaudit.analyzers.graph` for its
+    shape)."""
+    return trace_program(program).graph

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
@@ -217,6 +217,16 @@ class CompileProgram(EagerProgram):
 
     def display_name(self) -> str:
         return f"torch.compile ({self.compiler})"
+
+    def compile_alone(self, gm: torch.fx.GraphModule) -> Callable:
+        """``gm`` compiled alone as this program compiles (its compiler and mode, static shapes, one graph): how
+        the divergence search recompiles a piece of dynamo's graph."""
+        return torch.compile(gm, backend=compiler_function(self.compiler, self.mode), dynamic=False, fullgraph=True)
+
+    @staticmethod
+    def compile_settings() -> ContextManager[None]:
+        """The settings every compiled call of an audit runs under (:func:`audit_compile_settings`)."""
+        return audit_compile_settings()
 
     def locate_divergence(self, reference, phase: str, seed: int = 0):
         """Where this program's ``phase`` ('forward' or 'backward') parts from eager: the op (or fused segment)

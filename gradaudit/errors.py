@@ -1,6 +1,8 @@
 """Errors that mean "the audit could not run" (CLI exit code 2), as opposed to gradient problems."""
 import re
 
+from gradaudit.lines import first_line
+
 
 class AuditError(ValueError):
     """Bad input or a missing dependency: reported as one line, never as a traceback."""
@@ -18,8 +20,6 @@ class BackendFailure(AuditError):
     audit that could not run."""
 
     def __init__(self, device: str, what: str, cause: BaseException) -> None:
-        from gradaudit.outcome import first_line
-
         self.device, self.what = device, what
         kind = type(cause).__name__
         text = first_line(cause) or kind

@@ -18,6 +18,7 @@ import errno
 import functools
 import linecache
 import os
+import signal
 import sys
 import sysconfig
 import traceback
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 from gradaudit.errors import AuditError
+from gradaudit.lines import first_line, one_line  # (re-exported: the boundary's callers cut messages too)
 from gradaudit.paths import is_own_file
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -129,17 +131,12 @@ def where_it_happened(exc: BaseException) -> str:
     return ", ".join(parts)
 
 
-def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's message ("" when it has none)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def one_line(exc: BaseException, limit: int | None = None) -> str:
-    """The first line of an exception's message, or its type's name when it has none; cut to ``limit``
-    characters (ending in ``...``) when given."""
-    text = first_line(exc) or type(exc).__name__
-    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11: the name of the signal that ended a process (a crash of the user's code)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 def exit_call(exc: SystemExit) -> str:

@@ -132,10 +132,14 @@ class Report:
                    settings=dict(data.get("settings") or {}), version=str(data.get("gradaudit", "")),
                    precision=list(data.get("precision") or []))
 
-    def __str__(self) -> str:
-        from gradaudit.renderers.text import render_text
+    def text(self, verbose: bool = False, quiet: bool = False, max_checks: int | None = 12) -> str:
+        """The plain-text report (:func:`gradaudit.renderers.text.render_text`)."""
+        from gradaudit.renderers.text import render_text  # (the renderer reads a report; it never imports one)
 
-        return render_text(self)
+        return render_text(self, verbose=verbose, quiet=quiet, max_checks=max_checks)
+
+    def __str__(self) -> str:
+        return self.text()
 
 
 def _from_dict(cls: type, required: dict[str, Any], data: dict[str, Any]) -> Any:

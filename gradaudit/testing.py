@@ -41,10 +41,10 @@ class GradientAssertionError(AssertionError):
 def failure_message(report: Any) -> str:
     """The readable text of a failing :class:`gradaudit.Report` (or its ``to_dict()``): which check failed,
     with respect to what, how badly and where; no Jacobian dump."""
-    from gradaudit.suite.reports import report_text
+    from gradaudit.report import Report
 
     data = report if isinstance(report, dict) else report.to_dict()
-    return f"wrong gradients{first_finding_summary(data)}\n" + report_text(data)
+    return f"wrong gradients{first_finding_summary(data)}\n" + Report.from_dict(data).text()
 
 
 def first_finding_summary(report: dict) -> str:

@@ -12,7 +12,7 @@ from torch import nn
 
 import gradaudit
 from gradaudit.cli.graph import graph_command, static_findings
-from gradaudit.analyzers.graph import build_graph
+from gradaudit.analyzers.trace import build_graph
 from gradaudit.analyzers.render import to_dot, to_svg, write_graph
 from gradaudit.analyzers.localize import locate, localize
 from gradaudit.case import as_case

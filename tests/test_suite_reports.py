@@ -11,9 +11,12 @@ from rich.console import Console
 
 import fixtures
 import gradaudit
-from gradaudit.suite import reports as suite_reports
-from gradaudit.suite.reports import (read_json, short_reason, summary_counts, summary_table, write_html,
-                                     write_json, write_junit)
+from gradaudit.renderers.html import write_html
+from gradaudit.renderers.json import read_json, write_json
+from gradaudit.renderers.junit import write_junit
+from gradaudit.renderers.rich import suite_table as summary_table
+from gradaudit.report import Report
+from gradaudit.suite.summary import short_reason, summary_counts
 
 SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" '
        'fill="red"/><text x="2" y="14">FnBackward</text></svg>')
@@ -146,7 +149,7 @@ def test_html_missing_picture_and_empty(tmp_path):
 
 
 def test_report_text_reads_like_a_bug_report(records):
-    text = suite_reports.report_text(records[1]["report"])
+    text = Report.from_dict(records[1]["report"]).text()
     assert "faulty_backward (order 1, wrt fc2.bias, reverse)" in text
     # the bias gradient is 1/6 of the truth at every element; equal elements tie for the worst, so any may be named
     assert re.search(r"worst element \[\d\], analytical 0.666667 vs numerical 4,", text)

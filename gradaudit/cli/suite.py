@@ -27,13 +27,6 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _reports_module():
-    """The suite's report writers (JSON, JUnit, HTML, tables)."""
-    from gradaudit.suite import reports as suite_reports
-
-    return suite_reports
-
-
 def _plain_table(records: list[dict]) -> str:
     """The suite as plain text, nothing cut (for output that is not a terminal)."""
     from gradaudit.renderers.text import suite_table
@@ -68,7 +61,9 @@ def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) ->
 
         console = Console(stderr=to_stderr, highlight=False)
         if console.is_terminal:
-            console.print(_reports_module().summary_table(records))
+            from gradaudit.renderers.rich import suite_table
+
+            console.print(suite_table(records))
         else:
             click.echo(_plain_table(records), err=to_stderr)
     click.echo(f"{len(records)} results: {counts['pass']} pass, {counts['fail']} fail, {counts['skip']} skip, "
@@ -116,7 +111,8 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
     """Audit every case of ZOO (a registered zoo such as torch.nn, or path/to/file.py:NAME) on each backend.
 
     -q prints no progress lines and no table, only the counts and errors."""
-    from gradaudit.suite.runner import SuiteInterrupted, run_suite, summary_counts
+    from gradaudit.suite.runner import SuiteInterrupted, run_suite
+    from gradaudit.suite.summary import summary_counts
 
     backends = [b.strip() for b in backend_list.split(",") if b.strip()]
     outputs = (json_path, junit_path, html_path)
@@ -168,12 +164,18 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
 def write_reports(records: list[dict], zoo: str, backends: list[str], orders: list[int], json_path: str | None,
                   junit_path: str | None, html_path: str | None, results_dir: str | None = None) -> None:
     """The JSON, JUnit and HTML reports asked for (a write error propagates to ``write_outputs``: exit 2)."""
-    reports = _reports_module()
+    # (the renderers take the records as data; each is imported only when its report is asked for)
     if json_path == "-":
         click.echo(json.dumps({"zoo": zoo, "backends": backends, "orders": orders, "records": records}, default=str))
     elif json_path:
-        reports.write_json(records, json_path, zoo=zoo, backends=backends, orders=orders)
+        from gradaudit.renderers.json import write_json
+
+        write_json(records, json_path, zoo=zoo, backends=backends, orders=orders)
     if junit_path:
-        reports.write_junit(records, junit_path)
+        from gradaudit.renderers.junit import write_junit
+
+        write_junit(records, junit_path)
     if html_path:
-        reports.write_html(records, html_path, results_dir=results_dir)
+        from gradaudit.renderers.html import write_html
+
+        write_html(records, html_path, results_dir=results_dir)

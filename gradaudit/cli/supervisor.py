@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gradaudit.outcome import signal_name
 from gradaudit.pipeline import note
 
 DEFAULT_TIMEOUT = 3600.0
@@ -139,13 +140,6 @@ class Worker:
                 break
         os.close(self._events)
         self.process.stdout.close()
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "unknown signal"
 
 
 def supervise(request: dict, limits: Limits, on_verdict: Callable[[Any], None],

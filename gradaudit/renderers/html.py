@@ -10,7 +10,8 @@ from typing import Any, Iterable
 
 from gradaudit.renderers import now, write_text
 from gradaudit.renderers.text import fmt_precise
-from gradaudit.suite.records import SuiteRecord, first_line
+from gradaudit.lines import first_line
+from gradaudit.suite.records import SuiteRecord
 from gradaudit.suite.summary import (STATUS_SYMBOL, caption, column_label, failed_checks, grid, records_of,
                                      short_reason, summary_counts, worst_status)
 
@@ -106,7 +107,7 @@ def _record_view(record: SuiteRecord, roots: list[Path]) -> dict[str, Any]:
 
 def page_view(records: list[SuiteRecord], title: str, roots: list[Path]) -> dict[str, Any]:
     """Everything the template needs: the summary matrix, the totals and one section per case."""
-    from gradaudit import __version__
+    from gradaudit._version import __version__
 
     cases, columns, cells = grid(records)
     counts = summary_counts(records)

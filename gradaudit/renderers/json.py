@@ -27,7 +27,7 @@ def jsonable(value: Any) -> Any:
 def write_json(records: Iterable[SuiteRecord | dict], path: str | os.PathLike, **meta: Any) -> Path:
     """``{"gradaudit": version, "created": ISO time, **meta, "summary": summary_counts, "records": [...]}``
     (records as given: dicts keep exactly their keys); ``path`` ``-`` writes to stdout."""
-    from gradaudit import __version__
+    from gradaudit._version import __version__
     from gradaudit.suite.summary import summary_counts
 
     records = [r.to_dict() if isinstance(r, SuiteRecord) else r for r in records]

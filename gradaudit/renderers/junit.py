@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gradaudit.renderers import now, write_text
-from gradaudit.renderers.text import WHERE_FIELDS, check_line, render_dict
-from gradaudit.report import Check
-from gradaudit.suite.records import SuiteRecord, first_line, one_line
+from gradaudit.renderers.text import WHERE_FIELDS, check_line
+from gradaudit.report import Check, Report
+from gradaudit.lines import first_line, flattened
+from gradaudit.suite.records import SuiteRecord
 from gradaudit.suite.summary import error_findings, failed_checks, records_of, summary_counts, unique
 
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -27,13 +28,13 @@ def failure_message(record: SuiteRecord) -> tuple[str, str, str]:
     if errors:
         f = errors[0]
         where = ", ".join(f"{k} {f[k]}" for k in WHERE_FIELDS if f.get(k))
-        message = one_line(f.get("message")) + (f" (at {where})" if where else "")
+        message = flattened(f.get("message")) + (f" (at {where})" if where else "")
         kind = str(f.get("kind") or "gradient")
     else:
         failed = failed_checks(record.report)
         message = first_line(record.reason) or (check_line(Check.from_dict(failed[0])) if failed else "audit failed")
         kind = "gradient"
-    body = render_dict(record.report) if record.report else str(record.reason or "")
+    body = Report.from_dict(record.report).text() if record.report else str(record.reason or "")
     return message, kind, body
 
 
@@ -55,7 +56,7 @@ def _testcase(suite: ET.Element, record: SuiteRecord) -> None:
     elif record.status == "skip":
         ET.SubElement(case, "skipped", {"message": _xml(first_line(record.reason) or "skipped")})
     if record.report and record.status != "fail":
-        ET.SubElement(case, "system-out").text = _xml(render_dict(record.report))
+        ET.SubElement(case, "system-out").text = _xml(Report.from_dict(record.report).text())
 
 
 def write_junit(records: Iterable[SuiteRecord | dict], path: str | os.PathLike, name: str = "gradaudit") -> Path:

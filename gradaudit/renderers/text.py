@@ -3,10 +3,12 @@ failure messages. Nothing is ever truncated: a number or a name is printed whole
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from gradaudit.outcome import orders_not_run
-from gradaudit.report import Check, Finding, Report
+
+if TYPE_CHECKING:  # (the report's classes are only read here: report.py renders through this module)
+    from gradaudit.report import Check, Finding, Report
 
 WHERE_FIELDS = ("node", "op", "module", "source")
 
@@ -333,11 +335,6 @@ def render_text(report: Report, verbose: bool = False, quiet: bool = False, max_
     if stats_line(report):
         lines.append("  " + stats_line(report))
     return "\n".join(lines)
-
-
-def render_dict(report: dict, max_checks: int | None = 12) -> str:
-    """:func:`render_text` of a ``Report.to_dict()`` (a suite record's report, a stored JSON report)."""
-    return render_text(Report.from_dict(report), max_checks=max_checks)
 
 
 def suite_table(records: list) -> str:

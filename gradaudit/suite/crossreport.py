@@ -13,7 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradaudit.suite.records import SuiteRecord, SuiteStatus, as_record, one_line
+from gradaudit.lines import flattened
+from gradaudit.suite.records import SuiteRecord, SuiteStatus, as_record
 
 # (key, heading), most serious first: a case is listed under the first that any of its records falls in.
 CATEGORIES = [
@@ -108,7 +109,7 @@ def what_happened(record: SuiteRecord) -> str:
     """One line: the main finding's message, else the record's reason."""
     finding = main_finding(record)
     text = lower_precision_fallback(record) or finding.get("message") or record.reason or ""
-    return one_line(text, 300).replace("|", "\\|")
+    return flattened(text, 300).replace("|", "\\|")
 
 
 def localized(record: SuiteRecord) -> str:

@@ -25,7 +25,9 @@ from typing import Callable, Iterator
 
 from gradaudit.errors import AuditError
 from gradaudit.suite.plan import orders_of
-from gradaudit.suite.records import SuiteRecord, SuiteStatus, first_line
+from gradaudit.lines import first_line
+from gradaudit.outcome import signal_name
+from gradaudit.suite.records import SuiteRecord, SuiteStatus
 
 EXECUTORS = ("local", "serial", "ray")
 WORKER_COMMAND = [sys.executable, "-P", "-m", "gradaudit.suite.worker"]
@@ -227,7 +229,7 @@ def _parse_records(stdout: str) -> list[SuiteRecord]:
 
 def _how_it_ended(returncode: int, stderr: str | None) -> str:
     if returncode < 0:
-        return f"crashed: signal {-returncode} ({_signal_name(-returncode)})"
+        return f"crashed: signal {-returncode} ({signal_name(-returncode)})"
     if returncode != 0:
         last = [line for line in (stderr or "").strip().splitlines() if line.strip()]
         return f"crashed: exit code {returncode}" + (f": {last[-1].strip()[:300]}" if last else "")
@@ -239,13 +241,6 @@ def _kill_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         process.kill()
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return "unknown signal"
 
 
 def _fmt_seconds(value: float) -> str:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from gradaudit.outcome import first_line as _first_line_of
 
 
 class SuiteStatus(str, Enum):
@@ -31,28 +30,6 @@ class SuiteStatus(str, Enum):
 
 
 STATUSES = tuple(status.value for status in SuiteStatus)
-
-
-def shorten(text: str, limit: int | None, mark: str = "…") -> str:
-    """``text`` cut to ``limit`` characters, ending in ``mark`` where it was cut."""
-    if limit is None or len(text) <= limit:
-        return text
-    return text[: max(limit - len(mark), 0)] + mark
-
-
-def first_line(text: Any, limit: int | None = None) -> str:
-    """The first non-blank line of a text or an exception's message, stripped (and shortened to ``limit``)."""
-    return shorten(_first_line_of(text if text is not None else ""), limit)
-
-
-def exception_line(exc: BaseException, limit: int | None = None, mark: str = "…") -> str:
-    """The first line of an exception's message, or its type's name where the message is empty."""
-    return shorten(_first_line_of(exc) or type(exc).__name__, limit, mark)
-
-
-def one_line(text: Any, limit: int | None = None) -> str:
-    """All of a text on one line, whitespace collapsed (and shortened to ``limit``)."""
-    return shorten(" ".join(str(text if text is not None else "").split()), limit)
 
 
 @dataclass

@@ -16,7 +16,8 @@ from gradaudit.errors import AuditError
 from gradaudit.suite.executors import (EXECUTORS, Workers, check_ray_address,  # noqa: F401 (re-exported)
                                        run_job_in_subprocess, run_pending)
 from gradaudit.suite.plan import Plan, plan, unsupported_order
-from gradaudit.suite.records import STATUSES, SuiteRecord, SuiteStatus
+from gradaudit.suite.records import SuiteRecord, SuiteStatus
+from gradaudit.suite.summary import summary_counts  # noqa: F401 (re-exported)
 from gradaudit.suite.store import ResultStore, backend_versions, record_key, zoo_digest
 
 UNUSABLE = "is not usable here"  # in a skip's reason: the backend cannot run anywhere in this suite
@@ -151,14 +152,6 @@ def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Itera
         suite.running.stop()  # at once: a worker's timeout can be minutes
         raise SuiteInterrupted(suite.ordered(), suite.plan.total) from None
     return suite.ordered()
-
-
-def summary_counts(records: list[dict]) -> dict[str, int]:
-    """``{status: how many records have it}`` (a record without a known status counts as an error)."""
-    counts = {status: 0 for status in STATUSES}
-    for record in records:
-        counts[SuiteRecord.from_dict(record).status.value] += 1
-    return counts
 
 
 __all__ = ["run_suite", "run_job_in_subprocess", "record_key", "ResultStore", "summary_counts", "EXECUTORS",

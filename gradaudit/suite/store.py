@@ -65,7 +65,7 @@ def record_key(zoo: str, case: str, backend: str, order: int, seed: int, dtype: 
     """Everything a record depends on. A compare run's key says so (a checked record is never resumed as a
     compared one, nor the reverse); a check run's key has no ``compare`` entry, so results stored before it
     existed still resume. ``tolerances``: the user's ``rtol``/``atol`` where given (likewise absent without)."""
-    from gradaudit import __version__
+    from gradaudit._version import __version__
 
     key = {"zoo": zoo, "zoo_sha256": zoo_sha256, "case": case, "backend": backend, "order": order, "seed": seed,
            "dtype": dtype, "gradaudit": __version__, "torch": package_version("torch"),

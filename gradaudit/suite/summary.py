@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from gradaudit.suite.records import STATUSES, SuiteRecord, as_record, first_line, one_line
+from gradaudit.lines import first_line, flattened
+from gradaudit.suite.records import STATUSES, SuiteRecord, as_record
 
 STATUS_SYMBOL = {"pass": "pass", "fail": "FAIL", "skip": "skip", "error": "ERROR"}
 Column = tuple[str, int]  # (backend, order)
@@ -99,7 +100,7 @@ def short_reason(record: SuiteRecord | dict, limit: int = 48) -> str:
         elif failed:
             c = failed[0]
             reason = f"order {c.get('order')} {c.get('method')} wrt {c.get('wrt')}"
-    return one_line(reason, limit)
+    return flattened(reason, limit)
 
 
 def worst_status(records: list[SuiteRecord]) -> str:

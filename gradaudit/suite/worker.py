@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Callable
 
 from gradaudit.outcome import as_audit_error, exit_call, exits_raise
 from gradaudit.suite.plan import orders_of, unsupported_order
-from gradaudit.suite.records import SuiteRecord, SuiteStatus, exception_line
+from gradaudit.lines import one_line
+from gradaudit.suite.records import SuiteRecord, SuiteStatus
 
 if TYPE_CHECKING:
     from gradaudit.case import Case
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 # messages for what it cannot do (an op without a derivative formula, an op or dtype it does not support) come as
 # plain RuntimeError/NotImplementedError text (or an AuditError quoting it), with no type to tell them by: for
 # those only, the message text decides, and the case is skipped with the message as its reason.
+LIMIT = 400  # characters of a reason in a record
 TORCH_UNSUPPORTED = [
     r"derivative for .* is not implemented",
     r"does not support",
@@ -48,7 +50,7 @@ def classify(exc: BaseException) -> tuple[SuiteStatus, str]:
     cannot do (:class:`gradaudit.errors.Unsupported`, or torch saying so), ``error`` for anything else."""
     from gradaudit.errors import AuditError, Unsupported
 
-    text = one_line(exc)
+    text = one_line(exc, LIMIT)
     if isinstance(exc, Unsupported):
         return SuiteStatus.SKIP, text
     if isinstance(exc, (AuditError, NotImplementedError, RuntimeError)) and any(
@@ -57,11 +59,6 @@ def classify(exc: BaseException) -> tuple[SuiteStatus, str]:
     if isinstance(exc, AuditError):
         return SuiteStatus.ERROR, text
     return SuiteStatus.ERROR, f"{type(exc).__name__}: {text}"
-
-
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """The first line of an exception's message (its type's name if it has none), at most ``limit`` long."""
-    return exception_line(exc, limit, mark="...")
 
 
 def status_of(report) -> tuple[SuiteStatus, str | None]:
@@ -191,7 +188,7 @@ def build_case(zoo_case: "ZooCase") -> "Case":
             built = zoo_case.build()
     except (Exception, SystemExit) as exc:
         what = f"called {exit_call(exc)}" if isinstance(exc, SystemExit) else \
-            f"raised {type(exc).__name__}: {one_line(exc)}"
+            f"raised {type(exc).__name__}: {one_line(exc, LIMIT)}"
         raise AuditError(f"the factory of {zoo_case.name} {what}") from exc
     case = case_from_tuple(built, zoo_case.name)
     case.name = zoo_case.name
@@ -229,7 +226,7 @@ def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "
         try:
             attach_repros(zoo_case.name, report, backend, job.get("dtype"), order)
         except Exception as exc:  # optional: the verdict stands without it
-            report.skipped.append({"what": "repro", "reason": f"{type(exc).__name__}: {one_line(exc)}"})
+            report.skipped.append({"what": "repro", "reason": f"{type(exc).__name__}: {one_line(exc, LIMIT)}"})
     return report
 
 
@@ -292,7 +289,7 @@ def main() -> int:
     try:
         jobs = read_jobs(sys.stdin.read())
     except ValueError as exc:
-        print(f"gradaudit.suite.worker: bad job: {one_line(exc)}", file=sys.stderr)
+        print(f"gradaudit.suite.worker: bad job: {one_line(exc, LIMIT)}", file=sys.stderr)
         return 2
 
     def emit(record: dict) -> None:

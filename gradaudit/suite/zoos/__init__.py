@@ -13,6 +13,7 @@ pairs.
 from __future__ import annotations
 
 import importlib.util
+import pkgutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch import nn
 
 from gradaudit import registry
 from gradaudit.errors import AuditError
-from gradaudit.suite.records import exception_line
+from gradaudit.lines import one_line
 
 GROUP = "gradaudit.zoos"
 D = torch.float64
@@ -64,10 +65,9 @@ def load_zoo(spec: str) -> list[ZooCase]:
     function = registry.load_zoo_entry_point(spec)  # checked: a broken entry point is one AuditError naming it
     if function is not None:
         return _normalize(_call(function, spec), spec)
-    if spec == "torch.nn":  # an uninstalled checkout: the built-in zoo still works
-        from gradaudit.suite.zoos.torch_nn import torch_nn_zoo
-
-        return _normalize(torch_nn_zoo(), spec)
+    if spec == "torch.nn":  # an uninstalled checkout: the built-in zoo still works (loaded by name, as its
+        # entry point would be: the zoo imports this module)
+        return _normalize(pkgutil.resolve_name("gradaudit.suite.zoos.torch_nn:torch_nn_zoo")(), spec)
     module_part, sep, attr = spec.rpartition(":")
     if not sep or not module_part or not attr:
         known = ", ".join(zoo_names()) or "torch.nn"
@@ -90,7 +90,7 @@ def _call(function: Any, spec: str) -> Any:
     except AuditError:  # (the zoo's own one line: an optional library missing)
         raise
     except Exception as exc:
-        raise AuditError(f"zoo {spec} raised {type(exc).__name__}: {exception_line(exc)}") from exc
+        raise AuditError(f"zoo {spec} raised {type(exc).__name__}: {one_line(exc)}") from exc
 
 
 def _normalize(value: Any, spec: str) -> list[ZooCase]:

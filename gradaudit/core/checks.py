@@ -42,6 +42,9 @@ WORST_ELEMENT_LEAVES = 3  # failing leaves whose worst element a follow-up searc
 # An aggregate probe covers a leaf only if a relative error this large in the leaf's gradient would have failed
 # it; otherwise the leaf is probed in a smaller group (down to alone), as it was before aggregation.
 RESOLUTION = 1e-6
+# A leaf counts as resolved to RESOLUTION when its resolution is this many times finer: an error of RESOLUTION
+# then fails its test by that margin, not by a coin's toss at the edge of its error bar.
+RESOLUTION_MARGIN = 4.0
 MODEL_ERROR_MARGIN = 64  # on a backend less accurate than eager float64, resolve down to this many model errors
 # torch's own words for "this op has no second derivative" (not a failure of the user's code).
 NO_DOUBLE_BACKWARD = re.compile(r"derivative for \S+ is not implemented|marked with @once_differentiable")
@@ -128,32 +131,73 @@ def finite_or_none(value: float | None) -> float | None:
 
 
 def probed_group(state: OrderState, name: str, members: list[int]) -> Group:
-    """A group with the outcomes of its probe tests, and its members' resolution."""
+    """A group with the outcomes of its probe tests, and its members' resolution. A leaf probed alone that its
+    probes left coarser than the target is probed once more along a wide ladder (``Numerics.wide_top``): the
+    best step the arithmetic allows, whose resolution is what the leaf reports."""
     results, resolution = probe_group_resolving(state.numerics, state.analytical, state.space.x, members,
                                                 state.settings.probes)
+    group = Group(name, members, results, resolution)
+    if len(members) == 1 and not failed(group) and not excused(state, members[0], resolution[members[0]]):
+        wide, finer = probe_group_resolving(state.numerics, state.analytical, state.space.x, members,
+                                            WIDE_DIRECTIONS, top=state.numerics.wide_top())
+        for method, outcome in wide.items():
+            results.setdefault(method, Outcome()).merge(outcome)
+        resolution[members[0]] = min(resolution[members[0]], finer[members[0]])
     state.tick(f"order {state.f.order} wrt {name}")
-    return Group(name, members, results, resolution)
+    return group
+
+
+def failed(group: Group) -> bool:
+    return any(o.failed for o in group.results.values())
+
+
+def excused(state: OrderState, leaf: int, resolution: float) -> bool:
+    """Whether a leaf resolved this coarsely may stay where it is (no smaller group, no wider ladder): it meets
+    the target, or it is within the aggregate limit and probing it alone could not do SPLIT_GAIN better (the
+    floor of ``resolution_floor``)."""
+    if resolution <= resolution_target(state):
+        return True
+    return resolution <= aggregate_limit(state) and resolution <= SPLIT_GAIN * resolution_floor(state, leaf)
+
+
+# No leaf passes inside a group that could not see a relative error this large in its gradient: it is probed in
+# smaller groups, down to alone, whatever that costs.
+AGGREGATE_LIMIT = 1e-4
+
+
+def aggregate_limit(state: OrderState) -> float:
+    return max(AGGREGATE_LIMIT, resolution_target(state))
+
+
+def accuracy_bound(state: OrderState, group: Group, members: set[int]) -> bool:
+    """Whether the backend's own accuracy, not the group's other leaves, may be what bounds ``members``' resolution
+    (a model error, or a section coarser than the leaves), and each of them is within the aggregate limit."""
+    if state.numerics.model_error <= 0 and not state.space.mixed:
+        return False
+    return all(group.resolution.get(i, math.inf) <= aggregate_limit(state) for i in members)
 
 
 def split_failures(state: OrderState, group: Group) -> list[Group]:
-    """One group per leaf. A leaf in a passing aggregate that resolves it (a relative error of ``resolution_target``
-    in its gradient would have failed the aggregate) passes with the aggregate's outcome. A failing aggregate,
-    or one too coarse for some of its leaves (a gradient that vanishes beside the others), is split in halves
-    and the halves that need it are probed again, down to single leaves."""
-    names, target = state.space.names, resolution_target(state)
-    failed = any(o.failed for o in group.results.values())
-    coarse = {i for i in group.members if group.resolution.get(i, 0.0) > target
-              and group.resolution[i] > SPLIT_GAIN * resolution_floor(state, i)}
-    if len(group.members) == 1 or not (failed or coarse):
+    """One group per leaf, by the resolution rule: each leaf ends resolved to ``resolution_target`` (a relative
+    error that large in its gradient would have failed its group), or probed alone at the best step the
+    arithmetic allows (``probed_group``), or, within AGGREGATE_LIMIT, where no smaller group could resolve it
+    better (``excused``, ``accuracy_bound``). A failing aggregate, or one too coarse for some of its leaves (a
+    gradient that vanishes beside the others), is split in halves and the halves that need it are probed
+    again, down to single leaves."""
+    names = state.space.names
+    broken = failed(group)
+    coarse = {i for i in group.members if not excused(state, i, group.resolution.get(i, math.inf))}
+    if len(group.members) == 1 or not (broken or coarse):
         return [leaf_of(group, i, names) for i in group.members]
     groups = []
     for half in (group.members[:len(group.members) // 2], group.members[len(group.members) // 2:]):
-        if not failed and not set(half) & coarse:
+        if not broken and not set(half) & coarse:
             groups += [leaf_of(group, i, names) for i in half]
             continue
         name = names[half[0]] if len(half) == 1 else f"{len(half)} leaves from {names[half[0]]}"
         sub = probed_group(state, name, half)
-        if not failed and not sharper(group, sub, set(half) & coarse):
+        unsplit = set(half) & coarse
+        if not broken and not sharper(group, sub, unsplit) and accuracy_bound(state, sub, unsplit):
             groups += [leaf_of(sub, i, names) for i in half]  # as resolved as they can be
             continue
         groups += split_failures(state, sub)
@@ -162,6 +206,7 @@ def split_failures(state: OrderState, group: Group) -> list[Group]:
 
 # A smaller group is probed only where it could resolve a leaf at least this many times more finely.
 SPLIT_GAIN = 2.0
+WIDE_DIRECTIONS = 1  # directions of a leaf's wide ladder (one test sees a relative error of the whole gradient)
 
 
 def resolution_floor(state: OrderState, leaf: int) -> float:
@@ -205,7 +250,7 @@ def resolution_target(state: OrderState) -> float:
     """The relative gradient error an aggregate must resolve for each leaf: RESOLUTION, or what the backend's
     own accuracy allows (a backend whose float64 erf is good to 1e-5 cannot resolve 1e-6 in any group: a leaf
     probed alone reaches a few times its model error)."""
-    return max(RESOLUTION, MODEL_ERROR_MARGIN * state.numerics.model_error)
+    return max(RESOLUTION / RESOLUTION_MARGIN, MODEL_ERROR_MARGIN * state.numerics.model_error)
 
 
 def follow_up(state: OrderState, groups: list[Group]) -> dict[str, tuple[CheckStatus, dict]]:

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from gradaudit.core.numerics import (FIRST_LEVELS, GRADIENT_NOISE_SAFETY, RSS_SAFETY, CotangentRows, Evaluate,
+from gradaudit.core.numerics import (FIRST_LEVELS, GRADIENT_NOISE_SAFETY, LADDER_LEVELS, RSS_SAFETY, CotangentRows, Evaluate,
                                      NumericalDerivative, Tensors, abs_inner, elementwise_tolerance, eps_of,
                                      extrapolated_derivative, flat, is_finite, ladder_points, ladder_steps,
                                      ladder_top, probe_tests, rademacher_like, real, rss_inner, step_size, to_host,
@@ -22,6 +22,8 @@ from gradaudit.core.numerics import (FIRST_LEVELS, GRADIENT_NOISE_SAFETY, RSS_SA
 RETRY_BAR_LIMIT = 8.0  # a smaller-step retry counts only if its error bar is at most this much wider
 DOMAIN_SHRINKS = 12  # a step that leaves the function's domain is divided by 8 up to this many times
 NEARBY_STEPS = 30  # a nearby point lies this many finite-difference steps (times the leaf's scale) away
+WIDE_LEVELS = 6  # a wide ladder starts this many halvings above the usual top (see Numerics.wide_top)
+WIDE_TOP_LIMIT = 0.5  # and at most this far, in units of the leaf's scale
 
 
 @dataclass
@@ -313,25 +315,46 @@ class Numerics:
         measured = self.noise is not None and self.gradient_noise is not None
         return self.space.leaf_eps if self.space.mixed and measured else self.space.eps
 
-    def derivative(self, x: Tensors, u: list, top: float, first: list[Tensors] | None = None) -> NumericalDerivative:
+    def derivative(self, x: Tensors, u: list, top: float, first: list[Tensors] | None = None,
+                   wide: bool = False) -> NumericalDerivative:
+        """J·u by a ladder from ``top`` down. ``wide``: a ladder started far above the usual top, each estimate
+        judged against both neighbours (f at x known), so that three levels must agree before a bar is kept."""
         center = None
-        if self.space.mixed:  # (f at x is known; at a nearby point it costs one evaluation)
-            center = self.center if x is self.space.x and self.center is not None else self.values([x])[0]
+        if self.space.mixed or wide:  # (f at x is known; at a nearby point it costs one evaluation)
+            center = self.value_at(x)
         return extrapolated_derivative(self.values, x, u, top, self.floor_eps, self.noise, first=first,
-                                       center=center)
+                                       center=center, levels=LADDER_LEVELS + (WIDE_LEVELS if wide else 0))
 
-    def derivative_in_domain(self, x: Tensors, u: list) -> tuple[NumericalDerivative, float]:
+    def value_at(self, x: Tensors) -> Tensors:
+        """f at x, evaluated once for the space's own point."""
+        if x is not self.space.x:
+            return self.values([x])[0]
+        if self.center is None:
+            self.center = self.values([x])[0]
+        return self.center
+
+    def derivative_in_domain(self, x: Tensors, u: list, top: float | None = None) -> tuple[NumericalDerivative, float]:
         """The numerical J·u with the steps divided by 8 while the largest leaves the function's domain (log at
-        1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure."""
-        top = self.ladder_start or self.space.top
+        1e-12): (derivative, largest step used); still NaN or Inf, the follow-ups classify the failure.
+        ``top``: a wide ladder's first step (see ``wide_top``); the next probes' start is left as it was."""
+        wide = top is not None
+        top = top if wide else (self.ladder_start or self.space.top)
         for _ in range(DOMAIN_SHRINKS):
             first = self.values_or_none(ladder_points(x, u, ladder_steps(top, FIRST_LEVELS)))
             if first is not None and all(is_finite(y) for y in first[:2]):  # (the top level: the domain check)
-                numerical = self.derivative(x, u, top, first)
-                self.ladder_start = min(self.space.top, 2 * numerical.top)
+                numerical = self.derivative(x, u, top, first, wide)
+                if not wide:
+                    self.ladder_start = min(self.space.top, 2 * numerical.top)
                 return numerical, top
             top /= 8
-        return self.derivative(x, u, top), top
+        return self.derivative(x, u, top, wide=wide), top
+
+    def wide_top(self) -> float:
+        """Where a leaf probed alone that its usual ladder left unresolved starts its ladder: 2^WIDE_LEVELS above
+        the usual top (at most WIDE_TOP_LIMIT of the leaf's scale). A gradient that vanishes beside the
+        outputs (a bias deep in a tanh net: 5e-7) is swamped by the outputs' rounding (eps |y| / step) at the
+        usual steps, while its truncation stays far below: the ladder then descends to where they meet."""
+        return min(WIDE_TOP_LIMIT, self.space.top * 2 ** WIDE_LEVELS)
 
     def values_or_none(self, points: list[Tensors]) -> list[Tensors] | None:
         """The values at points a step away from x, or None where the function refuses them: f ran at x, so an
@@ -343,7 +366,7 @@ class Numerics:
 
 
 def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,
-               retry: bool = True) -> tuple[Outcome, Outcome]:
+               retry: bool = True, top: float | None = None) -> tuple[Outcome, Outcome]:
     """(reverse, forward) outcomes of one direction u at x.
 
     A direction that fails is retried with a smaller step (64x in float64, 4x below): a kink a hair away from x
@@ -351,7 +374,7 @@ def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,
     kink at x itself fails at both steps. A retry whose error bar is much wider than the first's (rounding
     dominates at the small step) cannot clear a failure: it would only hide it."""
     tangents = analytical.tangents(u)
-    numerical, top = numerics.derivative_in_domain(x, u)
+    numerical, top = numerics.derivative_in_domain(x, u, top)
     attempts = [judge(numerics, analytical, numerical, u, tangents)]
     if retry and any(o.failed for o in attempts[0]):
         numerical = numerics.derivative(x, u, top / numerics.space.retry_divisor)
@@ -413,16 +436,17 @@ def probe_group(numerics: Numerics, analytical: Analytical, x: Tensors, members:
 
 
 def probe_group_resolving(numerics: Numerics, analytical: Analytical, x: Tensors, members: list[int],
-                          directions: int) -> tuple[dict[str, Outcome], dict[int, float]]:
+                          directions: int, top: float | None = None) -> tuple[dict[str, Outcome], dict[int, float]]:
     """``probe_group``'s outcomes, and each member's resolution: the smallest relative error in that member's
     gradient that one of the reverse-mode tests would have seen (its error bar over the member's own part of
     ``<g, u>``). Once a direction failed at both steps, later ones skip the retry: no retry can clear the group
-    then. Several members share balanced directions (``group_direction``): one probe tests many leaves."""
+    then. Several members share balanced directions (``group_direction``): one probe tests many leaves.
+    ``top``: each direction's ladder is a wide one from there (see ``Numerics.wide_top``)."""
     reverse, forward = Outcome(), Outcome()
     resolution = {i: math.inf for i in members}
     for _ in range(directions):
         u = group_direction(numerics.space, analytical, members, x)
-        rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed))
+        rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed), top=top)
         reverse.merge(rev)
         forward.merge(fwd)
         for i in members:  # (max over the cotangents of |<g_k[i], u[i]>|, over the elements u moves: see dot)

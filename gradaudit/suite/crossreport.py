@@ -125,13 +125,15 @@ def localized(record: SuiteRecord) -> str:
     return " ".join(p for p in parts if p) or "-"
 
 
-def crashed_worker_repro(record: SuiteRecord) -> dict:
-    """For a record whose worker was killed by a signal: the op's repro, run once to see it die the same way
-    (the worker could not attach one)."""
+def op_repro_run(record: SuiteRecord, exception: str | None = None) -> dict:
+    """The op's own repro for a ``torch.ops`` record that has none the table can use (a worker killed by a
+    signal, a worker built without one, or torch.compile's localized piece, which runs random inputs and prints
+    no verdict), run once in a fresh process: it must show the divergence, or fail the way the backend did
+    (``exception``, or the signal of ``crashed: signal 8 (SIGFPE)``)."""
     from gradaudit.suite.zoos.op_repro import confirm, confirmation, op_repro
 
     reason = record.reason or ""
-    if record.zoo != "torch.ops" or not reason.startswith("crashed: signal"):
+    if record.zoo != "torch.ops":
         return {}
     with warnings.catch_warnings():  # (building torch's op_db warns about beta features)
         warnings.simplefilter("ignore")
@@ -139,16 +141,19 @@ def crashed_worker_repro(record: SuiteRecord) -> dict:
     if code is None:
         return {}
     ran = confirm(code)
-    signal = reason.split("(")[-1].rstrip(")")  # "crashed: signal 8 (SIGFPE)": the repro must die of it too
-    return {"repro": code, "repro_output": ran[1], "repro_confirmed": confirmation(ran, signal)}
+    signal = reason.split("(")[-1].rstrip(")") if reason.startswith("crashed: signal") else None
+    return {"repro": code, "repro_output": ran[1], "repro_confirmed": confirmation(ran, exception or signal)}
 
 
 def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> str:
-    """The repro's file (written under ``repro_dir``) and whether running it showed the divergence."""
+    """The repro's file (written under ``repro_dir``) and whether running it showed the divergence. On
+    torch.compile the localized piece's script is written beside it (``-piece.py``), for the compiler's
+    developers."""
     details = dict(main_finding(record).get("details", {}))
-    if not details:
-        details = crashed_worker_repro(record)
-    elif details.get("repro") and details.get("repro_confirmed") is not True:  # run it once more
+    piece = details.pop("repro", None) if record.backend == "compile" else None
+    if not details.get("repro"):
+        details.update(op_repro_run(record, details.get("exception")))
+    elif details.get("repro_confirmed") is not True:  # run it once more
         from gradaudit.suite.zoos.op_repro import confirm, confirmation
 
         details["repro_confirmed"] = confirmation(confirm(details["repro"]), details.get("exception"))
@@ -162,7 +167,12 @@ def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> s
     name = repro_file_name(record.case)
     repro_dir.mkdir(parents=True, exist_ok=True)
     (repro_dir / name).write_text(code)
-    return f"[{name}]({link_base}{name}) {confirmed}"
+    cell = f"[{name}]({link_base}{name}) {confirmed}"
+    if piece:
+        piece_name = name.replace(".py", "-piece.py")
+        (repro_dir / piece_name).write_text(piece)
+        cell += f" ([piece]({link_base}{piece_name}))"
+    return cell
 
 
 def repro_file_name(case: str) -> str:
@@ -213,6 +223,16 @@ def timing(records: list) -> dict[str, float]:
             "run_seconds": round(audits - compiling, 1), "record_seconds": round(sum(r.seconds for r in records), 1)}
 
 
+def backend_label(backend: str) -> str:
+    """A backend as the report names it: the compile backend with its compiler (``compile (inductor)``)."""
+    if backend != "compile":
+        return backend
+    import os
+
+    mode = os.environ.get("GRADAUDIT_COMPILE_MODE")
+    return f"compile ({os.environ.get('GRADAUDIT_COMPILE_BACKEND') or 'inductor'}{', mode ' + mode if mode else ''})"
+
+
 def versions() -> str:
     """The versions the report was made with (torch and whichever backends are installed)."""
     from importlib import metadata
@@ -235,12 +255,14 @@ def write_markdown(records: list, path: str, zoo: str, backends: list[str], dtyp
     target = Path(path)
     repro_dir = target.with_name(f"{target.stem}-repros")
     spent = timing(records)
-    title = f"{zoo} on {', '.join(backends)} ({dtype or 'float64'}) against eager float64 on the CPU"
+    title = (f"{zoo} on {', '.join(map(backend_label, backends))} ({dtype or 'float64'}) against eager float64 "
+             "on the CPU")
     preamble = "\n".join([
         f"Made with `{command}` on {datetime.date.today().isoformat()} ({os.cpu_count()} CPU cores).", "",
         f"Versions: {versions()}.", "",
         f"Time in the audits: {spent['audit_seconds']} s, of which {spent['compile_seconds']} s compiling (XLA) or "
-        f"exporting (ONNX) and {spent['run_seconds']} s running and comparing; {spent['record_seconds']} s with "
+        "exporting (ONNX; torch.compile's is not counted apart) and "
+        f"{spent['run_seconds']} s running and comparing; {spent['record_seconds']} s with "
         "the workers' start-up and the repro runs.", "",
         "Each case is one sample of an op of PyTorch's `op_db`, compared at orders 1 and 2 (forward first) with "
         "eager float64 on the CPU; a case is listed under the most serious thing any order showed. Repros are "

@@ -124,6 +124,29 @@ expected = (eager_outs, [analytical.reshape(1)], [])
 got = (got_outs, [numerical.reshape(1)], [])
 '''
 
+_COMPILE_RUN = '''
+def run(compiled):
+    """Forward and gradient (seeded ±1 cotangents) of the op, eagerly in float64 or through torch.compile."""
+    args, kwargs, leaves = prepared("cpu", {dtype} if compiled else torch.float64)
+    forward = torch.compile(outputs, backend={compiler!r}, dynamic=False) if compiled else outputs
+    outs = forward(args, kwargs)
+    generator = torch.Generator().manual_seed(1)
+
+    def signs(tensors):  # ±1 cotangents (±1 ± 1j for complex results)
+        drawn = [torch.randint(0, 2, (*t.shape, 2) if t.is_complex() else t.shape, generator=generator) * 2.0 - 1
+                 for t in tensors]
+        return [(torch.view_as_complex(s) if t.is_complex() else s).to(t.device, t.dtype)
+                for s, t in zip(drawn, tensors)]
+    differentiable = [o for o in outs if o.requires_grad]
+    grads = torch.autograd.grad(differentiable, leaves, signs(differentiable), allow_unused=True,
+                                materialize_grads=True) if differentiable and leaves else []
+    return outs, list(grads), []  # (a compiled backward has no double backward)
+
+
+expected = run(False)
+got = run(True)
+'''
+
 _VERDICT = '''
 tolerance = 64 * torch.finfo({dtype}).eps
 forward = gap(got[0], expected[0], "forward")
@@ -137,28 +160,30 @@ print("verdict:", "diverges in " + ", ".join(phases) if phases else "agrees")
 
 
 def op_repro(case_name: str, backend: str, dtype: str | None, order: int, seed: int = SEED) -> str | None:
-    """The repro script of a ``torch.ops`` case (``NAME[.VARIANT][sample K]``) on ``backend`` (xla or onnx),
-    or None for another backend or case name."""
+    """The repro script of a ``torch.ops`` case (``NAME[.VARIANT][sample K]``) on ``backend`` (xla, onnx, or
+    compile with the compiler ``GRADAUDIT_COMPILE_BACKEND`` names), or None for another backend or case name."""
     full_name, _, rest = case_name.partition("[sample ")
-    if not rest.endswith("]") or backend not in ("xla", "onnx"):
+    if not rest.endswith("]") or backend not in ("xla", "onnx", "compile"):
         return None
     from gradaudit.suite.zoos.torch_ops import find_op
 
     op = find_op(full_name)
     fields = {"name": op.name, "variant": op.variant_test_name, "seed": seed, "index": int(rest[:-1]),
-              "order": order, "dtype": f"torch.{dtype or 'float64'}"}
+              "order": order, "dtype": f"torch.{dtype or 'float64'}",
+              "compiler": os.environ.get("GRADAUDIT_COMPILE_BACKEND") or "inductor"}
     # Gradients inherit the forward's drift, like gradaudit's own parity tolerance; finite differences in
     # onnxruntime's precision carry an error of about eps^(2/3) on top.
     fields["gradient_limit"] = ("64 * max(drift, torch.finfo({dtype}).eps) + 64 * torch.finfo({dtype}).eps ** (2 / 3)"
                                 if backend == "onnx" else "64 * drift").format(**fields)
     imports = ["import itertools", "import random", "", "import numpy", "import torch"]
-    imports += ["import torch_xla  # noqa: F401  (registers the xla device)"] if backend == "xla" else \
-        ["import onnxruntime"]
+    imports += {"xla": ["import torch_xla  # noqa: F401  (registers the xla device)"], "onnx": ["import onnxruntime"],
+                "compile": []}[backend]
     imports += ["from torch.testing._internal.common_methods_invocations import op_db  # pip install expecttest "
                 "hypothesis", "from torch.utils._pytree import tree_leaves, tree_map"]
-    header = (f"# gradaudit repro: {case_name} on {backend} ({dtype or 'float64'}) against eager float64 on the CPU, "
+    shown = f"torch.compile ({fields['compiler']})" if backend == "compile" else backend
+    header = (f"# gradaudit repro: {case_name} on {shown} ({dtype or 'float64'}) against eager float64 on the CPU, "
               f"order {order}")
-    body = _AUTOGRAD_RUN if backend == "xla" else _ONNX_RUN
+    body = {"xla": _AUTOGRAD_RUN, "onnx": _ONNX_RUN, "compile": _COMPILE_RUN}[backend]
     return "\n".join([header] + imports) + "\n" + _COMPARE + _SAMPLE.format(**fields) + body.format(**fields) + \
         _VERDICT.format(**fields)
 
@@ -206,7 +231,9 @@ def attach_repros(case_name: str, report, backend: str, dtype: str | None, order
     """Put the repro of a ``torch.ops`` case on each error divergence of a compare report
     (``details.repro``), and, with ``run``, whether running it in a fresh process showed the divergence
     (``details.repro_confirmed``: True, False, or why it did not run; ``details.repro_output``)."""
-    targets = [f for f in report.findings if f.severity == "error" and f.kind in REPRO_KINDS]
+    # (a compile divergence already carries the repro of the piece its localization found)
+    targets = [f for f in report.findings if f.severity == "error" and f.kind in REPRO_KINDS
+               and not f.details.get("repro")]
     if not targets:
         return
     code = op_repro(case_name, backend, dtype, order, seed)

@@ -202,6 +202,11 @@ class Backend(ABC):
     # class body in the source file (gradaudit.registry.declared), because importing a backend's module imports
     # torch: write both as literals there. None: not declared (the quick listing says "unknown").
     required_modules: ClassVar[tuple[str, ...] | None] = None
+    # Also literals, read the same way: the distributions whose versions decide this backend's results (a suite
+    # keys its stored records on them), and the settings it takes from environment variables, as
+    # {setting: (variable, default)} (a record made with another compiler is another record).
+    packages: ClassVar[tuple[str, ...]] = ()
+    environment: ClassVar[dict[str, tuple[str, str | None]]] = {}
 
     @abstractmethod
     def availability(self) -> Availability:

@@ -253,6 +253,9 @@ class CompileBackend(Backend):
     name = "compile"
     description = "torch.compile (inductor unless GRADAUDIT_COMPILE_BACKEND names another dynamo backend)"
     required_modules = ("torch",)  # the quick check (Backend.required_modules)
+    packages = ("torch",)  # whose versions decide its results (Backend.packages)
+    # (Backend.environment: an aot_eager record is no inductor one)
+    environment = {"compiler": ("GRADAUDIT_COMPILE_BACKEND", "inductor"), "mode": ("GRADAUDIT_COMPILE_MODE", None)}
 
     def __init__(self, compiler: str | None = None, mode: str | None = None) -> None:
         self.compiler = compiler or os.environ.get(COMPILER_ENV) or DEFAULT_COMPILER

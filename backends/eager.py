@@ -150,6 +150,7 @@ class EagerBackend(Backend):
     name = "eager"
     description = "PyTorch eager mode on CPU, or CUDA with TF32 disabled"
     required_modules = ("torch",)  # the quick check (Backend.required_modules)
+    packages = ("torch",)  # whose versions decide its results (Backend.packages)
 
     def availability(self) -> Availability:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

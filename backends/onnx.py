@@ -504,6 +504,7 @@ class OnnxBackend(Backend):
     name = "onnx"
     description = "torch.onnx.export (dynamo) graph run in onnxruntime; finite differences judged against eager"
     required_modules = ("torch", "onnx", "onnxruntime", "onnxscript")  # the quick check (Backend.required_modules)
+    packages = ("onnxruntime", "onnx", "onnxscript")  # whose versions decide its results (Backend.packages)
 
     def availability(self) -> Availability:
         missing = []

@@ -348,6 +348,7 @@ class XlaBackend(Backend):
     name = "xla"
     description = "torch-xla lazy tensors (PJRT; CPU unless PJRT_DEVICE says otherwise)"
     required_modules = ("torch", "torch_xla")  # the quick check (Backend.required_modules)
+    packages = ("torch-xla",)  # whose versions decide its results (Backend.packages)
 
     def availability(self) -> Availability:
         try:

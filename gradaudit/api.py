@@ -20,7 +20,7 @@ from gradaudit.core.kinds import FAULTS, FaultKind, Severity
 from gradaudit.core.parity import parity_checks, path_dtype
 from gradaudit.crossbackend import (compare_backend, forward_parity, numeric_backend_audit, parity_settings,
                                     refuse_random_ops)
-from gradaudit.registry import usable_backend
+from gradaudit.registry import REFERENCE, reference_backend, usable_backend
 from gradaudit.rng import preserved_rng
 from gradaudit.backends.base import Program, Stats
 from gradaudit.report import Check, Finding, Report
@@ -52,7 +52,7 @@ def load_reference(case, backend, program: Program, device: str | None, shadow: 
     backend in float64 (the shadow) for a low-precision case; None when the program itself is float64."""
     if not program.capabilities.autograd:
         rewind()
-        return usable_backend("eager").load(case, "cpu", torch.float64)
+        return reference_backend().load(case, "cpu", torch.float64)
     if not shadow or program.dtype == torch.float64:
         return None
     rewind()
@@ -105,7 +105,7 @@ def same_rng_for_each_program() -> Iterator[Callable[[], None]]:
 
 
 @user_code_boundary("gradaudit.check")
-def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: str = "eager",
+def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: str = REFERENCE,
           device: str | None = None, order: int = 1, dtype: str | torch.dtype | None = None, mode: str = "auto",
           seed: int = 0, probes: int = 3, shadow: bool = True, localize: bool = True, static_only: bool = False,
           fail_on_hazard: bool = False, progress: Callable[[str, int, int], None] | None = None,
@@ -183,7 +183,7 @@ def failed_backend_report(case, backend, failure: BackendFailure, settings: Sett
     runs the same case, that is a finding about the backend (``backend_error``, the verdict FAIL), as in
     ``compare``; when eager raises too, its error is the case's own and the audit cannot run."""
     rewind()
-    with usable_backend("eager").load(case, "cpu", torch.float64) as eager:
+    with reference_backend().load(case, "cpu", torch.float64) as eager:
         precision = precision_notes(eager)
         stats = eager.stats.to_dict()
     stats["seconds"] = round(time.perf_counter() - started, 4)
@@ -236,7 +236,7 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     stats, batching = Stats().counters(), []
     later: list[tuple[str, Callable]] = []
     with same_rng_for_each_program() as rewind, ExitStack() as open_programs:
-        reference = open_programs.enter_context(usable_backend("eager").load(case, "cpu", torch.float64))
+        reference = open_programs.enter_context(reference_backend().load(case, "cpu", torch.float64))
         refuse_random_ops(reference)
         precision = precision_notes(reference)
         for step, backend in enumerate(chosen):
@@ -283,7 +283,7 @@ def autograd_backend_audit(case, program: Program, reference: Program | None, se
     checks, findings, model_error, eager = [], [], 0.0, None
     if not program.capabilities.reference:
         rewind()
-        eager = open_programs.enter_context(usable_backend("eager").load(case, "cpu", torch.float64))
+        eager = open_programs.enter_context(reference_backend().load(case, "cpu", torch.float64))
         share_precision(program, eager)  # (the notes and arithmetic of a backend the precision scan cannot see)
         checks, findings, model_error = forward_parity(program, eager, skipped)
         if any(check.mismatch for check in checks):  # another function than eager's: nothing to audit
@@ -376,6 +376,8 @@ def static_hazards(program: Program) -> list[Finding]:
 def fallback_hazards(program: Program) -> list[Finding]:
     """Ops a compiling backend (XLA) could not lower and ran on the CPU instead: slow, and a place where
     device and CPU semantics may differ."""
+    if not program.capabilities.fallback_ops:  # (a program that cannot tell has no fallback_counts)
+        return []
     return [Finding(FaultKind.HAZARD, f"{op} fell back to the CPU on {program.device}", op=op,
                     severity=Severity.WARNING,
                     details={"hazard": "cpu_fallback", "count": count})

@@ -22,7 +22,7 @@ from gradaudit.core.probe import Numerics, ProbeSpace
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.pipeline import optional_phase
 from gradaudit.backends.base import Program
-from gradaudit.registry import usable_backend
+from gradaudit.registry import reference_backend, usable_backend
 from gradaudit.report import Check, Finding
 
 
@@ -136,7 +136,7 @@ def compare_backend(backend, case, reference: Program, settings: Settings, dtype
     notes = list(program.notes) + notes  # (what loading changed: a graph run in float32 for want of kernels)
     if program.dtype != torch.float64 and divergences_to_explain(findings):
         optional_phase("same-precision triage", lambda: excuse_precision(
-            program, reference, settings, findings, lambda: usable_backend("eager").load(
+            program, reference, settings, findings, lambda: reference_backend().load(
                 case, "cpu", program.dtype)), notes)
         excuse_checks(checks, findings)
     return checks, findings, notes, program.stats.to_dict(), later

@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # the backends' base module imports torch: imported where a b
 BACKENDS = "gradaudit.backends"
 ZOOS = "gradaudit.zoos"
 GROUP = BACKENDS  # the backends' group, under its older name
+# The reference every other backend is held against: PyTorch's own eager kernels (float64 on the CPU). The one
+# backend name the code outside backends/ knows, beside the entry-point table (pyproject.toml).
+REFERENCE = "eager"
 
 
 @lru_cache(maxsize=None)
@@ -110,6 +113,39 @@ def usable_backend(name: str) -> Backend:
     if not availability.usable:
         raise Unsupported(f"backend {name!r} is not usable here: {availability.reason}")
     return backend
+
+
+def reference_backend() -> Backend:
+    """The reference backend (:data:`REFERENCE`), usable here."""
+    return usable_backend(REFERENCE)
+
+
+@lru_cache(maxsize=None)
+def declaration(name: str) -> dict[str, Any]:
+    """The literal attributes a registered backend's class declares (``packages``, ``environment``,
+    ``required_modules``...), read from its source without importing it; {} where they cannot be read (a
+    backend defined elsewhere than its entry point's module)."""
+    entry_point = find(BACKENDS, name)
+    path = module_file(entry_point.module) if entry_point is not None else None
+    return (declared(path, entry_point.attr) or {}) if path is not None else {}
+
+
+def backend_packages(name: str) -> tuple[str, ...] | None:
+    """The distributions whose versions decide a backend's results (``Backend.packages``); None where it
+    declares none."""
+    packages = declaration(name).get("packages")
+    return tuple(packages) if isinstance(packages, (tuple, list)) else None
+
+
+def backend_environment(name: str) -> dict[str, str | None]:
+    """The settings a backend takes from environment variables (``Backend.environment``: setting ->
+    (variable, default)), with the values in force here: ``{"compiler": "inductor", "mode": None}``."""
+    import os
+
+    declared_settings = declaration(name).get("environment")
+    if not isinstance(declared_settings, dict):
+        return {}
+    return {setting: os.environ.get(variable) or default for setting, (variable, default) in declared_settings.items()}
 
 
 def describe_backends() -> list[tuple[str, Availability, str]]:

@@ -185,3 +185,69 @@ def test_the_core_and_every_backend_load_without_the_command_line_libraries() ->
     seen = json.loads(done.stdout.splitlines()[-1])
     assert {"checks", "probe", "kinds", "eager", "xla", "onnx", "compile", "base"} <= set(seen["loaded"])
     assert seen["cli"] == [], f"loaded with the core and the backends: {seen['cli']}"
+
+
+# ------------------------------------------------------------------------------------------ backend knowledge
+BUILT_IN = ("eager", "xla", "onnx", "compile")
+# Modules outside backends/ that still test a backend's name, each with why (to shrink, never to grow).
+NAMED_BACKENDS_LEFT = {
+    "gradaudit.suite.zoos.op_repro": "the torch.ops repro templates (XLA, ONNX) have not moved to their backends",
+    "gradaudit.suite.crossreport": "the report's compile label reads the compile backend's environment itself",
+}
+
+
+def backend_name_tests(source: str, names: tuple[str, ...] = BUILT_IN) -> list[int]:
+    """Lines of ``source`` that compare something with a backend's name (``== "xla"``, ``in ("xla", "onnx")``):
+    a decision made by name outside the backend, where a declared capability belongs."""
+    def named(node: ast.expr) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(named(item) for item in node.elts)
+
+    return [node.lineno for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Compare)
+            and any(named(part) for part in [node.left, *node.comparators])]
+
+
+def test_the_name_finder_sees_a_planted_name_test() -> None:
+    assert backend_name_tests('if backend == "xla":\n    pass\nx = b not in ("onnx", "tpu")\ny = "eager"\n') == [1, 3]
+
+
+def test_no_backend_name_is_tested_outside_backends() -> None:
+    """The rest of the code asks a backend what it can do (capabilities, declared packages and settings); the
+    registry's REFERENCE names the reference backend, and defaults may name a backend, but no code decides by
+    comparing a backend's name."""
+    found = {}
+    for name, path in module_files().items():
+        if name.startswith("gradaudit.backends") or name in NAMED_BACKENDS_LEFT:
+            continue
+        lines = backend_name_tests(path.read_text())
+        if lines:
+            found[str(path.relative_to(ROOT))] = lines
+    assert not found, f"backend names tested outside backends/: {found}"
+
+
+def test_each_built_in_backend_declares_its_packages_readably_without_importing_it() -> None:
+    from gradaudit import registry
+
+    for name in BUILT_IN:
+        packages = registry.backend_packages(name)
+        assert packages and all(isinstance(p, str) for p in packages), (name, packages)
+        assert registry.get_backend(name).packages == packages  # the literal is the class's own attribute
+    assert registry.backend_packages("xla") == ("torch-xla",)
+
+
+def test_the_compile_backend_declares_the_settings_it_takes_from_the_environment(monkeypatch) -> None:
+    """A suite keys compile records on the compiler and mode in force (an aot_eager record is no inductor one);
+    the store reads them from the backend's declaration, and they are the ones the backend uses."""
+    from gradaudit import registry
+    from gradaudit.suite.store import backend_versions
+
+    monkeypatch.delenv("GRADAUDIT_COMPILE_MODE", raising=False)
+    monkeypatch.delenv("GRADAUDIT_COMPILE_BACKEND", raising=False)
+    assert registry.backend_environment("compile") == {"compiler": "inductor", "mode": None}
+    monkeypatch.setenv("GRADAUDIT_COMPILE_BACKEND", "aot_eager")
+    assert registry.backend_environment("compile") == {"compiler": "aot_eager", "mode": None}
+    assert registry.get_backend("compile").compiler == "aot_eager"
+    assert list(backend_versions("compile")) == ["torch", "compiler", "mode"]
+    assert backend_versions("compile")["compiler"] == "aot_eager"
+    assert registry.backend_environment("eager") == {}

@@ -13,10 +13,10 @@ from gradaudit.cli.exits import command_outcome
 
 def usable_backends() -> list[str]:
     """The registered backends that are installed and usable here (``gradaudit backends``), eager first."""
-    from gradaudit.registry import describe_backends
+    from gradaudit.registry import REFERENCE, describe_backends
 
     usable = [name for name, availability, _ in describe_backends() if availability.usable]
-    return sorted(usable, key=lambda name: name != "eager")
+    return sorted(usable, key=lambda name: name != REFERENCE)
 
 
 def chosen_backends(backend_list: str | None, quiet: bool) -> list[str]:

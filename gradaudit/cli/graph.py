@@ -16,6 +16,7 @@ from gradaudit.cli.common import (OutputPath, log_verdict, logger, order_option,
                                   timeout_options, traceback_option, verbosity_options)
 from gradaudit.cli.supervisor import Limits, supervise
 from gradaudit.errors import AuditError
+from gradaudit.registry import REFERENCE
 from gradaudit.cli.exits import (EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, EXIT_TERMINATED, fail, interrupted,
                                  write_outputs)
 
@@ -46,10 +47,10 @@ def draw(case: Any, report: Any, seed: int) -> tuple:
     """(graph, culprit id, culprit lines): the traced graph of the case with the first localized fault."""
     from gradaudit.analyzers.localize import LOCALIZED_KINDS, apply, locate
     from gradaudit.analyzers.trace import trace_program
-    from gradaudit.registry import usable_backend
+    from gradaudit.registry import reference_backend
 
     culprit, graph, lines = None, None, []
-    with usable_backend("eager").load(case) as program:
+    with reference_backend().load(case) as program:
         for finding in report.findings:
             if finding.kind in LOCALIZED_KINDS and culprit is None:
                 logger.info("localizing %s wrt %s", finding.kind, finding.wrt)
@@ -94,7 +95,7 @@ def graph_command(target: str, out: str, format: str | None, order: int, seed: i
                   quiet: bool, verbose: int, timeout: float, phase_timeout: float | None) -> None:
     """Write the autograd graph of TARGET (GraphML, DOT or SVG, from the suffix of --out unless --format says);
     a failed check is localized and its culprit node highlighted."""
-    request = {"command": "graph", "target": target, "options": {"backend": "eager", "order": order, "seed": seed,
+    request = {"command": "graph", "target": target, "options": {"backend": REFERENCE, "order": order, "seed": seed,
                                                                  "localize": False},
                "graph": {"out": out, "format": format}, "verbosity": -1 if quiet else verbose,
                "traceback": show_traceback, "sys_path": sys.path}

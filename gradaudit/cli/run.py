@@ -8,11 +8,12 @@ from gradaudit.cli.common import (allow_skip_option, dtype_option, json_option, 
                                   traceback_option, verbosity_options)
 from gradaudit.cli.output import audit_in_worker
 from gradaudit.cli.supervisor import Limits
+from gradaudit.registry import REFERENCE
 
 
 @click.command("run")
 @target_argument
-@click.option("--backend", default="eager", show_default=True, help="Backend to audit on (see `gradaudit backends`).")
+@click.option("--backend", default=REFERENCE, show_default=True, help="Backend to audit on (see `gradaudit backends`).")
 @click.option("--device", default=None, help="Device, e.g. cpu or cuda (default: the backend's).")
 @order_option
 @dtype_option()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from gradaudit.errors import AuditError
+from gradaudit.registry import REFERENCE
 
 
 def make_job(zoo: str, case: str, backend: str, orders: Iterable[int], seed: int = 0, dtype: str | None = None,
@@ -92,7 +93,7 @@ def planned_backends(backends: list[str], compare: bool) -> list[str]:
     """The backends that get jobs: with ``compare``, eager is the reference, audited on its own only when it
     is the one backend listed (eager in the suite's dtype against eager float64)."""
     if compare and len(set(backends)) > 1:
-        return [b for b in backends if b != "eager"]
+        return [b for b in backends if b != REFERENCE]
     return backends
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from gradaudit.registry import REFERENCE
 
 
 class SuiteStatus(str, Enum):
@@ -56,7 +57,7 @@ class SuiteRecord:
     def of_job(cls, job: dict, order: int, status: SuiteStatus | str, reason: str | None,
                report: dict | None = None, seconds: float = 0.0, module: str | None = None) -> "SuiteRecord":
         """The record of one order of a suite job (``{"zoo", "case", "backend", "seed", "dtype", ...}``)."""
-        return cls(case=job.get("case"), backend=job.get("backend", "eager"), order=order,
+        return cls(case=job.get("case"), backend=job.get("backend", REFERENCE), order=order,
                    status=SuiteStatus(status), reason=reason, report=report, seconds=seconds, zoo=job.get("zoo"),
                    seed=int(job.get("seed", 0) or 0), dtype=job.get("dtype"), module=module,
                    compare=bool(job.get("compare")))

@@ -17,11 +17,6 @@ from gradaudit.suite.records import SuiteRecord
 
 logger = logging.getLogger(__name__)
 
-# The packages whose versions decide a backend's results (besides torch and gradaudit).
-BACKEND_PACKAGES = {"eager": ("torch",), "xla": ("torch-xla",), "onnx": ("onnxruntime", "onnx", "onnxscript"),
-                    "compile": ("torch",)}
-
-
 def package_version(name: str) -> str | None:
     """The installed version of a distribution, None where it is not installed."""
     try:
@@ -31,20 +26,18 @@ def package_version(name: str) -> str | None:
 
 
 def backend_versions(backend: str) -> dict[str, str | None]:
-    """The versions of the packages a backend's results depend on (for a plugin: its distribution's)."""
-    packages = BACKEND_PACKAGES.get(backend)
-    if packages is None:
-        from gradaudit.registry import _registered
+    """The versions of the packages a backend's results depend on, as the backend declares them
+    (``Backend.packages``, for a plugin that declares none: its distribution's), and the settings it takes from
+    the environment (``Backend.environment``: the compile backend's compiler and mode)."""
+    from gradaudit import registry
 
-        for ep in _registered():
+    packages = registry.backend_packages(backend)
+    if packages is None:
+        for ep in registry.registered():
             if ep.name == backend and ep.dist is not None:
                 return {ep.dist.name: ep.dist.version}
         return {}
-    versions = {package: package_version(package) for package in packages}
-    if backend == "compile":  # the compiler comes from the environment: an aot_eager record is no inductor one
-        versions |= {"compiler": os.environ.get("GRADAUDIT_COMPILE_BACKEND") or "inductor",
-                     "mode": os.environ.get("GRADAUDIT_COMPILE_MODE") or None}
-    return versions
+    return {package: package_version(package) for package in packages} | registry.backend_environment(backend)
 
 
 def zoo_digest(spec: str) -> str | None:

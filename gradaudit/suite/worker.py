@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 from gradaudit.outcome import as_audit_error, exit_call, exits_raise
 from gradaudit.suite.plan import orders_of, unsupported_order
 from gradaudit.lines import one_line
+from gradaudit.registry import REFERENCE
 from gradaudit.suite.records import SuiteRecord, SuiteStatus
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ def check_audit(case: "Case", order: int, job: dict) -> "Report":
     """gradaudit.check of the case on the job's backend: the Report."""
     import gradaudit
 
-    return gradaudit.check(case, backend=job.get("backend", "eager"), order=order, dtype=job.get("dtype"),
+    return gradaudit.check(case, backend=job.get("backend", REFERENCE), order=order, dtype=job.get("dtype"),
                            seed=_seed(job), mode=job.get("mode", "auto"), probes=int(job.get("probes", 3)),
                            localize=bool(job.get("localize", True)), **tolerances(job))
 
@@ -218,7 +219,7 @@ def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "
     import gradaudit
     from gradaudit.suite.zoos.op_repro import attach_repros
 
-    backend = job.get("backend", "eager")
+    backend = job.get("backend", REFERENCE)
     report = gradaudit.compare(case, backends=(backend,), order=order, dtype=job.get("dtype"), seed=_seed(job),
                                probes=int(job.get("probes", 3)), localize=bool(job.get("localize", True)),
                                **tolerances(job))
@@ -252,10 +253,10 @@ def pictures(case, faults: list, seed: int) -> list[str | None]:
     """The SVG of each fault's localized graph (None where localization found no graph)."""
     from gradaudit.analyzers.render import to_svg
     from gradaudit.analyzers.localize import locate
-    from gradaudit.registry import usable_backend
+    from gradaudit.registry import reference_backend
 
     svgs = []
-    with usable_backend("eager").load(case) as program:
+    with reference_backend().load(case) as program:
         for finding in faults:
             found = locate(program, finding, seed)
             svgs.append(None if found.graph is None else to_svg(found.graph, found.culprit, title=case.name))

@@ -13,6 +13,10 @@ from gradaudit._version import __version__
 # public name -> the module that defines it
 _LAZY = {
     "AuditError": "gradaudit.errors",
+    "FindingKind": "gradaudit.core.kinds",
+    "CheckStatus": "gradaudit.core.kinds",
+    "Severity": "gradaudit.core.kinds",
+    "Method": "gradaudit.core.kinds",
     "Case": "gradaudit.case",
     "load_target": "gradaudit.case",
     "Check": "gradaudit.report",
@@ -23,12 +27,13 @@ _LAZY = {
     "assert_gradients": "gradaudit.testing",
 }
 
-__all__ = ["AuditError", "Case", "assert_gradients", "Check", "Finding", "Report", "check", "compare", "load_target",
-           "__version__"]
+__all__ = ["AuditError", "Case", "assert_gradients", "Check", "CheckStatus", "Finding", "FindingKind", "Method",
+           "Report", "Severity", "check", "compare", "load_target", "__version__"]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the names as ordinary imports
     from gradaudit.api import check, compare
     from gradaudit.case import Case, load_target
+    from gradaudit.core.kinds import CheckStatus, FindingKind, Method, Severity
     from gradaudit.errors import AuditError
     from gradaudit.report import Check, Finding, Report
     from gradaudit.testing import assert_gradients

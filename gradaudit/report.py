@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from typing import Any
 
-FINDING_KINDS = (
-    "faulty_backward", "faulty_double_backward", "faulty_forward_ad", "nondifferentiable_point",
-    "nondeterministic_backward", "forward_divergence", "backward_divergence", "hazard", "nonreentrant_backward",
-)
+from gradaudit.core.kinds import CheckStatus, FindingKind, Method, Severity, as_member
+
+FINDING_KINDS = tuple(kind.value for kind in FindingKind)
 
 
 @dataclass
@@ -22,9 +22,9 @@ class Check:
 
     order: int
     wrt: str
-    method: str
+    method: Method | str
     ok: bool
-    status: str = "pass"  # pass | fail | nondifferentiable_point
+    status: CheckStatus | str = CheckStatus.PASS
     max_abs_err: float = 0.0
     max_rel_err: float = 0.0
     tolerance: float = 0.0
@@ -46,6 +46,10 @@ class Check:
     user_tolerance: float | None = None  # the bound --rtol/--atol gave at the worst test (absolute)
     user_rel_err: float | None = None  # the largest error over the size rtol multiplies (see probe.UserTolerance)
 
+    def __post_init__(self) -> None:
+        # Enums whatever was passed (they are str enums: JSON and string comparisons see the same values).
+        self.method, self.status = as_member(Method, self.method), as_member(CheckStatus, self.status)
+
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
 
@@ -57,7 +61,10 @@ class Check:
 
 @dataclass
 class Finding:
-    kind: str
+    """One problem found: its kind (``FindingKind``), where (order, wrt, node, op, module, source), how bad, and
+    whether it fails the audit (``severity``)."""
+
+    kind: FindingKind | str
     message: str
     order: int | None = None
     wrt: str | None = None
@@ -66,8 +73,11 @@ class Finding:
     module: str | None = None
     source: str | None = None
     max_abs_err: float | None = None
-    severity: str = "error"  # error: fails the audit; warning: reported, does not fail it
+    severity: Severity | str = Severity.ERROR  # error: fails the audit; warning: reported, does not fail it
     details: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind, self.severity = as_member(FindingKind, self.kind), as_member(Severity, self.severity)
 
     def to_dict(self) -> dict:
         return {k: _jsonable(v) for k, v in asdict(self).items()}
@@ -149,6 +159,8 @@ def _from_dict(cls: type, required: dict[str, Any], data: dict[str, Any]) -> Any
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Enum):  # (the plain string of the JSON contract, not the enum)
+        return value.value
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, dict):

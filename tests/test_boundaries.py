@@ -251,3 +251,35 @@ def test_the_compile_backend_declares_the_settings_it_takes_from_the_environment
     assert list(backend_versions("compile")) == ["torch", "compiler", "mode"]
     assert backend_versions("compile")["compiler"] == "aot_eager"
     assert registry.backend_environment("eager") == {}
+
+
+# ------------------------------------------------------------------------------------------ typed results
+def test_findings_and_checks_carry_the_exported_enums_and_json_keeps_the_strings() -> None:
+    """``finding.kind == gradaudit.FindingKind.FAULTY_BACKWARD`` on a real audit of a planted fault; the JSON
+    report holds the same plain strings as before, and reading it back gives the enums again."""
+    import torch
+
+    import gradaudit
+
+    class Doubled(torch.autograd.Function):  # the backward is twice the right one
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.sin()
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * grad * x.cos()
+
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64, requires_grad=True)
+    report = gradaudit.check(Doubled.apply, (x,), localize=False)
+    errors = [f for f in report.findings if f.severity == gradaudit.Severity.ERROR]
+    assert not report.ok and errors[0].kind == gradaudit.FindingKind.FAULTY_BACKWARD
+    assert isinstance(errors[0].kind, gradaudit.FindingKind) and errors[0].kind == "faulty_backward"
+    assert any(c.status is gradaudit.CheckStatus.FAIL and c.method in set(gradaudit.Method) for c in report.checks)
+    data = json.loads(report.to_json())
+    assert data["findings"][0]["kind"] == "faulty_backward" and type(report.to_dict()["findings"][0]["kind"]) is str
+    again = gradaudit.Report.from_dict(data)
+    assert again.findings[0].kind is gradaudit.FindingKind.FAULTY_BACKWARD and not again.ok
+    assert gradaudit.Finding.from_dict({"kind": "a_kind_from_the_future", "message": ""}).kind == "a_kind_from_the_future"

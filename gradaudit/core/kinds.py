@@ -3,6 +3,7 @@ is. They are ``str`` enums, so a report compares and serializes them as the plai
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 
 class _Name(str, Enum):
@@ -14,8 +15,8 @@ class _Name(str, Enum):
     __format__ = str.__format__
 
 
-class FaultKind(_Name):
-    """``Finding.kind``: what was found."""
+class FindingKind(_Name):
+    """``Finding.kind``: what was found (``gradaudit.FindingKind``)."""
 
     FAULTY_BACKWARD = "faulty_backward"
     FAULTY_DOUBLE_BACKWARD = "faulty_double_backward"
@@ -31,8 +32,10 @@ class FaultKind(_Name):
     HAZARD = "hazard"
 
 
+FaultKind = FindingKind  # (the name the core and the analyzers import)
+
 # The kinds that say a derivative is wrong (localization looks for their op).
-FAULTS = (FaultKind.FAULTY_BACKWARD, FaultKind.FAULTY_DOUBLE_BACKWARD, FaultKind.FAULTY_FORWARD_AD)
+FAULTS = (FindingKind.FAULTY_BACKWARD, FindingKind.FAULTY_DOUBLE_BACKWARD, FindingKind.FAULTY_FORWARD_AD)
 
 
 class CheckStatus(_Name):
@@ -59,7 +62,16 @@ class Method(_Name):
     DTYPE_PARITY = "dtype_parity"
 
 
-def fault_kind(order: int, method: str) -> FaultKind:
+def as_member(enum: type[_Name], value: Any) -> Any:
+    """``value`` as a member of ``enum`` where it names one; otherwise unchanged (a report read back from a file
+    may carry a kind this version does not know: it stays a plain string)."""
+    try:
+        return enum(value)
+    except ValueError:
+        return value
+
+
+def fault_kind(order: int, method: str) -> FindingKind:
     """The kind of a failed check: forward mode, or reverse mode at order 1 or 2."""
     if method == Method.FORWARD:
         return FaultKind.FAULTY_FORWARD_AD

@@ -26,7 +26,8 @@ def test_a_claimed_compile_divergence_gets_the_ops_repro_which_does_not_confirm_
     findings = {"crash": {"kind": "backend_error", "severity": "error", "message": "[compile] raised",
                           "details": {"exception": "RuntimeError: planted compiler failure"}},
                 "divergence": {"kind": "backward_divergence", "severity": "error", "message": "[compile] differs",
-                               "details": {"repro": piece, "repro_confirmed": True}}}
+                               "details": {"repro": piece, "repro_confirmed": True,
+                                           "localization": {"segment": ["sin"]}}}}
     for what, finding in findings.items():
         record = SuiteRecord("sin[sample 0]", "compile", 1, SuiteStatus.FAIL, what, report={"findings": [finding]},
                              zoo="torch.ops")
@@ -35,4 +36,5 @@ def test_a_claimed_compile_divergence_gets_the_ops_repro_which_does_not_confirm_
         code = (tmp_path / what / "sin-sample0.py").read_text()
         assert "torch.compile(outputs, backend='aot_eager', dynamic=False)" in code
     assert (tmp_path / "divergence" / "sin-sample0-piece.py").read_text() == piece
+    assert not (tmp_path / "crash" / "sin-sample0-piece.py").exists()  # a crash has no localized piece
     assert "(r/sin-sample0-piece.py)" in cell

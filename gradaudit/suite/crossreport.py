@@ -150,7 +150,8 @@ def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> s
     torch.compile the localized piece's script is written beside it (``-piece.py``), for the compiler's
     developers."""
     details = dict(main_finding(record).get("details", {}))
-    piece = details.pop("repro", None) if record.backend == "compile" else None
+    localized_piece = record.backend == "compile" and "localization" in details  # (not the op's own repro)
+    piece = details.pop("repro", None) if localized_piece else None
     if not details.get("repro"):
         details.update(op_repro_run(record, details.get("exception")))
     elif details.get("repro_confirmed") is not True:  # run it once more

@@ -2,6 +2,7 @@
 backends."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import ExitStack, contextmanager
@@ -14,16 +15,16 @@ from gradaudit.case import as_case
 from gradaudit.core.checks import Auditor, Settings, precision_notes, share_precision
 from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
-from gradaudit.pipeline import announce, optional_phase, publish_verdict
+from gradaudit.pipeline import AuditResult, announce, optional_phase, publish_verdict
 from gradaudit.outcome import first_line, user_code_boundary, users_own_exception, where_it_happened
 from gradaudit.core.kinds import FAULTS, FaultKind, Severity
-from gradaudit.core.parity import parity_checks, path_dtype
-from gradaudit.crossbackend import (compare_backend, forward_parity, numeric_backend_audit, parity_settings,
+from gradaudit.core.parity import path_dtype
+from gradaudit.crossbackend import (compare_backend, forward_parity, gradient_parity, numeric_backend_audit,
                                     refuse_random_ops)
 from gradaudit.registry import REFERENCE, reference_backend, usable_backend
 from gradaudit.rng import preserved_rng
 from gradaudit.backends.base import Program, Stats
-from gradaudit.report import Check, Finding, Report
+from gradaudit.report import Finding, Report
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}
@@ -46,25 +47,25 @@ def checked_settings(order: int, mode: str, probes: int, seed: int, batch: bool 
                     atol=float(atol))
 
 
-def load_reference(case, backend, program: Program, device: str | None, shadow: bool, rewind: Callable[[], None],
-                   skipped: list[dict]) -> Program | None:
-    """The float64 program the numerics run on: eager float64 on CPU for a backend without autograd, the same
-    backend in float64 (the shadow) for a low-precision case; None when the program itself is float64."""
+def load_reference(case, backend, program: Program, device: str | None, shadow: bool,
+                   rewind: Callable[[], None]) -> tuple[Program | None, list[dict]]:
+    """The float64 program the numerics run on, and the notes of how it was chosen: eager float64 on CPU for a
+    backend without autograd, the same backend in float64 (the shadow) for a low-precision case; None when the
+    program itself is float64."""
     if not program.capabilities.autograd:
         rewind()
-        return reference_backend().load(case, "cpu", torch.float64)
+        return reference_backend().load(case, "cpu", torch.float64), []
     if not shadow or program.dtype == torch.float64:
-        return None
+        return None, []
     rewind()
     try:
-        return backend.load(case, device, torch.float64)
+        return backend.load(case, device, torch.float64), []
     except Exception as exc:
         refusal = f"{type(exc).__name__}: {first_line(exc)}"
     fallback = float32_shadow(case, backend, program, device, rewind)
     what = "the reference is a float32 shadow" if fallback is not None else \
         f"checked in {program.dtype} with its own error bars"
-    skipped.append({"what": "float64 shadow", "reason": f"{refusal}; {what}"})
-    return fallback
+    return fallback, [{"what": "float64 shadow", "reason": f"{refusal}; {what}"}]
 
 
 def float32_shadow(case, backend, program: Program, device: str | None,
@@ -135,7 +136,6 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
     case = as_case(target, args, kwargs, name, wrt)
     chosen = usable_backend(backend)
     started = time.perf_counter()
-    skipped: list[dict] = []
     announce("the checks")
     with same_rng_for_each_program() as rewind, ExitStack() as open_programs:
         try:
@@ -144,34 +144,25 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
             report = failed_backend_report(case, chosen, failure, settings, rewind, dtype, started)
             publish_verdict(report)
             return report
-        reference = None if static_only else load_reference(case, chosen, program, device, shadow, rewind,
-                                                            skipped)
+        reference, notes = (None, []) if static_only else load_reference(case, chosen, program, device, shadow,
+                                                                         rewind)
         if reference is not None:
             open_programs.enter_context(reference)
-        skipped += program.notes
-        if static_only:
-            checks, findings, later = [], static_hazards(program), []
-        elif program.capabilities.autograd:
-            checks, findings, later = autograd_backend_audit(case, program, reference, settings, progress,
-                                                             skipped, localize, rewind, open_programs)
-        else:
-            checks, findings, later = numeric_backend_audit(program, reference, settings, progress, skipped,
-                                                            localize)
+        result = AuditResult(notes=notes + program.notes) + audit_program(
+            case, program, reference, settings, progress, localize, rewind, open_programs, static_only)
         if fail_on_hazard:  # hazards decide the verdict: the scan is part of it
-            findings += run_later(later, "hazard scan", skipped)
-            for finding in findings:
-                if finding.kind == FaultKind.HAZARD:
-                    finding.severity = Severity.ERROR
+            result.findings = [hazard_as_error(f) for f in result.findings + run_later(result, "hazard scan")]
         shadow = str(reference.dtype).replace("torch.", "") if reference is not None else None
         settings_dict = settings.to_dict() | {"shadow": shadow,
                                               "localize": localize, "static_only": static_only}
         report = Report(target=case.label, backend=chosen.name, device=program.device,
-                        dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=checks, findings=findings,
-                        skipped=skipped, stats=audit_stats(program, reference, started), settings=settings_dict,
+                        dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=result.checks,
+                        findings=result.findings, skipped=result.notes,
+                        stats=audit_stats(program, reference, started), settings=settings_dict,
                         version=__version__, precision=[] if static_only else
                         precision_notes(reference or program) + shadow_notes(program, reference))
         publish_verdict(report)
-        for phase, work in later:
+        for phase, work in result.later:
             report.findings += optional_phase(phase, work, report.skipped) or []
         report.stats = audit_stats(program, reference, started)
     return report
@@ -205,12 +196,30 @@ def audit_stats(program: Program, reference: Program | None, started: float) -> 
     return stats
 
 
-def run_later(later: list[tuple[str, Callable[[], list[Finding]]]], phase: str, skipped: list[dict]) -> list[Finding]:
-    """Take ``phase`` out of the optional phases ``later`` and run it now (its findings, or [] and a note)."""
-    for index, (name, work) in enumerate(later):
+def audit_program(case, program: Program, reference: Program | None, settings: Settings, progress,
+                  localize: bool, rewind: Callable[[], None], open_programs: ExitStack,
+                  static_only: bool) -> AuditResult:
+    """The audit that fits the program: static hazards only, the checks of an autograd backend, or finite
+    differences through a backend without autograd."""
+    if static_only:
+        return AuditResult(findings=static_hazards(program))
+    if program.capabilities.autograd:
+        return autograd_backend_audit(case, program, reference, settings, progress, localize, rewind,
+                                      open_programs)
+    return numeric_backend_audit(program, reference, settings, progress, localize)
+
+
+def hazard_as_error(finding: Finding) -> Finding:
+    """With ``fail_on_hazard``, a hazard fails the audit: the finding with severity error."""
+    return dataclasses.replace(finding, severity=Severity.ERROR) if finding.kind == FaultKind.HAZARD else finding
+
+
+def run_later(result: AuditResult, phase: str) -> list[Finding]:
+    """Take ``phase`` out of the result's optional phases and run it now (its findings, or [] and a note)."""
+    for index, (name, work) in enumerate(result.later):
         if name == phase:
-            del later[index]
-            return optional_phase(name, work, skipped) or []
+            del result.later[index]
+            return optional_phase(name, work, result.notes) or []
     return []
 
 
@@ -232,9 +241,8 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
     chosen = [usable_backend(b) for b in backends]
     started = time.perf_counter()
     announce("the checks")
-    checks, findings, skipped = [], [], []
+    everything = AuditResult()
     stats, batching = Stats().counters(), []
-    later: list[tuple[str, Callable]] = []
     with same_rng_for_each_program() as rewind, ExitStack() as open_programs:
         reference = open_programs.enter_context(reference_backend().load(case, "cpu", torch.float64))
         refuse_random_ops(reference)
@@ -243,71 +251,72 @@ def compare(target: Any, args: Any = (), kwargs: dict | None = None, *, backends
             if progress:
                 progress(f"comparing {backend.name}", step, len(chosen))
             rewind()
-            backend_checks, backend_findings, notes, program_stats, backend_later = compare_backend(
-                backend, case, reference, settings, parse_dtype(dtype), localize, open_programs)
-            for item in backend_checks:
-                item.backend = backend.name
-            for finding in backend_findings:
-                finding.details["backend"] = backend.name
-                finding.message = f"[{backend.name}] {finding.message}"
-            checks += backend_checks
-            findings += backend_findings
-            skipped += [dict(note, what=f"{backend.name}: {note['what']}") for note in notes]
-            later += [(f"{name} ({backend.name})", work) for name, work in backend_later]
+            result = compare_backend(backend, case, reference, settings, parse_dtype(dtype), localize,
+                                     open_programs)
+            everything += labelled(result, backend.name)
             for key in stats:
-                stats[key] += program_stats.get(key, 0)
-            batching.append(f"{backend.name}: {program_stats.get('batching', 'none')}")
+                stats[key] += result.stats.get(key, 0)
+            batching.append(f"{backend.name}: {result.stats.get('batching', 'none')}")
         stats["batching"] = "; ".join(batching)
         stats["seconds"] = round(time.perf_counter() - started, 4)
         report = Report(target=case.label, backend=",".join(b.name for b in chosen), device="cpu (reference)",
-                        dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed, checks=checks,
-                        findings=findings, skipped=skipped, stats=stats,
-                        settings=settings.to_dict() | {"reference": "eager/cpu/float64", "localize": localize},
-                        version=__version__, precision=precision)
+                        dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=seed,
+                        checks=everything.checks, findings=everything.findings, skipped=everything.notes,
+                        stats=stats, version=__version__, precision=precision,
+                        settings=settings.to_dict() | {"reference": "eager/cpu/float64", "localize": localize})
         publish_verdict(report)
-        for phase, work in later:  # (localizations edit the findings they place)
+        for phase, work in everything.later:  # (localizations edit the findings they place)
             rewind()
             optional_phase(phase, work, report.skipped)
         report.stats["seconds"] = round(time.perf_counter() - started, 4)
     return report
 
 
+def labelled(result: AuditResult, backend: str) -> AuditResult:
+    """One backend's part of a comparison, each check, finding, note and phase naming its backend."""
+    for item in result.checks:
+        item.backend = backend
+    for finding in result.findings:
+        finding.details["backend"] = backend
+        finding.message = f"[{backend}] {finding.message}"
+    return AuditResult(result.checks, result.findings,
+                       [dict(note, what=f"{backend}: {note['what']}") for note in result.notes],
+                       [(f"{name} ({backend})", work) for name, work in result.later], result.stats)
+
+
 def autograd_backend_audit(case, program: Program, reference: Program | None, settings: Settings,
-                           progress, skipped: list[dict], localize: bool, rewind: Callable[[], None],
-                           open_programs: ExitStack) -> tuple[list[Check], list[Finding], list[tuple]]:
-    """Checks of a backend with torch autograd (eager, XLA): (checks, findings, the optional phases to run
-    once the verdict is out, as (name, work) pairs whose work returns findings to add). A backend that is not
-    the eager reference itself (``capabilities.reference``) is also held against eager float64 on CPU: its
-    forward (order-0 checks; how accurate its elementary functions are sets the checker's model error) and, for
-    localization, its gradients node by node. Programs stay open in ``open_programs`` for the optional phases."""
-    checks, findings, model_error, eager = [], [], 0.0, None
+                           progress, localize: bool, rewind: Callable[[], None],
+                           open_programs: ExitStack) -> AuditResult:
+    """Checks of a backend with torch autograd (eager, XLA), with the optional phases to run once the verdict
+    is out (``later``: work that returns findings to add). A backend that is not the eager reference itself
+    (``capabilities.reference``) is also held against eager float64 on CPU: its forward (order-0 checks; how
+    accurate its elementary functions are sets the checker's model error) and, for localization, its
+    gradients node by node. Programs stay open in ``open_programs`` for the optional phases."""
+    result, eager = AuditResult(), None
     if not program.capabilities.reference:
         rewind()
         eager = open_programs.enter_context(reference_backend().load(case, "cpu", torch.float64))
         share_precision(program, eager)  # (the notes and arithmetic of a backend the precision scan cannot see)
-        checks, findings, model_error = forward_parity(program, eager, skipped)
-        if any(check.mismatch for check in checks):  # another function than eager's: nothing to audit
-            skipped.append({"what": "gradient checks", "reason": "the forward results differ in form (shape, "
-                            "dtype, number, NaN) from eager float64's"})
-            return checks, findings, []
+        result = forward_parity(program, eager)
+        if any(check.mismatch for check in result.checks):  # another function than eager's: nothing to audit
+            return result.noted("gradient checks", "the forward results differ in form (shape, dtype, number, "
+                                "NaN) from eager float64's")
     audited = reference or program
-    auditor = Auditor(audited, settings, progress, model_error=model_error,
+    auditor = Auditor(audited, settings, progress, model_error=result.model_error,
                       arithmetic=path_dtype(program, eager) if eager is not None else None)
-    more_checks, more_findings, more = audit_or_backend_error(auditor, eager, settings)
-    checks, findings = checks + more_checks, findings + more_findings + fallback_hazards(program)
-    skipped += more
+    result += audit_or_backend_error(auditor, eager, settings)
+    result.findings += fallback_hazards(program)
     if reference is not None:
-        parity, parity_findings = parity_checks(program, reference, parity_settings(program, settings, skipped))
-        checks, findings = checks + parity, findings + parity_findings
-    later = []
+        result += gradient_parity(program, reference, settings)
+    findings = result.findings
     if localize and any(f.severity == Severity.ERROR for f in findings):  # (a pass has nothing to localize)
-        later.append(("localization", lambda: localize_findings(audited, findings, settings.seed, eager) or []))
-    later.append(("hazard scan", lambda: static_hazards(program)))
-    return checks, findings, later
+        result.later.append(("localization",
+                             lambda: localize_findings(audited, findings, settings.seed, eager) or []))
+    result.later.append(("hazard scan", lambda: static_hazards(program)))
+    return result
 
 
-def audit_or_backend_error(auditor: Auditor, eager: Program | None,
-                           settings: Settings) -> tuple[list[Check], list[Finding], list[dict]]:
+def audit_or_backend_error(auditor: Auditor, eager: Program | None, settings: Settings) -> AuditResult:
     """``auditor.run()``. On a backend other than eager, an exception that is neither the user's code raising
     nor the backend saying it lacks an op, and that eager float64 does not raise in the same audit, is the
     backend failing: a ``backend_error`` finding at the order under way, after the checks of the orders before
@@ -315,7 +324,7 @@ def audit_or_backend_error(auditor: Auditor, eager: Program | None,
     run. Forward mode raising on the backend (torch-xla 2.9's var, std, dist, quantile) only turns forward mode
     off there, and is a ``backend_error`` finding where eager float64's forward mode ran."""
     try:
-        checks, findings, skipped = auditor.run()
+        result = AuditResult(*auditor.run())
     except Exception as exc:
         if eager is None or isinstance(exc, AuditError) or users_own_exception(exc):
             raise
@@ -328,16 +337,17 @@ def audit_or_backend_error(auditor: Auditor, eager: Program | None,
             Auditor(eager, settings).run()
         except Exception:
             raise exc from None  # eager fails too: not the backend's doing
-        return auditor.checks, auditor.findings + [backend_error_finding(auditor.order, failure)], auditor.skipped
+        return AuditResult(auditor.checks, auditor.findings + [backend_error_finding(auditor.order, failure)],
+                           auditor.skipped)
     # Forward mode that raised on the backend was turned off there (the reverse-mode checks stand); where eager
     # float64's forward mode runs the same audit, that is the backend failing too.
     if auditor.forward_ad_failures and eager is not None:
         reference = Auditor(eager, settings)
         reference.run()
         if reference.forward_ad:
-            findings = findings + [backend_error_finding(order, failure)
-                                   for order, failure in auditor.forward_ad_failures]
-    return checks, findings, skipped
+            result.findings = result.findings + [backend_error_finding(order, failure)
+                                                 for order, failure in auditor.forward_ad_failures]
+    return result
 
 
 def localize_findings(program: Program, findings: list[Finding], seed: int, eager: Program | None = None) -> None:

@@ -20,13 +20,13 @@ from gradaudit.core.parity import (forward_checks, forward_divergences, grad_mod
                                    path_dtype)
 from gradaudit.core.probe import Numerics, ProbeSpace
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
-from gradaudit.pipeline import optional_phase
+from gradaudit.pipeline import AuditResult, optional_phase
 from gradaudit.backends.base import Program
 from gradaudit.registry import reference_backend, usable_backend
 from gradaudit.report import Check, Finding
 
 
-def forward_parity(program: Program, eager: Program, skipped: list[dict]) -> tuple[list[Check], list[Finding], float]:
+def forward_parity(program: Program, eager: Program) -> AuditResult:
     """Forward outputs against eager float64 (order-0 checks), and the model error that sets for the
     checker: how accurate the backend's elementary functions are. Skipped when the case draws random numbers
     (seen in a traced forward of eager's: tracing on the backend can fail where the case runs, as
@@ -35,26 +35,26 @@ def forward_parity(program: Program, eager: Program, skipped: list[dict]) -> tup
 
     random = random_op(eager)
     if random:
-        skipped.append({"what": "forward parity with eager float64",
-                        "reason": f"the case draws random numbers ({random}), and each backend draws its own"})
-        return [], [], 0.0
+        return AuditResult().noted("forward parity with eager float64",
+                                   f"the case draws random numbers ({random}), and each backend draws its own")
     arithmetic = path_dtype(program, eager)
     checks, drift = forward_checks(program, eager, arithmetic=arithmetic)
-    return checks, forward_divergences(checks, drift, arithmetic), model_error_of(drift, eps_of(arithmetic))
+    return AuditResult(checks, forward_divergences(checks, drift, arithmetic),
+                       model_error=model_error_of(drift, eps_of(arithmetic)))
 
 
 def numeric_backend_audit(program: Program, reference: Program, settings: Settings, progress,
-                          skipped: list[dict], localize: bool) -> tuple[list[Check], list[Finding], list[tuple]]:
+                          localize: bool) -> AuditResult:
     """A backend without autograd (an exported graph): its forward against eager float64, then its finite
     differences against eager float64 gradients. A mismatch is the backend differentiating differently from
-    PyTorch: a divergence, not a faulty backward of the user's code. Returns (checks, findings, the optional
-    phases to run once the verdict is out, as (name, work) pairs; both programs must stay open for them)."""
+    PyTorch: a divergence, not a faulty backward of the user's code. Both programs must stay open for the
+    result's optional phases (``later``)."""
     arithmetic = path_dtype(program, reference)
     checks, drift = forward_checks(program, reference, arithmetic=arithmetic)
     findings = forward_divergences(checks, drift, arithmetic)
     if any(check.mismatch for check in checks):
-        skipped.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
-        return checks, findings, []
+        return AuditResult(checks, findings).noted("gradient parity",
+                                                   "the forward results differ in form from eager's")
     # An exported graph that approximates an elementary function differently (onnxruntime's tanh-GELU) has
     # derivatives off by more than its forward: the same model error as on an autograd backend.
     model_error = model_error_of(drift, eps_of(arithmetic))
@@ -62,84 +62,93 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
         gradient_checks, gradient_findings, more = Auditor(reference, settings, progress, numeric=program,
                                                            model_error=model_error).run()
     except BackendFailure as failure:  # the exported graph failed at a shifted point
-        return checks, findings + [backend_error_finding(1, failure)], []
-    skipped += more
+        return AuditResult(checks, findings + [backend_error_finding(1, failure)])
     for finding in gradient_findings:
         if finding.kind in FAULTS:
             finding.kind = FaultKind.BACKWARD_DIVERGENCE
             finding.message = (f"derivatives of {program.display_name()} differ from PyTorch's gradients: "
                                + finding.message)
     findings += gradient_findings
-    later = []
+    result = AuditResult(checks + gradient_checks, findings, list(more))
     if localize and any(f.severity == Severity.ERROR for f in findings):
         from gradaudit.analyzers.divergence import locate_divergence
 
-        later.append(("localization", lambda: locate_divergence(program, reference, findings)))
-    return checks + gradient_checks, findings, later
+        result.later.append(("localization", lambda: locate_divergence(program, reference, findings)))
+    return result
 
 
-def parity_settings(program: Program, settings: Settings, skipped: list[dict]) -> Settings:
+def parity_settings(program: Program, settings: Settings) -> Settings:
     """The settings of a backend's gradient parity: order 2 only where the backend declares a double backward.
     A compiled backward (AOTAutograd) is not differentiable: its second derivatives raise or come from no graph,
     so holding them against eager's would report the compiler's documented limit as a crash or a divergence."""
     if settings.order < 2 or program.capabilities.double_backward:
         return settings
-    skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
     return dataclasses.replace(settings, order=1)
 
 
-def compare_program(program, reference, settings: Settings,
-                    localize: bool = True) -> tuple[list, list[Finding], list[dict], list[tuple]]:
+NO_DOUBLE_BACKWARD = ("order 2", "the backend has no double backward")  # (the note where parity stops at order 1)
+
+
+def gradient_parity(program: Program, reference: Program, settings: Settings) -> AuditResult:
+    """The program's gradients against the reference's at the orders the backend can differentiate, with a
+    note where it cannot reach ``settings.order``."""
+    parity = parity_settings(program, settings)
+    result = AuditResult(*parity_checks(program, reference, parity))
+    return result.noted(*NO_DOUBLE_BACKWARD) if parity.order < settings.order else result
+
+
+def compare_program(program, reference, settings: Settings, localize: bool = True) -> AuditResult:
     """Forward parity, then gradient parity (autograd backends) or the finite-difference audit that
     ``gradaudit run`` gives a backend without autograd (exported graphs). The backend raising where eager
     float64 ran is a ``backend_error`` finding; results of another form (shape, dtype, number) stop the
-    comparison after the forward, since gradients of different functions cannot be compared. Returns
-    (checks, findings, notes, the optional phases for after the verdict)."""
-    notes: list[dict] = []
+    comparison after the forward, since gradients of different functions cannot be compared."""
+    result = AuditResult()
     try:
         if not program.capabilities.autograd:
-            checks, findings, later = numeric_backend_audit(program, reference, settings, None, notes, localize)
-            return checks, findings, notes, later
-        settings = parity_settings(program, settings, notes)
+            return numeric_backend_audit(program, reference, settings, None, localize)
+        parity = parity_settings(program, settings)
+        if parity.order < settings.order:
+            result.noted(*NO_DOUBLE_BACKWARD)
         arithmetic = path_dtype(program, reference)
         checks, drift = forward_checks(program, reference, arithmetic=arithmetic)
         if not any(check.mismatch for check in checks):
             checks += grad_mode_form_checks(program, reference)
     except BackendFailure as failure:
-        return [], [backend_error_finding(0, failure)], notes, []
+        return result + AuditResult(findings=[backend_error_finding(0, failure)])
     findings = forward_divergences(checks, drift, arithmetic)
     if any(check.mismatch for check in checks):
-        notes.append({"what": "gradient parity", "reason": "the forward results differ in form from eager's"})
+        result.noted("gradient parity", "the forward results differ in form from eager's")
     else:
-        gradient_checks, gradient_findings = parity_checks(program, reference, settings, method="backend_parity")
+        gradient_checks, gradient_findings = parity_checks(program, reference, parity, method="backend_parity")
         checks += gradient_checks
-        findings += [explain_kinks(f, reference, settings) for f in gradient_findings]
-    later = []
+        findings += [explain_kinks(f, reference, parity) for f in gradient_findings]
+    result.checks, result.findings = checks, findings
     if localize and any(f.severity == Severity.ERROR and f.kind != FaultKind.BACKEND_ERROR for f in findings):
-        later.append(("localization", lambda: localize_divergences(program, reference, findings, settings.seed)))
-    return checks, findings, notes, later
+        result.later.append(("localization", lambda: localize_divergences(program, reference, findings,
+                                                                          settings.seed)))
+    return result
 
 
 def compare_backend(backend, case, reference: Program, settings: Settings, dtype: torch.dtype | None,
-                    localize: bool, open_programs: ExitStack) -> tuple[list[Check], list[Finding], list[dict], dict,
-                                                                      list[tuple]]:
-    """One backend of a comparison: (checks, findings, notes, the program's stats, the optional phases for
-    after the verdict; the program stays open in ``open_programs`` for them). Loading that fails where eager
-    float64 loaded (an export onnxruntime cannot run, a transfer XLA refuses) is a ``backend_error``
-    finding; what the backend says it cannot do (``Unsupported``) stops the comparison with its reason."""
+                    localize: bool, open_programs: ExitStack) -> AuditResult:
+    """One backend of a comparison, with the program's stats (the program stays open in ``open_programs`` for
+    the result's optional phases). Loading that fails where eager float64 loaded (an export onnxruntime
+    cannot run, a transfer XLA refuses) is a ``backend_error`` finding; what the backend says it cannot do
+    (``Unsupported``) stops the comparison with its reason."""
     try:
         program = on_backend_load(backend, case, dtype)
     except BackendFailure as failure:
-        return [], [backend_error_finding(0, failure)], [], {}, []
+        return AuditResult(findings=[backend_error_finding(0, failure)])
     open_programs.enter_context(program)
-    checks, findings, notes, later = compare_program(program, reference, settings, localize)
-    notes = list(program.notes) + notes  # (what loading changed: a graph run in float32 for want of kernels)
-    if program.dtype != torch.float64 and divergences_to_explain(findings):
+    # (the notes of loading first: what it changed, a graph run in float32 for want of kernels)
+    result = AuditResult(notes=list(program.notes)) + compare_program(program, reference, settings, localize)
+    if program.dtype != torch.float64 and divergences_to_explain(result.findings):
         optional_phase("same-precision triage", lambda: excuse_precision(
-            program, reference, settings, findings, lambda: reference_backend().load(
-                case, "cpu", program.dtype)), notes)
-        excuse_checks(checks, findings)
-    return checks, findings, notes, program.stats.to_dict(), later
+            program, reference, settings, result.findings, lambda: reference_backend().load(
+                case, "cpu", program.dtype)), result.notes)
+        excuse_checks(result.checks, result.findings)
+    result.stats = program.stats.to_dict()
+    return result
 
 
 def divergences_to_explain(findings: list[Finding]) -> list[Finding]:

@@ -16,9 +16,39 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from gradaudit.outcome import TargetExit, describe
+
+
+Phase = tuple[str, Callable[[], Any]]  # (name, work): an optional phase, run after the verdict
+
+
+@dataclass
+class AuditResult:
+    """What auditing one program gave, in one value (no tuples, no out-lists): its checks and findings, the
+    notes for ``report.skipped`` (what was left out and why), the optional phases still to run once the verdict
+    is out, the program's counters, and the model error its forward parity measured (how accurate its
+    elementary functions are: it widens the checker's error bars on that backend)."""
+
+    checks: list = field(default_factory=list)
+    findings: list = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+    later: list[Phase] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    model_error: float = 0.0
+
+    def __add__(self, other: "AuditResult") -> "AuditResult":
+        """Both results, this one's first (counters and model error: the other's where it has them)."""
+        return AuditResult(self.checks + other.checks, self.findings + other.findings, self.notes + other.notes,
+                           self.later + other.later, other.stats or self.stats,
+                           other.model_error or self.model_error)
+
+    def noted(self, what: str, reason: str) -> "AuditResult":
+        """This result with a note added (``{"what", "reason"}``)."""
+        self.notes.append({"what": what, "reason": reason})
+        return self
 
 
 class Listener:
@@ -74,4 +104,4 @@ def optional_phase(name: str, work: Callable[[], Any], notes: list[dict]) -> Any
         return None
 
 
-__all__ = ["Listener", "announce", "listening", "note", "optional_phase", "publish_verdict"]
+__all__ = ["AuditResult", "Listener", "Phase", "announce", "listening", "note", "optional_phase", "publish_verdict"]

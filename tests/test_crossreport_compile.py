@@ -38,3 +38,12 @@ def test_a_claimed_compile_divergence_gets_the_ops_repro_which_does_not_confirm_
     assert (tmp_path / "divergence" / "sin-sample0-piece.py").read_text() == piece
     assert not (tmp_path / "crash" / "sin-sample0-piece.py").exists()  # a crash has no localized piece
     assert "(r/sin-sample0-piece.py)" in cell
+
+
+def test_a_repro_runs_apart_from_the_working_directory(monkeypatch, tmp_path):
+    # python -c puts the working directory first on sys.path: a bisect.py there broke every repro's import of torch
+    from gradaudit.suite.zoos.op_repro import confirm
+
+    (tmp_path / "bisect.py").write_text("raise ImportError('the working directory shadowed the stdlib')\n")
+    monkeypatch.chdir(tmp_path)
+    assert confirm("import random, torch\nprint('verdict: agrees')") == (False, "verdict: agrees")

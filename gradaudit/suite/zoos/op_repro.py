@@ -197,7 +197,10 @@ def confirm(code: str, timeout: float = 300.0) -> tuple[bool | None, str]:
     env = dict(os.environ)
     env.setdefault("PJRT_DEVICE", "CPU")
     try:
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+        # -P: the working directory is not put on sys.path (a bisect.py or random.py there shadowed the
+        # standard library, and every repro failed to import torch)
+        done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=timeout,
+                              env=env)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:g} s"
     lines = [line for line in done.stdout.splitlines() if line.strip()]

@@ -152,20 +152,26 @@ def check(target: Any, args: Any = (), kwargs: dict | None = None, *, backend: s
             case, program, reference, settings, progress, localize, rewind, open_programs, static_only)
         if fail_on_hazard:  # hazards decide the verdict: the scan is part of it
             result.findings = [hazard_as_error(f) for f in result.findings + run_later(result, "hazard scan")]
-        shadow = str(reference.dtype).replace("torch.", "") if reference is not None else None
-        settings_dict = settings.to_dict() | {"shadow": shadow,
-                                              "localize": localize, "static_only": static_only}
-        report = Report(target=case.label, backend=chosen.name, device=program.device,
-                        dtype=str(program.dtype).replace("torch.", ""), seed=seed, checks=result.checks,
-                        findings=result.findings, skipped=result.notes,
-                        stats=audit_stats(program, reference, started), settings=settings_dict,
-                        version=__version__, precision=[] if static_only else
-                        precision_notes(reference or program) + shadow_notes(program, reference))
+        report = verdict_report(case.label, chosen.name, program, reference, result, started, settings,
+                                {"localize": localize, "static_only": static_only})
         publish_verdict(report)
         for phase, work in result.later:
             report.findings += optional_phase(phase, work, report.skipped) or []
         report.stats = audit_stats(program, reference, started)
     return report
+
+
+def verdict_report(label: str, backend: str, program: Program, reference: Program | None, result: AuditResult,
+                   started: float, settings: Settings, options: dict) -> Report:
+    """The report of one program's checks, before any optional phase: the settings, the shadow's dtype and the
+    ``options`` (localize, static_only) in its ``settings``."""
+    shadow = str(reference.dtype).replace("torch.", "") if reference is not None else None
+    return Report(target=label, backend=backend, device=program.device,
+                  dtype=str(program.dtype).replace("torch.", ""), seed=settings.seed, checks=result.checks,
+                  findings=result.findings, skipped=result.notes, stats=audit_stats(program, reference, started),
+                  settings=settings.to_dict() | {"shadow": shadow} | options, version=__version__,
+                  precision=[] if options.get("static_only") else
+                  precision_notes(reference or program) + shadow_notes(program, reference))
 
 
 def failed_backend_report(case, backend, failure: BackendFailure, settings: Settings, rewind: Callable[[], None],

@@ -7,7 +7,9 @@ real gradient of ``<view_as_real(v), view_as_real(y)>`` read back as a complex t
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Sequence
 
 import torch
@@ -195,13 +197,47 @@ def shifted_points(x: Tensors, direction: Sequence[torch.Tensor | None], ts: Seq
     for xi, ui in zip(x, direction):
         if ui is None:
             columns.append([xi] * len(ts))
-        elif (xi.device.type == "cpu" and ui.device.type == "cpu" and not xi.requires_grad
-              and ui.dtype in BATCHED_SHIFT_DTYPES and xi.dtype == ui.dtype and xi.is_contiguous()):
+        elif not (xi.device.type == "cpu" and ui.device.type == "cpu" and not xi.requires_grad
+                  and ui.dtype in BATCHED_SHIFT_DTYPES and xi.dtype == ui.dtype and xi.is_contiguous()):
+            columns.append([_shifted_leaf(xi, ui, t) for t in ts])
+        elif xi.numel() >= REUSED_SHIFT_ELEMENTS:
+            columns.append(_shifted_into_buffers(xi, ui, ts))
+        else:
             t = torch.tensor(ts, dtype=real(ui).dtype).reshape(-1, *[1] * ui.dim())
             columns.append([point.clone() for point in (xi.detach() + t * ui).unbind(0)])
-        else:
-            columns.append([_shifted_leaf(xi, ui, t) for t in ts])
     return [list(point) for point in zip(*columns)]
+
+
+# Leaves from this size on are shifted into buffers kept from one call to the next: a fresh full-size tensor per
+# point costs its page faults (16.8 M elements: 879 -> 115 ms per ladder level).
+REUSED_SHIFT_ELEMENTS = 1 << 16
+_SHIFT_BUFFERS: dict[int, list[torch.Tensor]] = {}  # id(leaf) -> its buffers, dropped with the leaf
+
+
+def _shifted_into_buffers(xi: torch.Tensor, ui: torch.Tensor, ts: Sequence[float]) -> list[torch.Tensor]:
+    """x + t u for each t, in buffers of x's own (each a tensor of its own, offset 0), as ``xi + t * ui``
+    computes them (the product in the leaf's precision, then the sum). A point is valid until the next call
+    for the same leaf: every caller evaluates its points, and copies what it keeps, before asking for more."""
+    buffers = _SHIFT_BUFFERS.get(id(xi))
+    if buffers is None:  # (keyed by identity: a tensor's == is elementwise, so it cannot key a WeakKeyDictionary)
+        buffers = _SHIFT_BUFFERS[id(xi)] = []
+        weakref.finalize(xi, _SHIFT_BUFFERS.pop, id(xi), None)
+    elif buffers[0].shape != xi.shape or buffers[0].dtype != xi.dtype:  # (resized in place since)
+        buffers.clear()
+    while len(buffers) < len(ts):
+        buffers.append(torch.empty_like(xi, memory_format=torch.contiguous_format))
+    detached, done = xi.detach(), set()
+    for j, t in enumerate(ts):
+        if j in done:
+            continue
+        torch.mul(ui, torch.tensor(t, dtype=real(ui).dtype), out=buffers[j])
+        # x - t u is x + (-t) u exactly (a product's sign flips exactly): a pair shares its product.
+        pair = next((k for k in range(j + 1, len(ts)) if ts[k] == -t and k not in done), None)
+        if pair is not None:
+            torch.sub(detached, buffers[j], out=buffers[pair])
+            done.add(pair)
+        buffers[j].add_(detached)
+    return buffers[:len(ts)]
 
 
 def extrapolated_derivative(f: Evaluate, x: Tensors, u, top: float, eps: float, noise: Tensors | None = None,
@@ -420,6 +456,18 @@ def flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
 
 
+def stacked_rows(rows: list[Tensors]) -> torch.Tensor:
+    """``torch.stack([flat(row) for row in rows])``, each leaf copied once into its place."""
+    sizes = [real(t).numel() for t in rows[0]]
+    out = torch.empty(len(rows), sum(sizes), dtype=torch.float64)
+    for k, row in enumerate(rows):
+        start = 0
+        for t, size in zip(row, sizes):
+            out[k, start:start + size] = real(t).detach().reshape(-1)
+            start += size
+    return out
+
+
 class CotangentRows:
     """The cotangents v_k and their gradients v_k^T J as the rows of two matrices (outputs' and leaves' real
     views end to end), so that a probe test's inner products over every cotangent, output and leaf are a few
@@ -427,12 +475,46 @@ class CotangentRows:
     Made once per analytical point; the products are those of :func:`probe_tolerance`, summed in another order."""
 
     def __init__(self, cotangents: list[Tensors], grads: list[Tensors]) -> None:
-        self.v = torch.stack([flat(row) for row in cotangents])
-        self.g = torch.stack([flat(row) for row in grads])
-        self.v2, self.v_abs, self.g_abs = self.v * self.v, self.v.abs(), self.g.abs()
+        self.v = stacked_rows(cotangents)
+        self.g = stacked_rows(grads)
+        self.v2, self.v_abs = self.v * self.v, self.v.abs()
         sizes = [real(t).numel() for t in grads[0]]
         ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
         self.columns = [(end - size, end) for size, end in zip(sizes, ends)]  # each leaf's columns in g
+        self._sums: tuple[list, torch.Tensor, torch.Tensor] | None = None
+
+    @cached_property
+    def g_abs(self) -> torch.Tensor:
+        return self.g.abs()
+
+    def leaf(self, i: int) -> torch.Tensor:
+        """Leaf i's columns of g (a view)."""
+        return self.g[:, slice(*self.columns[i])]
+
+    def leaf_sums(self, movable: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per cotangent and leaf, the sums of |g| and of g^2 over the leaf's movable elements ([K, leaves] each):
+        what every signed direction of the form +-c_i there (``Direction``) needs of g, computed once per point."""
+        if self._sums is None or self._sums[0] is not movable:
+            ones, squares = [], []
+            for i, mask in enumerate(movable):
+                g = self.leaf(i)
+                if not bool(mask.all()):
+                    if g.shape[1] == 2 * mask.numel():  # (a complex leaf: its real view's two parts)
+                        mask = mask.unsqueeze(-1).expand(*mask.shape, 2)
+                    g = torch.where(mask.reshape(1, -1), g, 0.0)
+                ones.append(torch.linalg.vector_norm(g, 1, dim=1))
+                squares.append(torch.linalg.vector_norm(g, 2, dim=1) ** 2)
+            self._sums = (movable, torch.stack(ones, 1), torch.stack(squares, 1))
+        return self._sums[1], self._sums[2]
+
+    def analytical(self, direction: Sequence[torch.Tensor | None]) -> torch.Tensor:
+        """``<g_k, u>`` for every cotangent k over the leaves the direction moves (leaf by leaf: no copy of g or
+        of u)."""
+        total = torch.zeros(len(self.g), dtype=torch.float64)
+        for i, u in enumerate(direction):
+            if u is not None:
+                total += self.leaf(i) @ flat([u])
+        return total
 
     def moved(self, direction: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """(the gradients' columns of the leaves the direction moves, the direction there): leaves it leaves
@@ -444,17 +526,48 @@ class CotangentRows:
         return g, flat([direction[i] for i in moved])
 
 
+class Direction(list):
+    """A probe direction (one tensor per leaf, None for a leaf it leaves alone) whose leaf i is +-magnitudes[i]
+    on the elements ``movable[i]`` allows and 0 elsewhere: the sums of |g u| and (g u)^2 a probe test needs are
+    then per-leaf sums of g, made once per point (``CotangentRows.leaf_sums``), not products over every
+    parameter per probe."""
+
+    def __init__(self, parts: list, magnitudes: list[float], movable: list[torch.Tensor]) -> None:
+        super().__init__(parts)
+        self.magnitudes, self.movable = magnitudes, movable
+
+    def scaled(self, weights: list[float]) -> "Direction":
+        """The direction with leaf i's part times weights[i] (in place: its tensors are its own)."""
+        for ui, w in zip(self, weights):
+            if ui is not None and w != 1.0:
+                ui.mul_(w)
+        return Direction(list(self), [m * w for m, w in zip(self.magnitudes, weights)], self.movable)
+
+    def coefficients(self) -> torch.Tensor:
+        return torch.tensor([m if u is not None else 0.0 for u, m in zip(self, self.magnitudes)], dtype=torch.float64)
+
+
+def gradient_terms(rows: CotangentRows, direction: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per cotangent, the absolute sum and the root-sum-square of the terms of ``<g_k, u>``."""
+    if isinstance(direction, Direction):
+        ones, squares = rows.leaf_sums(direction.movable)
+        c = direction.coefficients()
+        return ones @ c, (squares @ (c * c)).sqrt()
+    g, u = rows.moved(direction)
+    return g.abs() @ u.abs(), ((g * g) @ (u * u)).sqrt()
+
+
 def probe_tests(rows: CotangentRows, numerical: NumericalDerivative, direction: Sequence[torch.Tensor | None],
                 eps: float, model_error: float = 0.0, noise: Tensors | None = None) -> list[tuple[float, float, float]]:
     """(``<g_k, u>``, ``<v_k, J·u>``, tolerance) for every cotangent k at once: :func:`probe_tolerance`'s bound,
     without its ``gradient_noise`` term (the caller adds it where it is measured)."""
-    g, u = rows.moved(direction)
     value, error = flat(numerical.value), flat(numerical.error)
-    analytical, numeric = g @ u, rows.v @ value
+    analytical, numeric = rows.analytical(direction), rows.v @ value
     numerical_error = (rows.v2 @ (error * error)).sqrt()
     analytical_error = ANALYTICAL_NOISE * (rows.v2 @ flat(noise).pow(2)).sqrt() if noise is not None else 0.0
-    magnitude = g.abs() @ u.abs() + rows.v_abs @ value.abs()
-    spread = RSS_SAFETY * (((g * g) @ (u * u)).sqrt() + (rows.v2 @ (value * value)).sqrt())
+    gradient_abs, gradient_rss = gradient_terms(rows, direction)
+    magnitude = gradient_abs + rows.v_abs @ value.abs()
+    spread = RSS_SAFETY * (gradient_rss + (rows.v2 @ (value * value)).sqrt())
     floor = relative_floor(eps) * torch.minimum(magnitude, spread)
     tolerance = RSS_SAFETY * numerical_error + analytical_error + floor + model_error * magnitude + 1e-300
     return list(zip(analytical.tolist(), numeric.tolist(), tolerance.tolist()))
@@ -481,7 +594,7 @@ def rademacher_like(tensor: torch.Tensor, generator: torch.Generator,
     """Random signs (+-1; on real and imaginary parts for complex tensors), drawn on the CPU from a seeded
     generator so that every backend sees the same probes; placed on ``device`` (default: the tensor's)."""
     shape = real(tensor).shape
-    signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).double() * 2 - 1
+    signs = torch.randint(0, 2, shape, generator=generator, dtype=torch.int8).double().mul_(2).sub_(1)
     signs = signs.to(tensor.device if device is None else device)
     if tensor.is_complex():
         return torch.view_as_complex(signs.to(real(tensor).dtype).contiguous())

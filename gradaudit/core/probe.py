@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from gradaudit.core.numerics import (FIRST_LEVELS, GRADIENT_NOISE_SAFETY, LADDER_LEVELS, RSS_SAFETY, CotangentRows, Evaluate,
-                                     NumericalDerivative, Tensors, abs_inner, elementwise_tolerance, eps_of,
+from gradaudit.core.numerics import (FIRST_LEVELS, GRADIENT_NOISE_SAFETY, LADDER_LEVELS, RSS_SAFETY, CotangentRows,
+                                     Direction, Evaluate, NumericalDerivative, Tensors, abs_inner, elementwise_tolerance, eps_of,
                                      extrapolated_derivative, flat, is_finite, ladder_points, ladder_steps,
                                      ladder_top, probe_tests, rademacher_like, real, rss_inner, step_size, to_host,
                                      unravel)
@@ -108,7 +108,8 @@ def leaf_scale(x: torch.Tensor) -> float:
     """The root mean square of a leaf's finite elements, at least 1: probe steps are relative to it. (On the
     CPU: a boolean mask on an XLA tensor would be a data-dependent shape, a CPU fallback.)"""
     values = to_host(x)
-    values = real(values[torch.isfinite(values)]).double()
+    finite = torch.isfinite(values)
+    values = real(values if bool(finite.all()) else values[finite]).double()  # (no copy where all are finite)
     return max(1.0, float(values.pow(2).mean().sqrt())) if values.numel() else 1.0
 
 
@@ -175,12 +176,21 @@ class ProbeSpace:
     def random_like(self, tensors: Tensors) -> list[torch.Tensor]:
         return [rademacher_like(t, self.generator, "cpu") for t in tensors]
 
-    def direction(self, members: list[int], x: list[torch.Tensor] | None = None) -> list:
+    def direction(self, members: list[int], x: list[torch.Tensor] | None = None) -> Direction:
         """Signed random steps of each member leaf's scale (None for the other leaves)."""
         x = self.x if x is None else x
-        return [rademacher_like(x[i], self.generator, "cpu") * self.scales[i] * self.movable[i] if i in members
-                else None
-                for i in range(len(x))]
+        chosen = set(members)
+        parts = [self._signed_step(x[i], i) if i in chosen else None for i in range(len(x))]
+        return Direction(parts, list(self.scales), self.movable)
+
+    def _signed_step(self, xi: torch.Tensor, i: int) -> torch.Tensor:
+        """+-scale on the leaf's movable elements, 0 elsewhere (products in place: the same numbers)."""
+        u = rademacher_like(xi, self.generator, "cpu").mul_(self.scales[i])
+        return u if self.all_movable[i] else u.mul_(self.movable[i])
+
+    @cached_property
+    def all_movable(self) -> list[bool]:
+        return [bool(m.all()) for m in self.movable]
 
     def leaf_direction(self, leaf: int, u_flat: torch.Tensor) -> list:
         """A direction that moves one leaf along ``u_flat`` (its real view, flattened) by its scale."""
@@ -449,12 +459,21 @@ def probe_group_resolving(numerics: Numerics, analytical: Analytical, x: Tensors
         rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed), top=top)
         reverse.merge(rev)
         forward.merge(fwd)
-        for i in members:  # (max over the cotangents of |<g_k[i], u[i]>|, over the elements u moves: see dot)
-            gradients, ui = analytical.rows.g[:, slice(*analytical.rows.columns[i])], flat([u[i]])
-            part = float(torch.where(ui != 0, gradients * ui, 0.0).sum(1).abs().max())
+        for i in members:
+            part = leaf_part(analytical.rows, i, u[i])
             resolution[i] = min(resolution[i], rev.tolerance / part if part > 0 else math.inf)
     results = {"reverse": reverse, "forward": forward} if forward.tests else {"reverse": reverse}
     return results, resolution
+
+
+def leaf_part(rows: CotangentRows, i: int, ui: torch.Tensor) -> float:
+    """max over the cotangents of |<g_k[i], u[i]>|, over the elements u moves (see ``dot``): one product, and the
+    masked one only where a gradient is not finite (NaN * 0)."""
+    gradients, u = rows.leaf(i), flat([ui])
+    part = gradients @ u
+    if not bool(torch.isfinite(part).all()):
+        part = torch.where(u != 0, gradients * u, 0.0).sum(1)
+    return float(part.abs().max())
 
 
 BALANCE_SPREAD = 64.0  # a member's part of a balanced direction is scaled by at most this factor, up or down
@@ -467,8 +486,12 @@ def balancing_weights(analytical: Analytical, u: list) -> list[float]:
     error bar of the large ones. Shares are only scaled down: no leaf moves further than its own scale, where a
     larger step would cross more kinks (ReLU) than its unbalanced probe does."""
     rows = analytical.rows  # (summed over the cotangents in one product per leaf)
-    shares = [0.0 if ui is None else float((rows.g_abs[:, slice(*rows.columns[i])] @ flat([ui]).abs()).sum())
-              for i, ui in enumerate(u)]
+    if isinstance(u, Direction):  # (|u| is the leaf's magnitude wherever it moves: per-leaf sums of |g|)
+        ones = rows.leaf_sums(u.movable)[0].sum(0)
+        shares = [0.0 if ui is None else float(ones[i]) * m for i, (ui, m) in enumerate(zip(u, u.magnitudes))]
+    else:
+        shares = [0.0 if ui is None else float((rows.g_abs[:, slice(*rows.columns[i])] @ flat([ui]).abs()).sum())
+                  for i, ui in enumerate(u)]
     sizes = [s for s in shares if s > 0 and math.isfinite(s)]
     if len(sizes) < 2:
         return [1.0] * len(u)
@@ -482,4 +505,4 @@ def group_direction(space: ProbeSpace, analytical: Analytical, members: list[int
     u = space.direction(members, x)
     if len(members) < 2:
         return u
-    return [None if ui is None else ui * w for ui, w in zip(u, balancing_weights(analytical, u))]
+    return u.scaled(balancing_weights(analytical, u))

@@ -15,12 +15,13 @@ from gradaudit.cli.compare import compare
 from gradaudit.cli.graph import graph_command
 from gradaudit.cli.run import run
 from gradaudit.cli.suite import suite_command
+from gradaudit._version import __version__
 from gradaudit.errors import AuditError
 from gradaudit.cli.exits import InterruptibleGroup, fail
 
 
 @click.group(cls=InterruptibleGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="gradaudit")
+@click.version_option(__version__, package_name="gradaudit")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Check that the gradients of PyTorch code are right, on every backend.

@@ -181,3 +181,31 @@ def test_a_ray_address_without_a_port_is_refused_at_once():
     with pytest.raises(AuditError, match="expected host:port"):
         check_ray_address("no-port")
     check_ray_address("auto")  # left to Ray
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.0 400 Bad Request\r\n\r\n", b""])
+def test_an_address_where_something_else_listens_is_not_taken_for_ray(answer):
+    """A web server, or a port that accepts and says nothing: Ray would retry it for many minutes."""
+    import socket
+    import threading
+
+    from gradaudit.errors import AuditError
+    from gradaudit.suite.executors import check_ray_address
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve_once():
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(64)
+            if answer:
+                connection.sendall(answer)
+            time.sleep(2)
+
+    threading.Thread(target=serve_once, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(AuditError, match="is not a Ray address"):
+        check_ray_address(f"127.0.0.1:{port}", seconds=1.0)
+    assert time.monotonic() - started < 10
+    server.close()

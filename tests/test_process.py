@@ -107,3 +107,26 @@ def test_a_failing_compiled_case_finishes_with_its_verdict():
     report = json.loads(result.stdout)
     assert report["findings"][0]["kind"] == "faulty_backward"
     assert report["findings"][0]["op"] == "gradaudit_compile_test.softsign", report["findings"][0]
+
+
+def test_sigterm_to_a_suite_keeps_finished_results_and_exits_143(tmp_path):
+    """CI cancellation of a suite: the results that finished are reported (as on Ctrl-C), the hanging worker
+    is gone, and the exit code says SIGTERM."""
+    report = tmp_path / "suite.json"
+    process = subprocess.Popen([sys.executable, "-m", "gradaudit", "suite", "tests/data/suite_zoo.py:zoo",
+                                "--only", "good,hang", "--orders", "1", "--workers", "1", "--json", str(report)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, seen = time.monotonic() + 180, []
+        while not any("pass  good" in line for line in seen):  # a progress line per result, on stderr
+            assert time.monotonic() < deadline and process.poll() is None, seen
+            seen.append(process.stderr.readline())
+        time.sleep(1)  # the hang is running in its worker
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("gradaudit: terminated; 1 of 2 results"), stderr
+    records = json.loads(report.read_text())["records"]
+    assert [(r["case"], r["status"]) for r in records] == [("good", "pass")]

@@ -64,18 +64,30 @@ def command_outcome(show_traceback: bool = False) -> Iterator[None]:
             fail(error_line(exc, show_traceback))
 
 
-@contextmanager
-def real_interrupts() -> Iterator[threading.Event]:
-    """An event set when SIGINT really arrives while inside (Ctrl-C still raises KeyboardInterrupt), so that a
-    ``KeyboardInterrupt`` the user's code raises itself can be told from it: that one is exit 2, not 130."""
-    seen = threading.Event()
+class Interrupts(threading.Event):
+    """Set when SIGINT or SIGTERM really arrived; ``terminated`` says it was SIGTERM (exit 143, not 130)."""
 
-    def on_sigint(signum: int, frame: Any) -> None:
+    terminated = False
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.terminated else EXIT_INTERRUPTED
+
+
+@contextmanager
+def real_interrupts() -> Iterator[Interrupts]:
+    """Set when SIGINT really arrives while inside (Ctrl-C still raises KeyboardInterrupt), so that a
+    ``KeyboardInterrupt`` the user's code raises itself can be told from it: that one is exit 2, not 130.
+    SIGTERM (CI cancellation, ``timeout``) stops the same way, so finished work is still reported (exit 143)."""
+    seen = Interrupts()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        seen.terminated = seen.terminated or signum == signal.SIGTERM
         seen.set()
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread: every KeyboardInterrupt counts as real
         seen.set()
         yield seen
@@ -83,7 +95,8 @@ def real_interrupts() -> Iterator[threading.Event]:
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class InterruptibleGroup(click.Group):

@@ -13,8 +13,8 @@ from gradaudit.cli.common import (OutputPath, dtype_option, json_option, logger,
                                   verbosity_options)
 from gradaudit.errors import AuditError
 from gradaudit.renderers.printable import printable, printable_tree
-from gradaudit.cli.exits import (EXIT_ERROR, EXIT_OK, EXIT_PROBLEM, fail, interrupted, real_interrupts,
-                                 write_outputs)
+from gradaudit.cli.exits import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, fail, interrupted,
+                                 real_interrupts, write_outputs)
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -138,10 +138,13 @@ def suite_command(zoo: str, backend_list: str, order_list: str, executor: str, a
         except OSError:
             pass  # the results directory still has them
         where = f" (in {results_dir})" if results_dir else ""
-        interrupted(f"interrupted; {len(stop.records)} of {stop.total} results finished and kept{where}")
+        how = "terminated" if sigint is not None and sigint.terminated else "interrupted"
+        interrupted(f"{how}; {len(stop.records)} of {stop.total} results finished and kept{where}",
+                    sigint.exit_code if sigint is not None else EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         if sigint is None or sigint.is_set():
-            interrupted()
+            interrupted("terminated" if sigint is not None and sigint.terminated else "interrupted",
+                        sigint.exit_code if sigint is not None else EXIT_INTERRUPTED)
         fail(f"loading the zoo {zoo} raised KeyboardInterrupt (the zoo's own: only Ctrl-C is an interruption)")
 
     counts = summary_counts(records)

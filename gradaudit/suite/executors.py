@@ -363,21 +363,46 @@ def check_ray_address(address: str | None, seconds: float = RAY_CONNECT_SECONDS)
     if not host or not port.isdigit():
         raise AuditError(f"--address {address}: expected host:port (or ray://host:port, auto, local)")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=seconds).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=seconds) as connection:
+            answer = _http2_greeting(connection)
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc) or type(exc).__name__)
         raise AuditError(f"cannot reach Ray at {address} within {seconds:g} s: {why}") from None
+    if answer[3:4] != b"\x04":  # not an HTTP/2 SETTINGS frame: Ray would retry it for many minutes
+        heard = answer.splitlines()[0][:40].decode("ascii", "replace") if answer.strip() else "nothing"
+        raise AuditError(f"{address} is not a Ray address: what listens there does not speak gRPC (Ray's "
+                         f"protocol; it answered {heard!r})")
+
+
+# An HTTP/2 client's connection preface and an empty SETTINGS frame: every gRPC server (Ray's GCS and Ray
+# Client's proxy) answers with a SETTINGS frame of its own, whose type byte (the 4th) is 4.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _http2_greeting(connection: socket.socket) -> bytes:
+    """The first bytes a server sends back after an HTTP/2 preface (empty if it closes or stays silent)."""
+    connection.sendall(_HTTP2_PREFACE)
+    try:
+        return connection.recv(64)
+    except TimeoutError:
+        return b""
 
 
 def _start_ray(ray, address: str | None) -> bool:
     """Connect to (or start) Ray; True when this call started it (and must shut it down)."""
     if ray.is_initialized():
         return False
+    # ray.init replaces the SIGTERM handler with one that calls sys.exit: the suite's own (reports written,
+    # exit 143) stays in force.
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address or None, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     except Exception as exc:
         raise AuditError(f"cannot start or reach Ray at {address or 'a local instance'}: {type(exc).__name__}: "
                          f"{first_line(exc)}") from exc
+    finally:
+        if threading.current_thread() is threading.main_thread() and sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     return True
 
 

@@ -143,6 +143,22 @@ def test_no_dependency_cycle_even_through_imports_inside_functions() -> None:
     assert not found, f"dependency cycles: {explain(graph, found)}"
 
 
+def test_the_layers_import_only_downwards() -> None:
+    """What the Layout promises, counting imports inside functions: outside ``backends/`` only the base
+    interface of the backends is imported (a backend is loaded by name, through the registry), and the core
+    imports no analyzer, command line, renderer or suite."""
+    above_core = ("gradaudit.analyzers", "gradaudit.cli", "gradaudit.renderers", "gradaudit.suite", "gradaudit.api")
+    wrong = {}
+    for name, targets in import_graph(deferred=True).items():
+        if name.startswith("gradaudit.backends"):
+            continue
+        bad = [t for t in targets if t.startswith("gradaudit.backends.") and t != "gradaudit.backends.base"]
+        bad += [t for t in targets if name.startswith("gradaudit.core") and t.startswith(above_core)]
+        if bad:
+            wrong[name] = sorted(bad)
+    assert not wrong, f"imports across the layers: {wrong}"
+
+
 def test_the_cycle_finder_sees_a_planted_cycle(tmp_path: Path) -> None:
     """The checks above can fail: a module-level cycle planted in a copy of the layout is found, one hidden in a
     function only by the deferred graph, and a relative import is resolved."""

@@ -192,7 +192,7 @@ def confirm(code: str, timeout: float = 300.0) -> tuple[bool | None, str]:
     """Run a repro in a fresh Python process: (True if its verdict says it diverges, False if it agrees, None
     if it did not run to a verdict; and its output's last lines, or how it ended: the exception's last line,
     the signal that killed it)."""
-    import signal
+    from gradaudit.outcome import signal_name
 
     env = dict(os.environ)
     env.setdefault("PJRT_DEVICE", "CPU")
@@ -208,7 +208,7 @@ def confirm(code: str, timeout: float = 300.0) -> tuple[bool | None, str]:
     if verdicts:
         return verdicts[-1].startswith("verdict: diverges"), "\n".join(lines[-4:])
     if done.returncode < 0:
-        return None, f"killed by signal {-done.returncode} ({signal.Signals(-done.returncode).name})"
+        return None, f"killed by signal {-done.returncode} ({signal_name(-done.returncode)})"
     return None, exception_line(done.stderr) or f"exit code {done.returncode}"
 
 

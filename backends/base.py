@@ -207,6 +207,18 @@ class Backend(ABC):
     # {setting: (variable, default)} (a record made with another compiler is another record).
     packages: ClassVar[tuple[str, ...]] = ()
     environment: ClassVar[dict[str, tuple[str, str | None]]] = {}
+    # The repro a suite writes for a torch.ops case on this backend (gradaudit.suite.zoos.op_repro), also read as
+    # literals (or module-level literals they name): the script's part that runs the op here and on eager
+    # float64 (a template: {dtype}, {order}, the environment's settings...), the imports it needs, the name the
+    # script's title gives the backend, and the gradient limit where it differs from 64 times the forward's
+    # drift. None: no repro.
+    repro_run: ClassVar[str | None] = None
+    repro_imports: ClassVar[tuple[str, ...]] = ()
+    repro_title: ClassVar[str | None] = None
+    repro_gradient_limit: ClassVar[str | None] = None
+    # True where the backend's own localization attaches a repro of the piece it found (compile), which a report
+    # writes beside the op's repro rather than in its place.
+    repro_of_localized_piece: ClassVar[bool] = False
 
     @abstractmethod
     def availability(self) -> Availability:

@@ -246,6 +246,32 @@ class CompileProgram(EagerProgram):
             torch._dynamo.reset()
 
 
+# The repro of a torch.ops case on this backend (gradaudit.suite.zoos.op_repro): a script that runs the op here and
+# on eager float64 ({dtype}, {order}... are filled in), read as a literal like the class's other declarations.
+REPRO_RUN = '''
+def run(compiled):
+    """Forward and gradient (seeded ±1 cotangents) of the op, eagerly in float64 or through torch.compile."""
+    args, kwargs, leaves = prepared("cpu", {dtype} if compiled else torch.float64)
+    forward = torch.compile(outputs, backend={compiler!r}, dynamic=False) if compiled else outputs
+    outs = forward(args, kwargs)
+    generator = torch.Generator().manual_seed(1)
+
+    def signs(tensors):  # ±1 cotangents (±1 ± 1j for complex results)
+        drawn = [torch.randint(0, 2, (*t.shape, 2) if t.is_complex() else t.shape, generator=generator) * 2.0 - 1
+                 for t in tensors]
+        return [(torch.view_as_complex(s) if t.is_complex() else s).to(t.device, t.dtype)
+                for s, t in zip(drawn, tensors)]
+    differentiable = [o for o in outs if o.requires_grad]
+    grads = torch.autograd.grad(differentiable, leaves, signs(differentiable), allow_unused=True,
+                                materialize_grads=True) if differentiable and leaves else []
+    return outs, list(grads), []  # (a compiled backward has no double backward)
+
+
+expected = run(False)
+got = run(True)
+'''
+
+
 class CompileBackend(Backend):
     """``torch.compile`` on the CPU (or CUDA): the compiler backend is ``compiler`` (default: the
     ``GRADAUDIT_COMPILE_BACKEND`` variable, else inductor), with ``mode`` (``GRADAUDIT_COMPILE_MODE``)."""
@@ -256,6 +282,9 @@ class CompileBackend(Backend):
     packages = ("torch",)  # whose versions decide its results (Backend.packages)
     # (Backend.environment: an aot_eager record is no inductor one)
     environment = {"compiler": ("GRADAUDIT_COMPILE_BACKEND", "inductor"), "mode": ("GRADAUDIT_COMPILE_MODE", None)}
+    repro_run = REPRO_RUN  # (Backend.repro_run)
+    repro_title = "torch.compile ({compiler})"
+    repro_of_localized_piece = True  # its localization's repro is of the diverging piece of dynamo's graph
 
     def __init__(self, compiler: str | None = None, mode: str | None = None) -> None:
         self.compiler = compiler or os.environ.get(COMPILER_ENV) or DEFAULT_COMPILER

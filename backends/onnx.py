@@ -497,6 +497,44 @@ def module_outputs(program: OnnxProgram, values: list[torch.Tensor] | None = Non
     return {module: values_by_name[name] for module, name in last.items() if name in values_by_name}
 
 
+# The repro of a torch.ops case on this backend (gradaudit.suite.zoos.op_repro): a script that runs the op here and
+# on eager float64 ({dtype}, {order}... are filled in), read as a literal like the class's other declarations.
+REPRO_RUN = '''
+class Op(torch.nn.Module):
+    """The op with the differentiated tensors as inputs, the way gradaudit exports it."""
+
+    def forward(self, *values):
+        args, kwargs, leaves = prepared("cpu", {dtype})
+        swap = dict(zip(map(id, leaves), values))
+        args, kwargs = tree_map(lambda t: swap.get(id(t), t), (args, kwargs))
+        return tuple(outputs(args, kwargs))
+
+
+def onnx_outputs(values):
+    feed = {{i.name: v.detach().numpy() for i, v in zip(session.get_inputs(), values)}}
+    return [torch.from_numpy(r) for r in session.run(None, feed)]
+
+
+_, _, leaves = prepared("cpu", {dtype})
+exported = torch.onnx.export(Op(), tuple(v.detach() for v in leaves), dynamo=True)
+session = onnxruntime.InferenceSession(exported.model_proto.SerializeToString())
+args, kwargs, eager_leaves = prepared("cpu", torch.float64)
+eager_outs = outputs(args, kwargs)
+got_outs = onnx_outputs([v.detach() for v in leaves])
+# The gradient along one seeded direction: onnxruntime by central differences, eager by autograd.
+generator = torch.Generator().manual_seed(1)
+direction = [torch.randn(v.shape, generator=generator, dtype=torch.float64) for v in eager_leaves]
+cotangent = [torch.randn(o.shape, generator=generator, dtype=torch.float64) for o in eager_outs]
+step = torch.finfo({dtype}).eps ** (1 / 3)
+shifted = lambda sign: onnx_outputs([(v.detach().double() + sign * step * u).to({dtype}) for v, u in zip(leaves, direction)])
+numerical = sum(((p.double() - m.double()) / (2 * step) * c).sum() for p, m, c in zip(shifted(1), shifted(-1), cotangent))
+grads = torch.autograd.grad(eager_outs, eager_leaves, cotangent, allow_unused=True, materialize_grads=True)
+analytical = sum((g * u).sum() for g, u in zip(grads, direction))
+expected = (eager_outs, [analytical.reshape(1)], [])
+got = (got_outs, [numerical.reshape(1)], [])
+'''
+
+
 class OnnxBackend(Backend):
     """Exports the case with ``torch.onnx.export(..., dynamo=True)`` and runs it in onnxruntime (CPU, or CUDA
     where its provider is installed)."""
@@ -505,6 +543,10 @@ class OnnxBackend(Backend):
     description = "torch.onnx.export (dynamo) graph run in onnxruntime; finite differences judged against eager"
     required_modules = ("torch", "onnx", "onnxruntime", "onnxscript")  # the quick check (Backend.required_modules)
     packages = ("onnxruntime", "onnx", "onnxscript")  # whose versions decide its results (Backend.packages)
+    repro_imports = ("import onnxruntime",)  # (Backend.repro_run)
+    repro_run = REPRO_RUN
+    # finite differences in onnxruntime's precision carry an error of about eps^(2/3) on top of the drift
+    repro_gradient_limit = "64 * max(drift, torch.finfo({dtype}).eps) + 64 * torch.finfo({dtype}).eps ** (2 / 3)"
 
     def availability(self) -> Availability:
         missing = []

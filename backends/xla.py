@@ -342,6 +342,37 @@ class XlaProgram(EagerProgram):
                 self._saved_precision = None
 
 
+# The repro of a torch.ops case on this backend (gradaudit.suite.zoos.op_repro): a script that runs the op here and
+# on eager float64 ({dtype}, {order}... are filled in), read as a literal like the class's other declarations.
+REPRO_RUN = '''
+def run(device, dtype):
+    """Forward, gradient (seeded ±1 cotangents) and second derivative on ``device``."""
+    args, kwargs, leaves = prepared(device, dtype)
+    outs = outputs(args, kwargs)
+    generator = torch.Generator().manual_seed(1)
+
+    def signs(tensors):  # ±1 cotangents (±1 ± 1j for complex results)
+        drawn = [torch.randint(0, 2, (*t.shape, 2) if t.is_complex() else t.shape, generator=generator) * 2.0 - 1
+                 for t in tensors]
+        return [(torch.view_as_complex(s) if t.is_complex() else s).to(t.device, t.dtype)
+                for s, t in zip(drawn, tensors)]
+    differentiable = [o for o in outs if o.requires_grad]
+    grads = torch.autograd.grad(differentiable, leaves, signs(differentiable), create_graph=True, allow_unused=True,
+                                materialize_grads=True) if differentiable and leaves else []
+    second = []
+    if {order} >= 2 and grads and any(g.requires_grad for g in grads):
+        second = torch.autograd.grad([g for g in grads if g.requires_grad], leaves,
+                                     signs([g for g in grads if g.requires_grad]), allow_unused=True,
+                                     materialize_grads=True)
+    return outs, list(grads), list(second)
+
+
+device = torch_xla.device()  # before the first backward: autograd sizes its device queues once
+expected = run("cpu", torch.float64)
+got = run(device, {dtype})
+'''
+
+
 class XlaBackend(Backend):
     """torch-xla's lazy tensors on a PJRT device; torch_xla is imported on first use, never at import time."""
 
@@ -349,6 +380,8 @@ class XlaBackend(Backend):
     description = "torch-xla lazy tensors (PJRT; CPU unless PJRT_DEVICE says otherwise)"
     required_modules = ("torch", "torch_xla")  # the quick check (Backend.required_modules)
     packages = ("torch-xla",)  # whose versions decide its results (Backend.packages)
+    repro_imports = ("import torch_xla  # noqa: F401  (registers the xla device)",)  # (Backend.repro_run)
+    repro_run = REPRO_RUN
 
     def availability(self) -> Availability:
         try:

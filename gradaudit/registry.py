@@ -232,19 +232,21 @@ def module_file(module: str) -> str | None:
 
 
 def declared(path: str, class_name: str) -> dict[str, Any] | None:
-    """The literal attributes (``name = <literal>``) in the body of class ``class_name`` of the source file
-    ``path``, read without running it (as setuptools reads ``attr:`` versions); None when the file defines no
-    such class (or is no readable Python source)."""
+    """The literal attributes (``name = <literal>``, or ``name = NAME`` of a module-level literal: a long
+    template kept out of the class body) in the body of class ``class_name`` of the source file ``path``, read
+    without running it (as setuptools reads ``attr:`` versions); None when the file defines no such class (or
+    is no readable Python source)."""
     try:
         tree = ast.parse(Path(path).read_bytes(), path)
     except (OSError, SyntaxError, ValueError):  # a compiled module, a broken file
         return None
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == class_name]
-    return dict(_literal_assignments(classes[-1].body)) if classes else None
+    return dict(_literal_assignments(classes[-1].body, dict(_literal_assignments(tree.body)))) if classes else None
 
 
-def _literal_assignments(body: list[ast.stmt]) -> Iterator[tuple[str, Any]]:
-    """``(name, value)`` of each ``name = <literal>`` or ``name: type = <literal>`` statement of ``body``."""
+def _literal_assignments(body: list[ast.stmt], names: dict[str, Any] | None = None) -> Iterator[tuple[str, Any]]:
+    """``(name, value)`` of each ``name = <literal>`` or ``name: type = <literal>`` statement of ``body`` (and,
+    given ``names``, of each ``name = NAME`` whose NAME is one of them)."""
     for statement in body:
         if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
             target, value = statement.targets[0], statement.value
@@ -253,6 +255,9 @@ def _literal_assignments(body: list[ast.stmt]) -> Iterator[tuple[str, Any]]:
         else:
             continue
         if not isinstance(target, ast.Name):
+            continue
+        if isinstance(value, ast.Name) and names is not None and value.id in names:
+            yield target.id, names[value.id]
             continue
         try:
             yield target.id, ast.literal_eval(value)

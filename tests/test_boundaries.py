@@ -205,11 +205,6 @@ def test_the_core_and_every_backend_load_without_the_command_line_libraries() ->
 
 # ------------------------------------------------------------------------------------------ backend knowledge
 BUILT_IN = ("eager", "xla", "onnx", "compile")
-# Modules outside backends/ that still test a backend's name, each with why (to shrink, never to grow).
-NAMED_BACKENDS_LEFT = {
-    "gradaudit.suite.zoos.op_repro": "the torch.ops repro templates (XLA, ONNX) have not moved to their backends",
-    "gradaudit.suite.crossreport": "the report's compile label reads the compile backend's environment itself",
-}
 
 
 def backend_name_tests(source: str, names: tuple[str, ...] = BUILT_IN) -> list[int]:
@@ -234,7 +229,7 @@ def test_no_backend_name_is_tested_outside_backends() -> None:
     comparing a backend's name."""
     found = {}
     for name, path in module_files().items():
-        if name.startswith("gradaudit.backends") or name in NAMED_BACKENDS_LEFT:
+        if name.startswith("gradaudit.backends"):
             continue
         lines = backend_name_tests(path.read_text())
         if lines:
@@ -250,6 +245,21 @@ def test_each_built_in_backend_declares_its_packages_readably_without_importing_
         assert packages and all(isinstance(p, str) for p in packages), (name, packages)
         assert registry.get_backend(name).packages == packages  # the literal is the class's own attribute
     assert registry.backend_packages("xla") == ("torch-xla",)
+
+
+def test_backends_declare_their_repro_scripts_and_the_registry_reads_named_templates(tmp_path: Path) -> None:
+    """The torch.ops repro of a backend is its own declaration (a template kept in a module-level literal that
+    the class names), read without importing the backend, and the same text the class holds."""
+    from gradaudit import registry
+
+    for name in ("xla", "onnx", "compile"):
+        declared = registry.declaration(name)
+        assert "def " in declared["repro_run"] and declared["repro_run"] == registry.get_backend(name).repro_run
+    assert "repro_run" not in registry.declaration("eager")
+    source = tmp_path / "plugin.py"
+    source.write_text('TEMPLATE = """run({dtype})"""\nOTHER = len("x")\n\nclass B:\n    repro_run = TEMPLATE\n'
+                      '    computed = OTHER\n    title = "b"\n')
+    assert registry.declared(str(source), "B") == {"repro_run": "run({dtype})", "title": "b"}
 
 
 def test_the_compile_backend_declares_the_settings_it_takes_from_the_environment(monkeypatch) -> None:

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gradaudit import registry
 from gradaudit.lines import flattened
 from gradaudit.suite.records import SuiteRecord, SuiteStatus, as_record
 
@@ -150,7 +151,9 @@ def repro_cell(record: SuiteRecord, repro_dir: Path | None, link_base: str) -> s
     torch.compile the localized piece's script is written beside it (``-piece.py``), for the compiler's
     developers."""
     details = dict(main_finding(record).get("details", {}))
-    localized_piece = record.backend == "compile" and "localization" in details  # (not the op's own repro)
+    # (a backend whose localization attaches the repro of a piece of its graph, not the op's own)
+    localized_piece = bool(registry.declaration(record.backend).get("repro_of_localized_piece")) and \
+        "localization" in details
     piece = details.pop("repro", None) if localized_piece else None
     if not details.get("repro"):
         details.update(op_repro_run(record, details.get("exception")))
@@ -225,13 +228,13 @@ def timing(records: list) -> dict[str, float]:
 
 
 def backend_label(backend: str) -> str:
-    """A backend as the report names it: the compile backend with its compiler (``compile (inductor)``)."""
-    if backend != "compile":
+    """A backend as the report names it, with the settings it takes from the environment
+    (``Backend.environment``): ``compile (inductor)``, ``compile (inductor, mode max-autotune)``."""
+    settings = [(name, value) for name, value in registry.backend_environment(backend).items() if value]
+    if not settings:
         return backend
-    import os
-
-    mode = os.environ.get("GRADAUDIT_COMPILE_MODE")
-    return f"compile ({os.environ.get('GRADAUDIT_COMPILE_BACKEND') or 'inductor'}{', mode ' + mode if mode else ''})"
+    shown = [str(settings[0][1])] + [f"{name} {value}" for name, value in settings[1:]]
+    return f"{backend} ({', '.join(shown)})"
 
 
 def versions() -> str:

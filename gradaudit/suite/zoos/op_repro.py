@@ -61,92 +61,6 @@ def outputs(args, kwargs):
     return [t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
 '''
 
-_AUTOGRAD_RUN = '''
-def run(device, dtype):
-    """Forward, gradient (seeded ±1 cotangents) and second derivative on ``device``."""
-    args, kwargs, leaves = prepared(device, dtype)
-    outs = outputs(args, kwargs)
-    generator = torch.Generator().manual_seed(1)
-
-    def signs(tensors):  # ±1 cotangents (±1 ± 1j for complex results)
-        drawn = [torch.randint(0, 2, (*t.shape, 2) if t.is_complex() else t.shape, generator=generator) * 2.0 - 1
-                 for t in tensors]
-        return [(torch.view_as_complex(s) if t.is_complex() else s).to(t.device, t.dtype)
-                for s, t in zip(drawn, tensors)]
-    differentiable = [o for o in outs if o.requires_grad]
-    grads = torch.autograd.grad(differentiable, leaves, signs(differentiable), create_graph=True, allow_unused=True,
-                                materialize_grads=True) if differentiable and leaves else []
-    second = []
-    if {order} >= 2 and grads and any(g.requires_grad for g in grads):
-        second = torch.autograd.grad([g for g in grads if g.requires_grad], leaves,
-                                     signs([g for g in grads if g.requires_grad]), allow_unused=True,
-                                     materialize_grads=True)
-    return outs, list(grads), list(second)
-
-
-device = torch_xla.device()  # before the first backward: autograd sizes its device queues once
-expected = run("cpu", torch.float64)
-got = run(device, {dtype})
-'''
-
-_ONNX_RUN = '''
-class Op(torch.nn.Module):
-    """The op with the differentiated tensors as inputs, the way gradaudit exports it."""
-
-    def forward(self, *values):
-        args, kwargs, leaves = prepared("cpu", {dtype})
-        swap = dict(zip(map(id, leaves), values))
-        args, kwargs = tree_map(lambda t: swap.get(id(t), t), (args, kwargs))
-        return tuple(outputs(args, kwargs))
-
-
-def onnx_outputs(values):
-    feed = {{i.name: v.detach().numpy() for i, v in zip(session.get_inputs(), values)}}
-    return [torch.from_numpy(r) for r in session.run(None, feed)]
-
-
-_, _, leaves = prepared("cpu", {dtype})
-exported = torch.onnx.export(Op(), tuple(v.detach() for v in leaves), dynamo=True)
-session = onnxruntime.InferenceSession(exported.model_proto.SerializeToString())
-args, kwargs, eager_leaves = prepared("cpu", torch.float64)
-eager_outs = outputs(args, kwargs)
-got_outs = onnx_outputs([v.detach() for v in leaves])
-# The gradient along one seeded direction: onnxruntime by central differences, eager by autograd.
-generator = torch.Generator().manual_seed(1)
-direction = [torch.randn(v.shape, generator=generator, dtype=torch.float64) for v in eager_leaves]
-cotangent = [torch.randn(o.shape, generator=generator, dtype=torch.float64) for o in eager_outs]
-step = torch.finfo({dtype}).eps ** (1 / 3)
-shifted = lambda sign: onnx_outputs([(v.detach().double() + sign * step * u).to({dtype}) for v, u in zip(leaves, direction)])
-numerical = sum(((p.double() - m.double()) / (2 * step) * c).sum() for p, m, c in zip(shifted(1), shifted(-1), cotangent))
-grads = torch.autograd.grad(eager_outs, eager_leaves, cotangent, allow_unused=True, materialize_grads=True)
-analytical = sum((g * u).sum() for g, u in zip(grads, direction))
-expected = (eager_outs, [analytical.reshape(1)], [])
-got = (got_outs, [numerical.reshape(1)], [])
-'''
-
-_COMPILE_RUN = '''
-def run(compiled):
-    """Forward and gradient (seeded ±1 cotangents) of the op, eagerly in float64 or through torch.compile."""
-    args, kwargs, leaves = prepared("cpu", {dtype} if compiled else torch.float64)
-    forward = torch.compile(outputs, backend={compiler!r}, dynamic=False) if compiled else outputs
-    outs = forward(args, kwargs)
-    generator = torch.Generator().manual_seed(1)
-
-    def signs(tensors):  # ±1 cotangents (±1 ± 1j for complex results)
-        drawn = [torch.randint(0, 2, (*t.shape, 2) if t.is_complex() else t.shape, generator=generator) * 2.0 - 1
-                 for t in tensors]
-        return [(torch.view_as_complex(s) if t.is_complex() else s).to(t.device, t.dtype)
-                for s, t in zip(drawn, tensors)]
-    differentiable = [o for o in outs if o.requires_grad]
-    grads = torch.autograd.grad(differentiable, leaves, signs(differentiable), allow_unused=True,
-                                materialize_grads=True) if differentiable and leaves else []
-    return outs, list(grads), []  # (a compiled backward has no double backward)
-
-
-expected = run(False)
-got = run(True)
-'''
-
 _VERDICT = '''
 tolerance = 64 * torch.finfo({dtype}).eps
 forward = gap(got[0], expected[0], "forward")
@@ -160,32 +74,33 @@ print("verdict:", "diverges in " + ", ".join(phases) if phases else "agrees")
 
 
 def op_repro(case_name: str, backend: str, dtype: str | None, order: int, seed: int = SEED) -> str | None:
-    """The repro script of a ``torch.ops`` case (``NAME[.VARIANT][sample K]``) on ``backend`` (xla, onnx, or
-    compile with the compiler ``GRADAUDIT_COMPILE_BACKEND`` names), or None for another backend or case name."""
+    """The repro script of a ``torch.ops`` case (``NAME[.VARIANT][sample K]``) on ``backend``, from the parts the
+    backend declares (``Backend.repro_run``, ``repro_imports``, ``repro_title``, ``repro_gradient_limit``: xla,
+    onnx, compile with the compiler its environment names), or None for a backend that declares none or another
+    case name."""
+    from gradaudit import registry
+
     full_name, _, rest = case_name.partition("[sample ")
-    if not rest.endswith("]") or backend not in ("xla", "onnx", "compile"):
+    declared = registry.declaration(backend)
+    if not rest.endswith("]") or not isinstance(declared.get("repro_run"), str):
         return None
     from gradaudit.suite.zoos.torch_ops import find_op
 
     op = find_op(full_name)
     fields = {"name": op.name, "variant": op.variant_test_name, "seed": seed, "index": int(rest[:-1]),
-              "order": order, "dtype": f"torch.{dtype or 'float64'}",
-              "compiler": os.environ.get("GRADAUDIT_COMPILE_BACKEND") or "inductor"}
-    # Gradients inherit the forward's drift, like gradaudit's own parity tolerance; finite differences in
-    # onnxruntime's precision carry an error of about eps^(2/3) on top.
-    fields["gradient_limit"] = ("64 * max(drift, torch.finfo({dtype}).eps) + 64 * torch.finfo({dtype}).eps ** (2 / 3)"
-                                if backend == "onnx" else "64 * drift").format(**fields)
+              "order": order, "dtype": f"torch.{dtype or 'float64'}"} | registry.backend_environment(backend)
+    # Gradients inherit the forward's drift, like gradaudit's own parity tolerance (a backend that takes finite
+    # differences in its own precision declares a wider limit).
+    fields["gradient_limit"] = declared.get("repro_gradient_limit", "64 * drift").format(**fields)
     imports = ["import itertools", "import random", "", "import numpy", "import torch"]
-    imports += {"xla": ["import torch_xla  # noqa: F401  (registers the xla device)"], "onnx": ["import onnxruntime"],
-                "compile": []}[backend]
+    imports += list(declared.get("repro_imports", ()))
     imports += ["from torch.testing._internal.common_methods_invocations import op_db  # pip install expecttest "
                 "hypothesis", "from torch.utils._pytree import tree_leaves, tree_map"]
-    shown = f"torch.compile ({fields['compiler']})" if backend == "compile" else backend
+    shown = declared.get("repro_title", backend).format(**fields)
     header = (f"# gradaudit repro: {case_name} on {shown} ({dtype or 'float64'}) against eager float64 on the CPU, "
               f"order {order}")
-    body = {"xla": _AUTOGRAD_RUN, "onnx": _ONNX_RUN, "compile": _COMPILE_RUN}[backend]
-    return "\n".join([header] + imports) + "\n" + _COMPARE + _SAMPLE.format(**fields) + body.format(**fields) + \
-        _VERDICT.format(**fields)
+    return "\n".join([header] + imports) + "\n" + _COMPARE + _SAMPLE.format(**fields) + \
+        declared["repro_run"].format(**fields) + _VERDICT.format(**fields)
 
 
 def confirm(code: str, timeout: float = 300.0) -> tuple[bool | None, str]:

@@ -12,6 +12,7 @@ import click
 from gradaudit.cli.common import (OutputPath, dtype_option, json_option, logger, seed_option, tolerance_options,
                                   verbosity_options)
 from gradaudit.errors import AuditError
+from gradaudit.registry import REFERENCE
 from gradaudit.renderers.printable import printable, printable_tree
 from gradaudit.cli.exits import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEM, fail, interrupted,
                                  real_interrupts, write_outputs)
@@ -72,7 +73,7 @@ def _summary(records: list[dict], counts: dict, to_stderr: bool, quiet: bool) ->
 
 @click.command("suite")
 @click.argument("zoo")
-@click.option("--backends", "backend_list", default="eager", show_default=True,
+@click.option("--backends", "backend_list", default=REFERENCE, show_default=True,
               help="Comma-separated backends (eager,xla,onnx).")
 @click.option("--orders", "order_list", default="1,2", show_default=True, help="Comma-separated orders (1,2).")
 @click.option("--executor", type=click.Choice(["local", "serial", "ray"]), default="local", show_default=True,

@@ -238,11 +238,13 @@ def backend_label(backend: str) -> str:
 
 
 def versions() -> str:
-    """The versions the report was made with (torch and whichever backends are installed)."""
+    """The versions the report was made with: torch, the packages each registered backend declares
+    (``Backend.packages``) where they are installed, and gradaudit."""
     from importlib import metadata
 
+    declared = [package for name in registry.backend_names() for package in registry.backend_packages(name) or ()]
     found = []
-    for dist in ("torch", "torch_xla", "onnxruntime", "onnx", "onnxscript", "gradaudit"):
+    for dist in dict.fromkeys(["torch", *declared, "gradaudit"]):
         try:
             found.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:

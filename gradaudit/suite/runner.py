@@ -13,6 +13,7 @@ import threading
 from typing import Callable, Iterable
 
 from gradaudit.errors import AuditError
+from gradaudit.registry import REFERENCE
 from gradaudit.suite.executors import (EXECUTORS, Workers, check_ray_address,  # noqa: F401 (re-exported)
                                        run_job_in_subprocess, run_pending)
 from gradaudit.suite.plan import Plan, plan, unsupported_order
@@ -121,7 +122,7 @@ def _check_arguments(executor: str, timeout: float | None, workers: int | None, 
         check_ray_address(address)  # up front: before the zoo loads and any job runs
 
 
-def run_suite(zoo_spec: str, backends: Iterable[str] = ("eager",), orders: Iterable[int] = (1, 2),
+def run_suite(zoo_spec: str, backends: Iterable[str] = (REFERENCE,), orders: Iterable[int] = (1, 2),
               executor: str = "local", workers: int | None = None, timeout: float = 120,
               results_dir: str | os.PathLike | None = None, address: str | None = None,
               progress: Callable[[dict, int, int], None] | None = None, only=None, seed: int = 0,

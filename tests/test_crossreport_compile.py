@@ -47,3 +47,17 @@ def test_a_repro_runs_apart_from_the_working_directory(monkeypatch, tmp_path):
     (tmp_path / "bisect.py").write_text("raise ImportError('the working directory shadowed the stdlib')\n")
     monkeypatch.chdir(tmp_path)
     assert confirm("import random, torch\nprint('verdict: agrees')") == (False, "verdict: agrees")
+
+
+def test_a_failed_check_excused_only_by_a_warning_is_listed_as_a_divergence():
+    # inductor's avg_pool3d (ceil_mode) gradient was 3x eager's; a kink warning on that linear op must not
+    # file the case under kink conventions
+    from gradaudit.suite.crossreport import category
+
+    check = {"order": 1, "wrt": "args[0]", "method": "backend_parity", "ok": False, "status": "fail"}
+    kink = {"kind": "nondifferentiable_point", "severity": "warning", "order": 1, "message": "kink"}
+    failed = SuiteRecord("avg_pool3d[sample 6]", "compile", 1, SuiteStatus.FAIL, "check failed",
+                         report={"checks": [check], "findings": [kink]}, zoo="torch.ops")
+    passed = SuiteRecord("relu6[sample 0]", "compile", 1, SuiteStatus.PASS, None,
+                         report={"checks": [dict(check, ok=True, status="pass")], "findings": [kink]})
+    assert category(failed) == "gradient" and category(passed) == "kink"

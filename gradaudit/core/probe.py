@@ -384,13 +384,17 @@ def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,
     kink at x itself fails at both steps. A retry whose error bar is much wider than the first's (rounding
     dominates at the small step) cannot clear a failure: it would only hide it."""
     tangents = analytical.tangents(u)
+    wide = top is not None
     numerical, top = numerics.derivative_in_domain(x, u, top)
     attempts = [judge(numerics, analytical, numerical, u, tangents)]
     if retry and any(o.failed for o in attempts[0]):
         numerical = numerics.derivative(x, u, top / numerics.space.retry_divisor)
         attempts.append(judge(numerics, analytical, numerical, u, tangents))
     first_bar = attempts[0][0].tolerance
-    usable = [a for a in attempts if a[0].tolerance <= RETRY_BAR_LIMIT * first_bar] or attempts[:1]
+    # (after a wide ladder, a retry at the usual steps clears a failure only where its bar could have seen the
+    # disagreement the wide one saw: the wide ladder is there because the usual bar cannot)
+    limit = attempts[0][0].abs_err if wide else RETRY_BAR_LIMIT * first_bar
+    usable = [attempts[0]] + [a for a in attempts[1:] if a[0].tolerance <= limit]
     return min(usable, key=lambda pair: max(pair[0].excess, pair[1].excess))
 
 

@@ -46,6 +46,7 @@ class Outcome:
     magnitude: float | None = None
     bound: str = "error_bar"  # "user_tolerance" once a test needed it (passing only within it), or failed both
     user_rel_err: float | None = None  # the largest error over magnitude of the tests (what rtol is compared to)
+    tolerances: list[float] = field(default_factory=list)  # reverse mode: the kept direction's, per cotangent
 
     @property
     def failed(self) -> bool:
@@ -410,6 +411,7 @@ def judge(numerics: Numerics, analytical: Analytical, numerical: NumericalDeriva
             tolerance += GRADIENT_NOISE_SAFETY * rss_inner(numerics.gradient_noise[k], u)
         user = numerics.user.on_probe(v, numerical.value, g, u) if numerics.user else None
         reverse.absorb(a, n, tolerance, cotangent=k, user=user)
+        reverse.tolerances.append(tolerance)
     if tangents is not None:
         # (a JVP through the coarse section rounds there too, and no jitter measures it: its eps is the model)
         compare_tangents(tangents, numerical, numerics.space.eps, numerics.model_error, analytical.output_names,
@@ -463,21 +465,23 @@ def probe_group_resolving(numerics: Numerics, analytical: Analytical, x: Tensors
         rev, fwd = probe_test(numerics, analytical, x, u, retry=not (reverse.failed or forward.failed), top=top)
         reverse.merge(rev)
         forward.merge(fwd)
-        for i in members:
-            part = leaf_part(analytical.rows, i, u[i])
-            resolution[i] = min(resolution[i], rev.tolerance / part if part > 0 else math.inf)
+        for i in members:  # (each cotangent's bar over the leaf's part of its test: the finest of them)
+            parts = leaf_parts(analytical.rows, i, u[i])
+            bars = rev.tolerances or [rev.tolerance] * len(parts)
+            seen = [bar / part for bar, part in zip(bars, parts) if part > 0]
+            resolution[i] = min([resolution[i]] + seen)
     results = {"reverse": reverse, "forward": forward} if forward.tests else {"reverse": reverse}
     return results, resolution
 
 
-def leaf_part(rows: CotangentRows, i: int, ui: torch.Tensor) -> float:
-    """max over the cotangents of |<g_k[i], u[i]>|, over the elements u moves (see ``dot``): one product, and the
-    masked one only where a gradient is not finite (NaN * 0)."""
+def leaf_parts(rows: CotangentRows, i: int, ui: torch.Tensor) -> list[float]:
+    """|<g_k[i], u[i]>| per cotangent, over the elements u moves (see ``dot``): one product, and the masked one
+    only where a gradient is not finite (NaN * 0)."""
     gradients, u = rows.leaf(i), flat([ui])
     part = gradients @ u
     if not bool(torch.isfinite(part).all()):
         part = torch.where(u != 0, gradients * u, 0.0).sum(1)
-    return float(part.abs().max())
+    return part.abs().tolist()
 
 
 BALANCE_SPREAD = 64.0  # a member's part of a balanced direction is scaled by at most this factor, up or down

@@ -1,0 +1,16 @@
+import torch
+def f(arg0):
+    output = torch.avg_pool1d(arg0, (6,), stride = (3,), padding = (2,), ceil_mode = True, count_include_pad = True);  arg0 = None
+    return (output,)
+
+torch.manual_seed(0)
+args = [(torch.randn((1, 3, 9), dtype=torch.float64)).requires_grad_()]
+compiled = torch.compile(f, backend='inductor', dynamic=False)
+expected, got = f(*args), compiled(*args)
+rel = lambda a, b: ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+forward_gap = max(rel(a, b) for a, b in zip(got, expected))
+wrt = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+v = [torch.randn_like(e) for e in expected]
+grads = lambda outs: torch.autograd.grad(outs, wrt, v, allow_unused=True, materialize_grads=True)
+backward_gap = max(rel(a, b) for a, b in zip(grads(got), grads(expected))) if wrt else 0.0
+print(f'forward: {forward_gap:.3g}  gradient: {backward_gap:.3g} (relative, compiled vs eager)')

@@ -67,6 +67,10 @@ class GraphCapture:
     def __post_init__(self) -> None:
         self._compile = compiler_function(self.compiler, self.mode)
 
+    @property
+    def __name__(self) -> str:  # what dynamo's errors name the backend by ('backend="inductor" raised')
+        return self.compiler
+
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         # The compiler may rewrite the graph in place: keep a copy of the graph dynamo traced.
         captured = CapturedGraph(torch.fx.GraphModule(gm, copy_graph(gm.graph)), torch.is_grad_enabled())

@@ -10,6 +10,7 @@ attributes or backend names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -134,6 +135,12 @@ class Program(ABC):
         """Outputs at many points (each a list of leaf values); one evaluation per point unless the backend
         declares ``capabilities.batch_evaluation``."""
         return [self(point) for point in points]
+
+    def holding_values(self) -> AbstractContextManager[None]:
+        """Within this block, the leaf values of each evaluation stay in the module after it returns, until the
+        block ends: a backward that calls the module again (an adjoint ODE solver, a recomputing Function)
+        then runs on the values it differentiates. Backends that never swap values in have nothing to hold."""
+        return nullcontext()
 
     def module_outputs(self, values: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """The value each module path ends with, at ``values`` (default: the leaves), where

@@ -1,7 +1,7 @@
 """The eager backend: plain PyTorch on CPU, or CUDA (with TF32 switched off) when present."""
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -81,6 +81,10 @@ class EagerProgram(Program):
             if first:
                 raise call_failed(exc) from exc
             raise
+
+    def holding_values(self) -> AbstractContextManager[None]:
+        # (functional_call, the fallback for parameters outside the module's dicts, always puts them back)
+        return self._call.holding() if isinstance(self._call, DirectCall) else nullcontext()
 
     def _reset_buffers(self) -> None:
         if not self._buffers:  # (entering no_grad costs as much as a tiny forward's op)

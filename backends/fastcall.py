@@ -7,10 +7,16 @@ times. :class:`DirectCall` does that resolution once, when the program is placed
 functional_call does per call: write each value into the ``_parameters`` (or ``_buffers``) slot of every module
 that holds that parameter (tied weights included), call the module, and put the originals back. The outputs'
 differentiable leaves are read the same way, without pytree's key paths.
+
+Unlike functional_call, it can also leave the values in place until a backward pass is done
+(:meth:`DirectCall.holding`): torchdiffeq's ``odeint_adjoint`` and any Function that recomputes its forward in
+backward call the module again there and differentiate with respect to the parameters the forward saw. With
+the originals back in place, those parameters are unused and every parameter gradient comes out 0.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -54,6 +60,7 @@ class DirectCall:
         self.rebuild = flat_rebuild(prepared.inputs) or prepared.inputs.rebuild
         self.slots = [] if prepared.module is None else [
             parameter_slots(prepared.module, name) for name in prepared.param_names]
+        self._held: list | None = None  # while holding: the originals every call replaced, to put back at the end
 
     @classmethod
     def of(cls, prepared: PreparedCase) -> Callable[[list], Any]:
@@ -69,7 +76,7 @@ class DirectCall:
         args, kwargs = self.rebuild(list(values[self.count:]))
         if self.prepared.module is None:
             return self.prepared.fn(*args, **kwargs)
-        saved = []
+        saved = [] if self._held is None else self._held
         try:
             for slots, value in zip(self.slots, values[:self.count]):
                 for table, name in slots:
@@ -77,8 +84,27 @@ class DirectCall:
                     table[name] = value
             return self.prepared.module(*args, **kwargs)
         finally:
-            for table, name, original in reversed(saved):
-                table[name] = original
+            if self._held is None:
+                _put_back(saved)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Leave each call's values in the module until the block ends (see the module docstring); nested
+        blocks hold until the outermost ends."""
+        if self._held is not None:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            _put_back(held)
+
+
+def _put_back(saved: list[tuple[dict, str, Any]]) -> None:
+    for table, name, original in reversed(saved):  # (reversed: a slot written twice ends with its first original)
+        table[name] = original
 
 
 def parameter_slots(module: nn.Module, name: str) -> list[Slot]:

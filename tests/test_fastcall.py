@@ -79,3 +79,43 @@ def test_differentiable_leaves_follow_pytree_order_and_skip_integers():
               [torch.full((1,), 2.0)], torch.return_types.max((torch.ones(1), torch.zeros(1, dtype=torch.long))))
     assert [t.dtype for t in differentiable_leaves(output)] == [t.dtype for t in flatten_outputs(output)[0]]
     assert all(torch.equal(a, b) for a, b in zip(differentiable_leaves(output), flatten_outputs(output)[0]))
+
+
+class RecomputedInBackward(torch.autograd.Function):
+    """The adjoint method's pattern (torchdiffeq's odeint_adjoint): the forward runs the module without a graph
+    and saves the parameters it was given; the backward runs the module again and differentiates with respect
+    to those saved parameters. Only right when the module still holds those values during the backward."""
+
+    @staticmethod
+    def forward(ctx, module, x, *params):
+        ctx.module = module
+        ctx.save_for_backward(x, *params)
+        with torch.no_grad():
+            return module(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *params = ctx.saved_tensors
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            grads = torch.autograd.grad(ctx.module(x), [x, *params], grad, allow_unused=True)
+        return (None, *grads)
+
+
+class AdjointBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dynamics = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+
+    def forward(self, x):
+        return RecomputedInBackward.apply(self.dynamics, x, *self.dynamics.parameters())
+
+
+def test_a_backward_that_runs_the_module_again_sees_the_audited_values():
+    """A false alarm found on torchdiffeq: the values were put back after the forward, so the backward's re-run
+    used the module's own tensors and every parameter's gradient came out 0."""
+    import gradaudit
+    torch.manual_seed(0)
+    report = gradaudit.check(AdjointBlock().double(), (fixtures.randn(2, 3),), order=1)
+    assert report.ok, report.text()
+    assert {c.wrt for c in report.checks} >= {"dynamics.0.weight", "dynamics.0.bias"}

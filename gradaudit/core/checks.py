@@ -441,7 +441,7 @@ def reentrancy(f: ForwardFunction, x: Tensors, cotangent_of: Callable[[Tensors],
     that does to the gradients. Random noise in a backward changes nothing saved: ``nondeterminism`` judges it.
     Runs on copies of x: x itself is never written."""
     copies = [xi.detach().clone() for xi in x]
-    with torch.enable_grad():
+    with torch.enable_grad(), f.holding():
         xs = [own_leaf(c) for c in copies]
         ys, saved = outputs_and_saved(f, xs)
         before = [t.clone() for t in saved]

@@ -6,7 +6,7 @@ second order is first order applied to a gradient function (reverse over reverse
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -52,6 +52,11 @@ class ForwardFunction:
     def outputs(self, xs: Tensors) -> Tensors:
         return self.program(xs)
 
+    def holding(self) -> AbstractContextManager[None]:
+        """Around a forward and the backward passes of its graph: the program keeps the values in its module
+        until the block ends, for a backward that calls the module again (``Program.holding_values``)."""
+        return self.program.holding_values()
+
 
 class GradientFunction:
     """``x -> d<cotangent, inner(x)>/dx``, one output per leaf."""
@@ -68,10 +73,14 @@ class GradientFunction:
     def reentrant(self) -> bool:
         return self.inner.reentrant
 
+    def holding(self) -> AbstractContextManager[None]:
+        return self.inner.holding()
+
     def outputs(self, xs: Tensors) -> Tensors:
         xs = [x if x.requires_grad else own_leaf(x, self.reentrant) for x in xs]
-        ys = self.inner.outputs(xs)
-        grads = gradients(ys, xs, self.cotangent, self.stats, create_graph=True)
+        with self.holding():
+            ys = self.inner.outputs(xs)
+            grads = gradients(ys, xs, self.cotangent, self.stats, create_graph=True)
         if not all(bool(torch.isfinite(y).all()) for y in ys):
             # Outside the function's domain (log at x < 0) its gradient formula may still be finite (1/x):
             # NaN says so, as the function itself does, so that steps stay in the domain at every order.
@@ -94,9 +103,13 @@ class CotangentFunction:
         self.output_names = gradient.output_names
         self.reentrant = gradient.reentrant
 
+    def holding(self) -> AbstractContextManager[None]:
+        return self.inner.holding()
+
     def outputs(self, vs: Tensors) -> Tensors:
         xs = [own_leaf(x, self.reentrant) for x in self.x]
-        return gradients(self.inner.outputs(xs), xs, vs, self.stats, create_graph=True)
+        with self.holding():
+            return gradients(self.inner.outputs(xs), xs, vs, self.stats, create_graph=True)
 
     def without_graph(self, vs: Tensors) -> list[str]:
         """The outputs (gradients) at v that are nonzero but carry no graph back to v: computed as constants."""
@@ -157,7 +170,7 @@ def vjps(f, x: Tensors, cotangents: list[Tensors], oracle: str | None = None) ->
     at order 2): an exception there is an :class:`OracleFailure`, never the case's."""
     if not f.reentrant and len(cotangents) > 1:
         return [vjps(f, x, [v], oracle)[0] for v in cotangents]
-    with torch.enable_grad():
+    with torch.enable_grad(), f.holding():
         xs = [own_leaf(xi, f.reentrant) for xi in x]
         ys = f.outputs(xs)
         try:

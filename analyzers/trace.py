@@ -190,7 +190,10 @@ class _Recorder(TorchDispatchMode):
         drop the rest, and read the forward-mode tangents)."""
         keep = []
         for i, pos, tensor in self.pending:
-            node = tensor.grad_fn
+            try:
+                node = tensor.grad_fn
+            except RuntimeError:  # a no_grad view whose base was since written with grad on: torch refuses
+                continue  # to say (torchdiffeq's adjoint solver makes them); it has no node of ours either
             if node is not None:
                 self.resolved[(i, pos)] = (node, tensor.output_nr)
                 if self.tangents:

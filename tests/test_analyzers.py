@@ -237,6 +237,19 @@ def test_clean_model_has_no_hazards():
     assert hazards_of(case[0], *case[1]) == []
 
 
+def written_base_of_a_no_grad_view(x):
+    with torch.no_grad():
+        buffer = torch.zeros(4, dtype=x.dtype)
+        head = buffer[:2]  # noqa: F841  (its grad_fn cannot be read once the base is written with grad on)
+    buffer.add_(x)
+    return buffer * 2
+
+
+def test_a_view_whose_grad_fn_torch_refuses_to_read_does_not_stop_the_scan():
+    """torchdiffeq's adjoint solver makes such views; the scan used to fail on them ("the case raised")."""
+    assert hazards_of(written_base_of_a_no_grad_view, torch.randn(4, dtype=torch.float64)) == []
+
+
 def test_nondeterministic_ops_listed_for_cuda_only():
     from gradaudit.analyzers.trace import trace_program
     from gradaudit.analyzers.hazards import find_hazards

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from gradaudit.case import Case, Leaf, PreparedCase, prepare_case
+from gradaudit.core.kinds import Note
 from gradaudit.errors import Unsupported
 
 __all__ = ["Availability", "Backend", "Capabilities", "Leaf", "Program", "Stats"]
@@ -97,7 +98,7 @@ class Program(ABC):
         self.stats = Stats()
         self.leaves: list[Leaf] = []  # parameters first, then inputs, as the shared loader orders them
         self.output_names: list[str] = []  # 'out', 'out[0]', 'out[1][h]': the differentiated outputs
-        self.notes: list[dict] = []  # {"what", "reason"}: what the audit left out or changed, for the report
+        self.notes: list[Note] = []  # what the audit left out or changed, for the report
         self.module: nn.Module | None = None  # the private copy of the case's module (None for a function)
 
     # -- the loading template -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any, Callable, ContextManager, Iterator
 import torch
 
 from gradaudit.case import Case, PreparedCase
+from gradaudit.core.kinds import Note
 from gradaudit.errors import AuditError, Unsupported
 from gradaudit.outcome import one_line
 from gradaudit.backends.base import Availability, Backend, Capabilities
@@ -207,16 +208,16 @@ class CompileProgram(EagerProgram):
         """Graphs compiled for this program so far."""
         return len(self.capture.graphs)
 
-    def _compile_notes(self) -> list[dict]:
+    def _compile_notes(self) -> list[Note]:
         variants = ", ".join(f"{'with' if g.grad_enabled else 'without'} grad" for g in self.capture.graphs)
-        notes = [{"what": f"torch.compile ({self.compiler}{', mode ' + self.mode if self.mode else ''})",
-                  "note": True,  # how the audit ran, not something it left out
-                  "reason": f"{self.compilations} graph{'s' * (self.compilations != 1)} compiled ({variants}); "
-                            "forward-mode AD and double backward are not audited through compiled code"}]
+        notes = [Note(what=f"torch.compile ({self.compiler}{', mode ' + self.mode if self.mode else ''})",
+                      note=True,  # how the audit ran, not something it left out
+                      reason=f"{self.compilations} graph{'s' * (self.compilations != 1)} compiled ({variants}); "
+                             "forward-mode AD and double backward are not audited through compiled code")]
         reasons = graph_break_reasons(self._graph_breaks)
         if reasons:
-            notes.append({"what": "graph breaks", "reason": "dynamo broke the forward into several graphs "
-                          f"(the code between them ran eagerly): {'; '.join(reasons)}"})
+            notes.append(Note(what="graph breaks", reason="dynamo broke the forward into several graphs "
+                              f"(the code between them ran eagerly): {'; '.join(reasons)}"))
         return notes
 
     def display_name(self) -> str:

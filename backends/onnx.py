@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from gradaudit.case import Case, PreparedCase, flatten_outputs, prepare_case
+from gradaudit.core.kinds import Note
 from gradaudit.errors import AuditError, BackendFailure, Unsupported
 from gradaudit.outcome import one_line
 from gradaudit.rng import preserved_rng
@@ -162,10 +163,10 @@ class OnnxProgram(Program):
                 continue
             if failures:
                 failed, why = str(failures[0][0])[6:], failures[0][1]
-                self.notes.append({"what": f"onnx {failed}",
-                                   "reason": f"onnxruntime could not run the graph in {failed} ({why}); the whole "
-                                             f"graph ran in {str(precision)[6:]}, judged against eager float64 "
-                                             "gradients"})
+                self.notes.append(Note(what=f"onnx {failed}",
+                                       reason=f"onnxruntime could not run the graph in {failed} ({why}); the whole "
+                                              f"graph ran in {str(precision)[6:]}, judged against eager float64 "
+                                              "gradients"))
             return precision, exported, outputs
         precision, reason = failures[-1]
         raise Unsupported(f"onnxruntime cannot run the exported graph in {str(precision)[6:]}: {reason}")

@@ -17,6 +17,7 @@ _LAZY = {
     "CheckStatus": "gradaudit.core.kinds",
     "Severity": "gradaudit.core.kinds",
     "Method": "gradaudit.core.kinds",
+    "Note": "gradaudit.core.kinds",
     "Case": "gradaudit.case",
     "load_target": "gradaudit.case",
     "Check": "gradaudit.report",
@@ -28,12 +29,12 @@ _LAZY = {
 }
 
 __all__ = ["AuditError", "Case", "assert_gradients", "Check", "CheckStatus", "Finding", "FindingKind", "Method",
-           "Report", "Severity", "check", "compare", "load_target", "__version__"]
+           "Note", "Report", "Severity", "check", "compare", "load_target", "__version__"]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the names as ordinary imports
     from gradaudit.api import check, compare
     from gradaudit.case import Case, load_target
-    from gradaudit.core.kinds import CheckStatus, FindingKind, Method, Severity
+    from gradaudit.core.kinds import CheckStatus, FindingKind, Method, Note, Severity
     from gradaudit.errors import AuditError
     from gradaudit.report import Check, Finding, Report
     from gradaudit.testing import assert_gradients

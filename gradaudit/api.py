@@ -17,7 +17,7 @@ from gradaudit.core.findings import backend_error_finding
 from gradaudit.errors import AuditError, BackendFailure, Unsupported, backend_failure
 from gradaudit.pipeline import AuditResult, announce, optional_phase, publish_verdict
 from gradaudit.outcome import first_line, user_code_boundary, users_own_exception, where_it_happened
-from gradaudit.core.kinds import FAULTS, FaultKind, Severity
+from gradaudit.core.kinds import FAULTS, FaultKind, Note, Severity
 from gradaudit.core.parity import path_dtype
 from gradaudit.crossbackend import (compare_backend, forward_parity, gradient_parity, numeric_backend_audit,
                                     refuse_random_ops)
@@ -48,7 +48,7 @@ def checked_settings(order: int, mode: str, probes: int, seed: int, batch: bool 
 
 
 def load_reference(case, backend, program: Program, device: str | None, shadow: bool,
-                   rewind: Callable[[], None]) -> tuple[Program | None, list[dict]]:
+                   rewind: Callable[[], None]) -> tuple[Program | None, list[Note]]:
     """The float64 program the numerics run on, and the notes of how it was chosen: eager float64 on CPU for a
     backend without autograd, the same backend in float64 (the shadow) for a low-precision case; None when the
     program itself is float64."""
@@ -65,7 +65,7 @@ def load_reference(case, backend, program: Program, device: str | None, shadow: 
     fallback = float32_shadow(case, backend, program, device, rewind)
     what = "the reference is a float32 shadow" if fallback is not None else \
         f"checked in {program.dtype} with its own error bars"
-    return fallback, [{"what": "float64 shadow", "reason": f"{refusal}; {what}"}]
+    return fallback, [Note(what="float64 shadow", reason=f"{refusal}; {what}")]
 
 
 def float32_shadow(case, backend, program: Program, device: str | None,
@@ -81,12 +81,12 @@ def float32_shadow(case, backend, program: Program, device: str | None,
         return None
 
 
-def shadow_notes(program: Program, reference: Program | None) -> list[dict]:
+def shadow_notes(program: Program, reference: Program | None) -> list[Note]:
     """The precision note of a low-precision program judged against a float32 shadow rather than float64."""
     if reference is None or not program.capabilities.autograd or reference.dtype == torch.float64:
         return []
-    return [{"dtype": str(reference.dtype).replace("torch.", ""), "what": "shadow",
-             "reason": "the case refused float64: gradients judged against a float32 shadow"}]
+    return [Note(what="shadow", reason="the case refused float64: gradients judged against a float32 shadow",
+                 dtype=str(reference.dtype).replace("torch.", ""))]
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -187,7 +187,7 @@ def failed_backend_report(case, backend, failure: BackendFailure, settings: Sett
     return Report(target=case.label, backend=backend.name, device=failure.device,
                   dtype=str(parse_dtype(dtype) or "as given").replace("torch.", ""), seed=settings.seed,
                   findings=[backend_error_finding(0, failure)], stats=stats, settings=settings.to_dict(),
-                  skipped=[{"what": f"order {order}", "reason": f"{failure.what} on {failure.device} raised"}
+                  skipped=[Note(what=f"order {order}", reason=f"{failure.what} on {failure.device} raised")
                            for order in range(1, settings.order + 1)],
                   version=__version__, precision=precision)
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from gradaudit.errors import AuditError, Unsupported
+from gradaudit.core.kinds import Note
 from gradaudit.outcome import first_line, one_line as _one_line
 from gradaudit.rng import preserved_rng
 
@@ -363,7 +364,7 @@ def flatten_outputs(output: Any) -> tuple[list[torch.Tensor], list[str]]:
 
 
 def differentiated_outputs(tensors: list[torch.Tensor], names: list[str],
-                           label: str) -> tuple[list[str], list[bool], list[dict]]:
+                           label: str) -> tuple[list[str], list[bool], list[Note]]:
     """(names kept, keep mask, report notes) for outputs computed with the leaves requiring grad: those that do
     not require grad are torch's non-differentiable outputs (or detached) and are not differentiated."""
     keep = [t.requires_grad for t in tensors]
@@ -373,9 +374,9 @@ def differentiated_outputs(tensors: list[torch.Tensor], names: list[str],
         raise AuditError(f"no output of {label} requires grad ({', '.join(names)}): nothing depends "
                          "differentiably on the differentiated inputs")
     left_out = [name for name, k in zip(names, keep) if not k]
-    notes = [{"what": f"output{'s' * (len(left_out) > 1)} {', '.join(left_out)}",
-              "reason": "not differentiated: they do not require grad (non-differentiable outputs, or "
-                        "detached from the inputs)"}] if left_out else []
+    notes = [Note(what=f"output{'s' * (len(left_out) > 1)} {', '.join(left_out)}",
+                  reason="not differentiated: they do not require grad (non-differentiable outputs, or "
+                         "detached from the inputs)")] if left_out else []
     return [name for name, k in zip(names, keep) if k], keep, notes
 
 
@@ -424,14 +425,14 @@ def _cast_any(value: Any, dtype: torch.dtype | None) -> Any:
     return cast_tensor(value, dtype) if isinstance(value, torch.Tensor) else value
 
 
-def complex_precision_notes(leaves: list[Leaf], dtype: torch.dtype | None) -> list[dict]:
+def complex_precision_notes(leaves: list[Leaf], dtype: torch.dtype | None) -> list[Note]:
     """torch has no complex half or bfloat16: complex leaves run in complex64 then, and the report says so."""
     complex_leaves = [leaf.name for leaf in leaves if leaf.value.is_complex()]
     if dtype not in (torch.float16, torch.bfloat16) or not complex_leaves:
         return []
-    return [{"what": f"{str(dtype)[6:]} for complex tensors",
-             "reason": f"torch has no complex {str(dtype)[6:]}: {', '.join(complex_leaves)} ran in complex64 "
-                       "(float32 precision)"}]
+    return [Note(what=f"{str(dtype)[6:]} for complex tensors",
+                 reason=f"torch has no complex {str(dtype)[6:]}: {', '.join(complex_leaves)} ran in complex64 "
+                        "(float32 precision)")]
 
 
 def is_lazy(module: nn.Module) -> bool:
@@ -475,7 +476,7 @@ class FirstOutputs:
     names: list[str]  # of the differentiated outputs
     keep: list[bool]  # over every floating output: is it differentiated?
     values: list[torch.Tensor]  # the differentiated outputs, detached
-    notes: list[dict]  # the outputs left out, for the report
+    notes: list[Note]  # the outputs left out, for the report
 
 
 @dataclass
@@ -490,7 +491,7 @@ class PreparedCase:
     inputs: InputSlots
     param_names: list[str]
     leaves: list[Leaf]
-    notes: list[dict] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
     def call(self, values: list) -> Any:
         """The case's raw output with the leaves replaced by ``values``."""

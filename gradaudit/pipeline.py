@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from gradaudit.outcome import TargetExit, describe
+from gradaudit.core.kinds import Note
 
 
 Phase = tuple[str, Callable[[], Any]]  # (name, work): an optional phase, run after the verdict
@@ -34,7 +35,7 @@ class AuditResult:
 
     checks: list = field(default_factory=list)
     findings: list = field(default_factory=list)
-    notes: list[dict] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
     later: list[Phase] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     model_error: float = 0.0
@@ -47,7 +48,7 @@ class AuditResult:
 
     def noted(self, what: str, reason: str) -> "AuditResult":
         """This result with a note added (``{"what", "reason"}``)."""
-        self.notes.append({"what": what, "reason": reason})
+        self.notes.append(Note(what=what, reason=reason))
         return self
 
 
@@ -85,12 +86,12 @@ def publish_verdict(report: Any) -> None:
     _listener.get().verdict(report)
 
 
-def note(name: str, failure: str) -> dict:
+def note(name: str, failure: str) -> Note:
     """The report's note for an optional phase that gave nothing (in ``report.skipped``)."""
-    return {"what": name, "reason": f"{failure}; the verdict and the findings stand without it"}
+    return Note(what=name, reason=f"{failure}; the verdict and the findings stand without it")
 
 
-def optional_phase(name: str, work: Callable[[], Any], notes: list[dict]) -> Any:
+def optional_phase(name: str, work: Callable[[], Any], notes: list[Note]) -> Any:
     """``work()``, an optional phase: what it returns, or None and a note in ``notes`` when it raises. The
     user's code ending the process there is still the target exiting (the audit could not run); Ctrl-C stays
     Ctrl-C."""

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
-from gradaudit.core.kinds import CheckStatus, FindingKind, Method, Severity, as_member
+from gradaudit.core.kinds import CheckStatus, FindingKind, Method, Note, Severity, as_member
 
 FINDING_KINDS = tuple(kind.value for kind in FindingKind)
 
@@ -99,7 +99,7 @@ class Report:
     seed: int
     checks: list[Check] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)  # capabilities the case lacks (e.g. forward-mode AD)
+    skipped: list[Note] = field(default_factory=list)  # what the audit left out (e.g. forward-mode AD), and why
     stats: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     version: str = ""

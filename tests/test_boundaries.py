@@ -309,3 +309,7 @@ def test_findings_and_checks_carry_the_exported_enums_and_json_keeps_the_strings
     again = gradaudit.Report.from_dict(data)
     assert again.findings[0].kind is gradaudit.FindingKind.FAULTY_BACKWARD and not again.ok
     assert gradaudit.Finding.from_dict({"kind": "a_kind_from_the_future", "message": ""}).kind == "a_kind_from_the_future"
+    # Notes: what was left out (Doubled has no forward-mode formula), the JSON object itself
+    assert gradaudit.Note.__required_keys__ == {"what", "reason"}
+    assert [n["what"] for n in report.skipped] == ["forward-mode AD (order 1)"]
+    assert data["skipped"] == report.skipped and again.skipped == report.skipped

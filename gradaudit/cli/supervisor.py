@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gradaudit.outcome import signal_name
+from gradaudit.core.kinds import Note
 from gradaudit.pipeline import note
 
 DEFAULT_TIMEOUT = 3600.0
@@ -57,7 +58,7 @@ class Outcome:
     stopped_by: str | None = None  # "interrupted" (Ctrl-C) or "terminated" (SIGTERM)
     more: dict = field(default_factory=dict)  # what else the worker sent with the complete report
     verdict_seconds: float = 0.0
-    notes: list[dict] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
 
 
 class Worker:

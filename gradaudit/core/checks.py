@@ -22,7 +22,7 @@ from gradaudit.core.differentiate import (CotangentFunction, ForwardFunction, Gr
 from gradaudit.core.findings import (graphless_backward, nondeterminism_finding, nonreentrant_finding,
                                      order_findings, to_check)
 from gradaudit.core.followups import at_kink, worst_element
-from gradaudit.core.kinds import CheckStatus, Method
+from gradaudit.core.kinds import CheckStatus, Method, Note
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, GRADIENT_NOISE_SAFETY, ROUNDING_FACTOR, RSS_SAFETY, Evaluate,
                                      Tensors, directional_derivative, on_device_of, rademacher_like, real,
                                      rounding_noise, rss_inner, to_host)
@@ -580,7 +580,7 @@ class Auditor:
                                        arithmetic, [leaf.frozen for leaf in program.leaves])
         self.checks: list[Check] = []
         self.findings: list[Finding] = []
-        self.skipped: list[dict] = [{"what": leaf.name, "reason": leaf.frozen_reason}
+        self.skipped: list[Note] = [Note(what=leaf.name, reason=leaf.frozen_reason)
                                     for leaf in program.leaves if leaf.frozen is not None]
         # Forward mode checks the program's own JVPs; against another backend's finite differences a
         # mismatch would be that backend's divergence, which the reverse-mode tests already report.
@@ -592,7 +592,7 @@ class Auditor:
         self.order = 0
         self.graphless: list[str] = []  # order-2 outputs the backward computed without a graph (see CotangentFunction)
 
-    def run(self) -> tuple[list[Check], list[Finding], list[dict]]:
+    def run(self) -> tuple[list[Check], list[Finding], list[Note]]:
         first = ForwardFunction(self.program)
         self._numeric_first = first if self.numeric is self.program else ForwardFunction(self.numeric)
         self._steps = self.settings.order  # at least one probe per order; splitting a failure adds more
@@ -602,7 +602,7 @@ class Auditor:
             self.findings += order_findings(self.checks, 1)
         if self.settings.order >= 2:
             if not self.program.capabilities.double_backward or self.numeric is not self.program:
-                self.skipped.append({"what": "order 2", "reason": "the backend has no double backward"})
+                self.skipped.append(Note(what="order 2", reason="the backend has no double backward"))
             else:
                 self.second_order(GradientFunction(first, self.space.random_like(evaluate(first, self.space.x)),
                                                    self.space.names))
@@ -636,8 +636,8 @@ class Auditor:
                 with twice_differentiable_attention(self.skipped):
                     ran = self.check_second(second)
             elif NO_DOUBLE_BACKWARD.search(str(exc)):
-                self.skipped.append({"what": "order 2", "reason": "torch has no double backward here: "
-                                     + first_line(exc)})
+                self.skipped.append(Note(what="order 2", reason="torch has no double backward here: "
+                                         + first_line(exc)))
                 return
             else:
                 raise AuditError(f"the order-2 check could not run: differentiating the gradient raised "
@@ -659,7 +659,7 @@ class Auditor:
         if not (self.program.capabilities.reference or NO_DOUBLE_BACKWARD.search(str(cause))):
             raise AuditError(f"the order-2 check could not run: differentiating the gradient raised "
                              f"{type(cause).__name__}: {first_line(cause)}") from cause
-        self.skipped.append({"what": "order 2", "reason": oracle_reason(failure)})
+        self.skipped.append(Note(what="order 2", reason=oracle_reason(failure)))
 
     def check_cotangent(self, second: GradientFunction) -> None:
         """The gradient's derivative with respect to its cotangent (grad_output), as gradgradcheck checks it: the
@@ -674,7 +674,7 @@ class Auditor:
         try:
             self.check_order(f, space, oracles=False)
         except OracleFailure as failure:
-            self.skipped.append({"what": "order 2 wrt grad_output", "reason": oracle_reason(failure)})
+            self.skipped.append(Note(what="order 2 wrt grad_output", reason=oracle_reason(failure)))
             return
         self.graphless = f.without_graph(space.x)
 
@@ -688,8 +688,8 @@ class Auditor:
         outputs = on_cpu(evaluate(f, x))
         for name, out in zip(f.output_names, outputs):
             if not torch.isfinite(out).all():  # (order 1's outputs were checked when the program loaded)
-                self.skipped.append({"what": f"order {order}", "reason": f"the order-{order - 1} gradient {name} "
-                                     "is NaN or Inf at this point, so it cannot be differentiated"})
+                self.skipped.append(Note(what=f"order {order}", reason=f"the order-{order - 1} gradient {name} "
+                                         "is NaN or Inf at this point, so it cannot be differentiated"))
                 return False
         values = self.numeric_values(f, x)
         numerics = Numerics(values, space, measure_noise(values, space, f, self.settings.seed),
@@ -719,7 +719,7 @@ class Auditor:
             return on_cpu(jvp(f, x, u))
         except Unsupported as exc:
             self.forward_ad = False
-            self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(exc)})
+            self.skipped.append(Note(what=f"forward-mode AD (order {f.order})", reason=str(exc)))
             return None
         except Exception as exc:
             if users_own_exception(exc):  # a raise of the case's own code (its forward runs here too)
@@ -731,7 +731,7 @@ class Auditor:
                 return None
             failure = backend_failure(self.program.device, "forward-mode AD", exc)
             self.forward_ad = False
-            self.skipped.append({"what": f"forward-mode AD (order {f.order})", "reason": str(failure)})
+            self.skipped.append(Note(what=f"forward-mode AD (order {f.order})", reason=str(failure)))
             if not isinstance(failure, Unsupported):
                 self.forward_ad_failures.append((f.order, failure))
             return None

@@ -13,6 +13,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from gradaudit.errors import Unsupported
+from gradaudit.core.kinds import Note
 
 if TYPE_CHECKING:  # the core sees a backend only through the Program interface
     from gradaudit.backends.base import Program, Stats
@@ -213,13 +214,13 @@ def _creator(tensor: torch.Tensor) -> str:
 
 
 @contextmanager
-def twice_differentiable_attention(skipped: list[dict]) -> Iterator[None]:
+def twice_differentiable_attention(skipped: list[Note]) -> Iterator[None]:
     """Fused CPU/CUDA attention kernels have no double backward; where second order meets one, it runs with
     the math kernel, the only one torch can differentiate twice (and the report says so)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    note = {"what": "fused attention kernels at order 2",
-            "reason": "the fused kernel has no double backward; second order ran with the math kernel"}
+    note = Note(what="fused attention kernels at order 2",
+                reason="the fused kernel has no double backward; second order ran with the math kernel")
     if note not in skipped:
         skipped.append(note)
     with sdpa_kernel(SDPBackend.MATH):

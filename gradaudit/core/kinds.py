@@ -1,9 +1,8 @@
 """The names a report uses, as enums: what kind of problem a finding is, how a check ended, how serious a finding
 is. They are ``str`` enums, so a report compares and serializes them as the plain strings of the JSON contract."""
-from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 
 class _Name(str, Enum):
@@ -76,3 +75,15 @@ def fault_kind(order: int, method: str) -> FindingKind:
     if method == Method.FORWARD:
         return FaultKind.FAULTY_FORWARD_AD
     return FaultKind.FAULTY_BACKWARD if order == 1 else FaultKind.FAULTY_DOUBLE_BACKWARD
+
+
+class Note(TypedDict):
+    """What an audit left out or changed, and why: an entry of ``Report.skipped`` and ``Program.notes``
+    (``gradaudit.Note``). A TypedDict, so a note is the JSON report's object itself: ``Report.from_dict`` and
+    readers of the contract see the same keys. Built as ``Note(what=..., reason=...)``. (This module has no
+    ``from __future__ import annotations``: TypedDict reads ``NotRequired`` only from evaluated annotations.)"""
+
+    what: str  # the oracle, tensor, output, phase or setting concerned ("forward-mode AD (order 1)")
+    reason: str
+    note: NotRequired[bool]  # True: how the audit ran (a compile count), not something it left out
+    dtype: NotRequired[str]  # on a shadow note: the shadow's dtype

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 from gradaudit.outcome import as_audit_error, exit_call, exits_raise
 from gradaudit.suite.plan import orders_of, unsupported_order
 from gradaudit.lines import one_line
+from gradaudit.core.kinds import Note
 from gradaudit.registry import REFERENCE
 from gradaudit.suite.records import SuiteRecord, SuiteStatus
 
@@ -227,7 +228,7 @@ def compare_audit(zoo_case: "ZooCase", case: "Case", order: int, job: dict) -> "
         try:
             attach_repros(zoo_case.name, report, backend, job.get("dtype"), order)
         except Exception as exc:  # optional: the verdict stands without it
-            report.skipped.append({"what": "repro", "reason": f"{type(exc).__name__}: {one_line(exc, LIMIT)}"})
+            report.skipped.append(Note(what="repro", reason=f"{type(exc).__name__}: {one_line(exc, LIMIT)}"))
     return report
 
 

@@ -63,12 +63,10 @@ def numeric_backend_audit(program: Program, reference: Program, settings: Settin
                                                            model_error=model_error).run()
     except BackendFailure as failure:  # the exported graph failed at a shifted point
         return AuditResult(checks, findings + [backend_error_finding(1, failure)])
-    for finding in gradient_findings:
-        if finding.kind in FAULTS:
-            finding.kind = FaultKind.BACKWARD_DIVERGENCE
-            finding.message = (f"derivatives of {program.display_name()} differ from PyTorch's gradients: "
-                               + finding.message)
-    findings += gradient_findings
+    # The reference's derivatives against the program's finite differences: a fault here is the program's.
+    findings += [dataclasses.replace(f, kind=FaultKind.BACKWARD_DIVERGENCE, message=f"derivatives of "
+                                     f"{program.display_name()} differ from PyTorch's gradients: {f.message}")
+                 if f.kind in FAULTS else f for f in gradient_findings]
     result = AuditResult(checks + gradient_checks, findings, list(more))
     if localize and any(f.severity == Severity.ERROR for f in findings):
         from gradaudit.analyzers.divergence import locate_divergence

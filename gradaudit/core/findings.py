@@ -52,8 +52,12 @@ def order_findings(checks: list[Check], order: int) -> list[Finding]:
     return findings
 
 
-def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
-    """A wrong derivative: the worst failing leaf (``total`` only when no single leaf fails), the others named."""
+def fault_finding(order: int, method: str, failing: list[Check], kind: FaultKind | None = None,
+                  lead: str = "") -> Finding:
+    """A wrong derivative: the worst failing leaf (``total`` only when no single leaf fails), the others named,
+    and checks whose results differ in form (shape, NaN) from the reference's listed. ``kind`` (default: the
+    fault of this order and method) and ``lead`` (words before the message) are for findings about a backend
+    or a precision rather than the case's own derivative."""
     partial = [c for c in failing if c.wrt != "total"] or failing
     worst = max(partial, key=lambda c: c.max_abs_err / max(c.tolerance, 1e-300))
     what = METHOD_WORDS.get(method, method)
@@ -73,11 +77,14 @@ def fault_finding(order: int, method: str, failing: list[Check]) -> Finding:
         message = f"order-{order} {what} wrt {worst.wrt} is wrong: " + nonfinite_words(order, method, worst, where)
     if others:
         message += f"; also wrong wrt {', '.join(others)}"
-    return Finding(fault_kind(order, method), message, order=order, wrt=worst.wrt, max_abs_err=worst.max_abs_err,
-                   details={"method": method, "wrt_all": [c.wrt for c in partial],
-                            "worst_index": worst.worst_index, "analytical": worst.analytical,
-                            "numerical": worst.numerical, "error_bar": worst.tolerance,
-                            "relative_error": worst.max_rel_err})
+    mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
+    if mismatches:
+        message += " (" + "; ".join(mismatches[:3]) + ")"
+    details = {"method": method, "wrt_all": [c.wrt for c in partial], "worst_index": worst.worst_index,
+               "analytical": worst.analytical, "numerical": worst.numerical, "error_bar": worst.tolerance,
+               "relative_error": worst.max_rel_err}
+    return Finding(kind or fault_kind(order, method), lead + message, order=order, wrt=worst.wrt,
+                   max_abs_err=worst.max_abs_err, details=details | ({"mismatch": mismatches} if mismatches else {}))
 
 
 def nonfinite_words(order: int, method: str, check: Check, where: str) -> str:

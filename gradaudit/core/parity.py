@@ -6,6 +6,7 @@ eps, raised to how far the program's forward already drifts from the reference's
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Callable, TypeVar
@@ -310,21 +311,21 @@ def parity_checks(native: Program, reference: Program, settings: Settings,
             finding = parity_finding(f_n.order, method, failing, native)
             if method == "backend_parity" and all(c.max_abs_err <= precision_limit(native.dtype) * own_scale
                                                   for c in failing):
-                excuse_as_precision_loss(finding, failing, own_scale)
+                finding = excuse_as_precision_loss(finding, failing, own_scale)
             findings.append(finding)
     return checks, findings
 
 
-def excuse_as_precision_loss(finding: Finding, failing: list[Check], scale: float) -> None:
+def excuse_as_precision_loss(finding: Finding, failing: list[Check], scale: float) -> Finding:
     """A gradient gap within sqrt(eps) of the derivatives' scale (XLA's float64 eigh and svd iterate to about
     1e-9): the backend is less accurate, not wrong. A warning; the checks pass with status precision_loss."""
-    worst = max(c.max_abs_err for c in failing)
-    finding.severity = Severity.WARNING
-    finding.message = (f"loses precision against eager float64 ({worst / max(scale, 1e-300):.2g} of the "
-                       f"derivatives' scale, within sqrt(eps)): " + finding.message)
-    finding.details["relative_to_scale"] = worst / max(scale, 1e-300)
+    relative = max(c.max_abs_err for c in failing) / max(scale, 1e-300)
     for check in failing:
         check.ok, check.status = True, "precision_loss"
+    return dataclasses.replace(
+        finding, severity=Severity.WARNING, details=finding.details | {"relative_to_scale": relative},
+        message=f"loses precision against eager float64 ({relative:.2g} of the derivatives' scale, within "
+                f"sqrt(eps)): {finding.message}")
 
 
 def largest(tensors: list[torch.Tensor]) -> float:
@@ -349,19 +350,12 @@ def order_parity_checks(order: int, method: str, names: list[str], native: list[
 def parity_finding(order: int, method: str, failing: list[Check], native: Program) -> Finding:
     """The finding of an order's failing parity checks."""
     dtype = str(native.dtype).replace("torch.", "")
-    finding = fault_finding(order, method, failing)
     if method == "dtype_parity":
-        finding.message = (f"{dtype} gradients disagree with the float64 computation beyond {dtype} "
-                           "noise: " + finding.message)
-    else:
-        finding.kind = FaultKind.BACKWARD_DIVERGENCE
-        finding.message = (f"gradients of {native.display_name()} disagree with eager float64 on CPU beyond {dtype} "
-                           "noise: " + finding.message)
-    mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
-    if mismatches:
-        finding.message += " (" + "; ".join(mismatches[:3]) + ")"
-        finding.details["mismatch"] = mismatches
-    return finding
+        return fault_finding(order, method, failing,
+                             lead=f"{dtype} gradients disagree with the float64 computation beyond {dtype} noise: ")
+    return fault_finding(order, method, failing, FaultKind.BACKWARD_DIVERGENCE,
+                         f"gradients of {native.display_name()} disagree with eager float64 on CPU beyond {dtype} "
+                         "noise: ")
 
 
 # ---------------------------------------------------------------- low precision: judged by its measured noise
@@ -469,14 +463,9 @@ def noise_finding(order: int, failing: list[Check], ratios: dict[str, float], na
     """The finding of an order's failing dtype-parity checks, giving the error as a multiple of the noise."""
     dtype = str(native_dtype).replace("torch.", "")
     finding = fault_finding(order, "dtype_parity", failing)
-    ratio = ratios.get(finding.wrt)
+    ratio = ratios.get(finding.wrt)  # (of the leaf the finding names: known once it is chosen)
     times = (f"error {ratio:.3g}x the measured {dtype} noise" if ratio is not None and math.isfinite(ratio)
              else f"beyond the measured {dtype} noise")
-    finding.message = f"{dtype} gradients disagree with the float64 computation, {times}: " + finding.message
-    if ratio is not None:
-        finding.details["noise_ratio"] = ratio
-    mismatches = [f"{c.wrt}: {c.mismatch}" for c in failing if c.mismatch]
-    if mismatches:
-        finding.message += " (" + "; ".join(mismatches[:3]) + ")"
-        finding.details["mismatch"] = mismatches
-    return finding
+    return dataclasses.replace(
+        finding, message=f"{dtype} gradients disagree with the float64 computation, {times}: {finding.message}",
+        details=finding.details | ({} if ratio is None else {"noise_ratio": ratio}))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 import torch
+from torch.utils._pytree import tree_flatten
 
 from gradaudit.report import Finding
 from gradaudit.analyzers.graph import NodeInfo
@@ -27,6 +28,7 @@ NONDIFFERENTIABLE_OPS = {
     "aten.floor", "aten.ceil", "aten.trunc", "aten.fix", "aten.floor_divide", "aten.bucketize",
     "aten.searchsorted", "aten.heaviside", "aten.signbit",
 }
+REENTRANT_CHECKPOINT = "CheckpointFunctionBackward"  # torch.utils.checkpoint's node with use_reentrant=True
 _CASTS = {"aten._to_copy", "aten.to.dtype", "aten.to.dtype_layout", "aten.to.device", "aten.to", "aten.type_as"}
 # autograd nodes whose CUDA backward accumulates with atomics (results vary from run to run)
 NONDETERMINISTIC_CUDA_BACKWARD = {
@@ -64,15 +66,22 @@ def find_hazards(trace: Trace, device: str = "cpu", leaf_kinds: dict[str, str] |
 
 
 def _unreached_leaves(trace: Trace, leaf_kinds: dict[str, str]) -> list[Finding]:
-    """Leaves that no output depends on."""
+    """Leaves that no output depends on. Behind a reentrant checkpoint (``checkpoint(use_reentrant=True)``, HF's
+    gradient checkpointing) the graph has no edges to what the checkpointed code used: its backward runs that
+    code again with grad on. A leaf an op used there is not called dead."""
     graph, reached = trace.graph, set()
     for node, data in graph.nodes(data=True):
         if data.get("kind") == "output":
             reached.add(node)
             reached.update(nx.descendants(graph, node))
+    recomputed = set()
+    if any(graph.nodes[node].get("name") == REENTRANT_CHECKPOINT for node in reached):
+        used = {id(t) for record in trace.ops for t in tree_flatten((record.args, record.kwargs))[0]
+                if isinstance(t, torch.Tensor) and not record.grad_enabled}
+        recomputed = {name for name, value in zip(trace.leaf_names, trace.values) if id(value) in used}
     findings = []
     for name in trace.leaf_names:
-        if f"leaf:{name}" not in reached:
+        if f"leaf:{name}" not in reached and name not in recomputed:
             kind = leaf_kinds.get(name, "leaf")
             finding = _hazard("no_gradient", f"{kind} {name} receives no gradient: no output depends on it through "
                                              "autograd (unused, detached, or computed under no_grad)", leaf_kind=kind)

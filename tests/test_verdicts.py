@@ -250,3 +250,64 @@ def test_an_embedding_padding_row_is_left_out_with_a_note_and_the_other_rows_sti
     torch.manual_seed(0)
     report = gradaudit.check(_TokensThenMean(scale_row_3=1.001).double(), (tokens,), order=1)
     assert not report.ok and report.findings[0].wrt == "embedding.weight", report.findings
+
+
+class HalvedTanh(torch.autograd.Function):
+    """tanh whose backward is half the right one: a fault for the checkpointed block below."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.tanh()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return 0.5 * grad * (1 - y * y)
+
+
+class Checkpointed(nn.Module):
+    """A block under torch.utils.checkpoint, as HF's gradient checkpointing runs its layers."""
+
+    def __init__(self, reentrant: bool, faulty: bool = False):
+        super().__init__()
+        self.reentrant, self.faulty = reentrant, faulty
+        self.inner = nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def block(self, x):
+        h = self.inner(x)
+        return HalvedTanh.apply(h) if self.faulty else h.tanh()
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+        return self.out(checkpoint(self.block, x, use_reentrant=self.reentrant).sin())
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_a_checkpointed_block_is_audited_and_its_fault_caught(reentrant):
+    """A reentrant checkpoint refuses autograd.grad ("incompatible with .grad()"): gradients are then read from
+    .backward() into the audit's own leaves. Its parameters are reached only through the re-run, which the
+    graph does not show: no 'receives no gradient' hazard for them."""
+    x = torch.randn(3, 4, dtype=D)
+    torch.manual_seed(0)
+    report = gradaudit.check(Checkpointed(reentrant).double(), (x,))
+    assert report.ok and not warnings_of(report, "hazard"), report.text()
+    assert {c.wrt for c in report.checks} >= {"inner.weight", "inner.bias", "args[0]"}
+    torch.manual_seed(0)
+    faulty = gradaudit.check(Checkpointed(reentrant, faulty=True).double(), (x,), localize=False)
+    assert [f.kind for f in errors(faulty)] == ["faulty_backward"]
+    assert errors(faulty)[0].wrt in {"inner.weight", "inner.bias", "args[0]"}
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad", "ignore:Using backward\\(\\) with create_graph")
+def test_a_reentrant_checkpoints_double_backward_is_a_graphless_fault():
+    """torch's reentrant checkpoint runs its inner backward without a graph, so its second derivatives are wrong
+    (torch does not raise): a faulty_double_backward that says the gradient came without a graph."""
+    torch.manual_seed(0)
+    report = gradaudit.check(Checkpointed(True).double(), (torch.randn(3, 4, dtype=D),), order=2, localize=False)
+    found = errors(report)
+    assert found and found[0].kind == "faulty_double_backward"
+    assert "grad[inner.weight]" in found[0].details["graphless_backward"]

@@ -26,6 +26,8 @@ Tensors = list[torch.Tensor]
 # implemented for the c++ API of custom Function yet".
 FORWARD_AD_UNSUPPORTED = re.compile(r"forward (mode )?AD|jvp function|jvp is not implemented"
                                     r"|derivative for .* is not implemented|ZeroTensors are immutable")
+# torch.utils.checkpoint(use_reentrant=True) (HF's gradient checkpointing by default) refuses autograd.grad
+ONLY_BACKWARD = re.compile(r"incompatible with \.grad\(\)")
 
 
 class OracleFailure(Exception):
@@ -141,9 +143,29 @@ def gradients(ys: Tensors, xs: Tensors, cotangent: Tensors, stats: Stats, create
     # hands exactly v to each y), but torch checks explicit grad_outputs' shapes with symbolic-shape helpers
     # whose first use imports sympy, 0.5 s of every process's first audit.
     scalar = sum(_inner(y, v) for y, v in pairs)
-    grads = torch.autograd.grad(scalar, xs, retain_graph=True, create_graph=create_graph, allow_unused=True)
+    try:
+        grads = torch.autograd.grad(scalar, xs, retain_graph=True, create_graph=create_graph, allow_unused=True)
+    except RuntimeError as exc:
+        if not ONLY_BACKWARD.search(str(exc)):
+            raise
+        grads = accumulated_gradients(scalar, xs, create_graph)
     stats.backward_evals += 1
     return [_dense(g, x) for g, x in zip(grads, xs)]
+
+
+def accumulated_gradients(scalar: torch.Tensor, xs: Tensors, create_graph: bool) -> list[torch.Tensor | None]:
+    """``autograd.grad(scalar, xs)`` for a graph that only ``.backward()`` can run (a reentrant checkpoint runs a
+    backward of its own inside): into the leaves' ``.grad``, which is cleared before and after. The leaves are
+    the audit's own (``own_leaf``), so no gradient of the user's is touched."""
+    saved = [x.grad for x in xs]
+    for x in xs:
+        x.grad = None
+    try:
+        scalar.backward(retain_graph=True, create_graph=create_graph)
+        return [x.grad for x in xs]
+    finally:
+        for x, grad in zip(xs, saved):
+            x.grad = grad
 
 
 def _inner(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ import networkx as nx
 import torch
 from torch.utils._pytree import tree_flatten
 
+from gradaudit.core.kinds import FaultKind, Severity
 from gradaudit.report import Finding
 from gradaudit.analyzers.graph import NodeInfo
 from gradaudit.analyzers.trace import OpRecord, Trace, trace_program
@@ -45,12 +46,13 @@ NONDETERMINISTIC_CUDA_BACKWARD = {
 }
 
 
-def _hazard(hazard: str, message: str, info: NodeInfo | None = None, **details) -> Finding:
-    finding = Finding("hazard", message, severity="warning", details={"hazard": hazard, **details})
-    if info is not None:
-        finding.node = info.name if info.kind == "node" else None
-        finding.op, finding.module, finding.source = info.op, info.module or None, info.source
-    return finding
+def _hazard(hazard: str, message: str, info: NodeInfo | None = None, *, wrt: str | None = None,
+            where: tuple[str | None, str | None, str | None] = (None, None, None), **details) -> Finding:
+    """A hazard warning, placed at a graph node (``info``) or at ``where`` = (op, module, source)."""
+    node = info.name if info is not None and info.kind == "node" else None
+    op, module, source = (info.op, info.module, info.source) if info is not None else where
+    return Finding(FaultKind.HAZARD, message, wrt=wrt, node=node, op=op, module=module or None, source=source,
+                   severity=Severity.WARNING, details={"hazard": hazard, **details})
 
 
 def _where(module: str | None, source: str | None) -> str:
@@ -83,10 +85,9 @@ def _unreached_leaves(trace: Trace, leaf_kinds: dict[str, str]) -> list[Finding]
     for name in trace.leaf_names:
         if f"leaf:{name}" not in reached and name not in recomputed:
             kind = leaf_kinds.get(name, "leaf")
-            finding = _hazard("no_gradient", f"{kind} {name} receives no gradient: no output depends on it through "
-                                             "autograd (unused, detached, or computed under no_grad)", leaf_kind=kind)
-            finding.wrt = name
-            findings.append(finding)
+            findings.append(_hazard("no_gradient", f"{kind} {name} receives no gradient: no output depends on it "
+                                    "through autograd (unused, detached, or computed under no_grad)", wrt=name,
+                                    leaf_kind=kind))
     return findings
 
 
@@ -111,8 +112,7 @@ def _nondifferentiable_ops(trace: Trace) -> list[Finding]:
                   "aten.search", "aten.signbit")) else "its derivative is zero almost everywhere")
         finding = _hazard("nondifferentiable_op", f"{what} on a tensor that carries a gradient "
                                                   f"({_where(record.module, record.source)}): {effect}",
-                          op=name, index=record.index)
-        finding.op, finding.module, finding.source = name, record.module or None, record.source
+                          where=(name, record.module, record.source), op=name, index=record.index)
         findings.append(finding)
     return findings
 
@@ -123,8 +123,7 @@ def _detaches(trace: Trace) -> list[Finding]:
     for call in trace.detaches:
         finding = _hazard("nondifferentiable_op", f"detach() on a tensor that carries a gradient "
                                                   f"({_where(call['module'], call['source'])}): the gradient is cut here",
-                          op="detach")
-        finding.op, finding.module, finding.source = "detach", call["module"] or None, call["source"]
+                          where=("detach", call["module"], call["source"]), op="detach")
         findings.append(finding)
     return findings
 

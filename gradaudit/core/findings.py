@@ -2,6 +2,7 @@
 Every finding the checker makes is built here, so its wording and details have one source."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from gradaudit.core.kinds import CheckStatus, FaultKind, Method, Severity, fault_kind
@@ -169,14 +170,13 @@ def nonreentrant_finding(order: int, mutated: list[str], nodes: list[str], sprea
 def graphless_backward(findings: list[Finding], graphless: list[str]) -> list[Finding]:
     """``findings`` of order 2, the double-backward fault's message saying why where the backward returned some
     gradients without a graph (they depend on grad_output, yet double backward sees constants)."""
-    for finding in findings:
-        if finding.kind == FaultKind.FAULTY_DOUBLE_BACKWARD and graphless:
-            gradients = ", ".join(name.removeprefix("grad[").removesuffix("]") for name in graphless)
-            finding.message += (f". The backward returns its gradient wrt {gradients} without a graph (computed "
-                                "under no_grad or from detached values): double backward takes it for a constant, "
-                                "although it depends on grad_output")
-            finding.details["graphless_backward"] = list(graphless)
-    return findings
+    if not graphless:
+        return findings
+    gradients = ", ".join(name.removeprefix("grad[").removesuffix("]") for name in graphless)
+    why = (f". The backward returns its gradient wrt {gradients} without a graph (computed under no_grad or from "
+           "detached values): double backward takes it for a constant, although it depends on grad_output")
+    return [dataclasses.replace(f, message=f.message + why, details=f.details | {"graphless_backward": list(graphless)})
+            if f.kind == FaultKind.FAULTY_DOUBLE_BACKWARD else f for f in findings]
 
 
 def backend_error_finding(order: int, failure) -> Finding:

@@ -245,7 +245,7 @@ def reference_kinks(reference, wrt: str, settings: Settings, flat_index: int = 0
     values = lambda points: [evaluate(f, z) for z in points]  # noqa: E731
     # The measured rounding noise, as the audit's own kink test has: <v, f> under random signs can cancel far
     # below its terms (100x on op_db's avg_pool3d sample), and eps times that sum alone calls rounding a kink.
-    numerics = Numerics(values, space, measure_noise(values, space, f, settings.seed))
+    numerics = Numerics(values, space, measure_noise(values, space, f, settings.seed, space.eps))
     cotangent = space.random_like(evaluate(f, space.x))
     leaf = names.index(wrt)
     kinks = kink_elements(numerics, leaf, cotangent, settings.kink_scan_limit)["elements"] or []

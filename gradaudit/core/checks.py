@@ -339,15 +339,18 @@ def on_cpu(tensors: Tensors) -> list[torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ measurements
-def measure_noise(values: Evaluate, space: ProbeSpace, f, seed: int) -> list[torch.Tensor] | None:
+def measure_noise(values: Evaluate, space: ProbeSpace, f, seed: int, eps: float) -> list[torch.Tensor] | None:
     """The rounding noise of f's outputs near x, along one direction moving every leaf (see
-    numerics.rounding_noise), from a generator of its own so the probes stay those of the seed."""
+    numerics.rounding_noise), from a generator of its own so the probes stay those of the seed. ``eps``: the
+    rounding unit the values carry (the arithmetic's, or the leaves' where a float32 section's casts were
+    removed). A line scaled to float32 in a float64 function is 3e-4 of the leaves long: in a ReLU network
+    it crosses kinks, whose jumps passed for noise (T5's tiny encoder at order 1 resolved 0.1, not 3e-6)."""
     generator = torch.Generator().manual_seed(seed + 7919 * f.order)
     u = [rademacher_like(xi, generator, "cpu").mul_(s) if every else rademacher_like(xi, generator, "cpu").mul_(s).mul_(m)
          for xi, s, m, every in zip(space.x, space.scales, space.movable, space.all_movable)]
     # A short line (steps of sqrt(eps)): long enough for rounding to decorrelate, short enough to rarely
     # reach a jump of a piecewise-constant function (round, floor), which would pass for noise.
-    delta, noise = space.eps ** 0.5, None
+    delta, noise = eps ** 0.5, None
     for _ in range(DOMAIN_SHRINKS):
         # The line starts next to x, on one side: a kink at x itself must not pass for noise.
         noise = rounding_noise(values, space.x, u, delta) or rounding_noise(values, space.x, u, -delta)
@@ -359,8 +362,8 @@ def measure_noise(values: Evaluate, space: ProbeSpace, f, seed: int) -> list[tor
     # A gradient is computed from the forward's values: it is known no better than eps times them over the
     # leaf's scale, even where it rounds to a constant (tanh saturated to +-1 makes 1 - t^2 exactly 0, and
     # no measurement along a line can see that resolution).
-    ingredients = space.eps * sum(float((real(v).double().cpu().abs() * real(y).double().cpu().abs()).sum())
-                                  for v, y in zip(f.cotangent, evaluate(f.inner, space.x)))
+    ingredients = eps * sum(float((real(v).double().cpu().abs() * real(y).double().cpu().abs()).sum())
+                            for v, y in zip(f.cotangent, evaluate(f.inner, space.x)))
     floors = [torch.full(real(xi).shape, ingredients / s, dtype=torch.float64)
               for xi, s in zip(space.x, space.scales)]
     return floors if noise is None else [torch.maximum(n, fl.to(n.device)) for n, fl in zip(noise, floors)]
@@ -386,9 +389,14 @@ def measure_gradient_noise(f, space: ProbeSpace, cotangents: list[Tensors], grad
         return None
     generator = torch.Generator().manual_seed(seed + 104729 * f.order)
     spread = [[GRADIENT_ROUNDING_UNITS * space.eps * real(g).double().abs() for g in row] for row in grads]
+    # A backward as a function of its cotangent v is linear in v: moving v re-rounds nothing its forward
+    # computed, whose float32 rounding it carries. There the point x is jittered, v held.
+    at_x = isinstance(f, CotangentFunction)
     for _ in range(GRADIENT_JITTERS):
-        signs = [rademacher_like(xi, generator, "cpu") if xi.is_floating_point() else None for xi in space.x]
-        plus, minus = (on_cpu_rows(vjps(f, jittered(space, signs, side), cotangents)) for side in (1.0, -1.0))
+        signs = jitter_signs(f.x if at_x else space.x, generator)
+        plus, minus = (on_cpu_rows(vjps(f.at(jittered(f.x, signs, side, space.eps)), space.x, cotangents) if at_x
+                                   else vjps(f, jittered(space.x, signs, side, space.eps), cotangents))
+                       for side in (1.0, -1.0))
         for k in range(len(grads)):
             for i, g in enumerate(grads[k]):
                 curvature = real(plus[k][i]).double() + real(minus[k][i]).double() - 2 * real(g).double()
@@ -396,10 +404,34 @@ def measure_gradient_noise(f, space: ProbeSpace, cotangents: list[Tensors], grad
     return spread
 
 
-def jittered(space: ProbeSpace, signs: list, side: float) -> list[torch.Tensor]:
-    """The leaves moved by ``side`` JITTER_UNITS rounding units of the arithmetic, with the given signs."""
-    return [xi if s is None else on_device_of(to_host(xi) * (1 + side * JITTER_UNITS * space.eps * s), xi)
-            for xi, s in zip(space.x, signs)]
+def measure_tangent_noise(tangents_at: Callable[[list[torch.Tensor]], Tensors | None], point: Tensors,
+                          tangents: Tensors, eps: float, seed: int) -> Tensors | None:
+    """The rounding noise of a JVP's elements through a coarse section, measured as measure_gradient_noise
+    measures the VJPs' (``tangents_at(z)``: the JVP along the same direction at z). A JVP sums terms far larger
+    than itself where they cancel (a loss's derivative along a random direction): the model of rounding
+    relative to its size fell short there (T5's float32 norms, a loss: relative error 2e-5, passed for a
+    fault once finite differences ran in float64). None where forward mode fails at a jittered point."""
+    generator = torch.Generator().manual_seed(seed)
+    spread = [GRADIENT_ROUNDING_UNITS * eps * real(t).double().abs() for t in tangents]
+    for _ in range(GRADIENT_JITTERS):
+        signs = jitter_signs(point, generator)
+        plus, minus = (tangents_at(jittered(point, signs, side, eps)) for side in (1.0, -1.0))
+        if plus is None or minus is None:
+            return None
+        for i, t in enumerate(tangents):
+            curvature = real(plus[i]).double() + real(minus[i]).double() - 2 * real(t).double()
+            spread[i] = torch.maximum(spread[i], torch.nan_to_num(curvature.abs() / 2, nan=0.0, posinf=0.0))
+    return spread
+
+
+def jitter_signs(x: Tensors, generator: torch.Generator) -> list[torch.Tensor | None]:
+    return [rademacher_like(xi, generator, "cpu") if xi.is_floating_point() else None for xi in x]
+
+
+def jittered(x: Tensors, signs: list, side: float, eps: float) -> list[torch.Tensor]:
+    """The leaves moved by ``side`` JITTER_UNITS rounding units (``eps``), with the given signs."""
+    return [xi if s is None else on_device_of(to_host(xi) * (1 + side * JITTER_UNITS * eps * s), xi)
+            for xi, s in zip(x, signs)]
 
 
 def on_cpu_rows(rows: list[Tensors]) -> list[Tensors]:
@@ -691,8 +723,9 @@ class Auditor:
                 self.skipped.append(Note(what=f"order {order}", reason=f"the order-{order - 1} gradient {name} "
                                          "is NaN or Inf at this point, so it cannot be differentiated"))
                 return False
-        values = self.numeric_values(f, x)
-        numerics = Numerics(values, space, measure_noise(values, space, f, self.settings.seed),
+        values, promoted = self.numeric_values(f, x)
+        noise = measure_noise(values, space, f, self.settings.seed, space.leaf_eps if promoted else space.eps)
+        numerics = Numerics(values, space, noise,
                             self.model_error, user=UserTolerance.of(self.settings.rtol, self.settings.atol))
         cotangents = [space.random_like(outputs) for _ in range(self.settings.probes)]
         double = "double backward" if order > 1 else None  # (order 1's backward is the case's own)
@@ -704,8 +737,13 @@ class Auditor:
 
         def analytical_at(point: list[torch.Tensor], grads: list | None = None) -> Analytical:
             tangents = (lambda u: self.tangents(f, point, u)) if oracles else (lambda u: None)
+            noise = None
+            if oracles and space.mixed:
+                def noise(u, jvp_at_point):
+                    return measure_tangent_noise(lambda z: self.tangents(f, z, u), point, jvp_at_point, space.eps,
+                                                 self.settings.seed + 15485863 * f.order)
             return Analytical(cotangents, grads or [on_cpu(g) for g in vjps(f, point, cotangents)], tangents,
-                              f.output_names)
+                              f.output_names, noise)
 
         state = OrderState(f, numerics, analytical_at(x, grads), analytical_at, self.settings, self._tick)
         self.checks += CHECK_MODES[self.settings.mode](state)
@@ -736,25 +774,26 @@ class Auditor:
                 self.forward_ad_failures.append((f.order, failure))
             return None
 
-    def numeric_values(self, f, point: Tensors | None = None) -> Evaluate:
+    def numeric_values(self, f, point: Tensors | None = None) -> tuple[Evaluate, bool]:
         """``points -> [f(z) for z in points]`` evaluated where finite differences run: the audited program
         itself, or the numeric backend with the points moved to its dtype and device (in one batched run
-        where it can)."""
+        where it can); and whether a coarser section's casts were removed from them (they then carry the
+        leaves' precision, not the arithmetic's)."""
         if self.numeric is self.program:
             if isinstance(f, ForwardFunction) and self.settings.batch and self.program.capabilities.batch_evaluation:
-                return lambda points: [on_cpu(y) for y in evaluate_batch(self.program, points)]
+                return (lambda points: [on_cpu(y) for y in evaluate_batch(self.program, points)]), False
             values = lambda points: [on_cpu(evaluate(f, z)) for z in points]  # noqa: E731
             point = self.space.x if point is None else point  # (where f is evaluated: x, or a cotangent)
             # (space.mixed: this program's own precision, or eager float64's path for a backend whose tensors
             # hide requires_grad from the precision scan, as torch-xla's functional tensors do)
-            return without_down_casts(values, point, self.space.eps) if self.space.mixed else values
+            return without_down_casts(values, point, self.space.eps) if self.space.mixed else (values, False)
         leaves = self.numeric.leaves
 
         def move(z):
             return [zi.to(dtype=leaf.value.dtype, device=leaf.value.device) for zi, leaf in zip(z, leaves)]
         if self.numeric.capabilities.batch_evaluation:
-            return lambda points: [on_cpu(y) for y in self.numeric.evaluate_batch([move(z) for z in points])]
-        return lambda points: [on_cpu(evaluate(self._numeric_first, move(z))) for z in points]
+            return (lambda points: [on_cpu(y) for y in self.numeric.evaluate_batch([move(z) for z in points])]), False
+        return (lambda points: [on_cpu(evaluate(self._numeric_first, move(z))) for z in points]), False
 
     def _tick(self, what: str) -> None:
         self._done += 1

@@ -5,6 +5,7 @@ second order is first order applied to a gradient function (reverse over reverse
 """
 from __future__ import annotations
 
+import copy
 import re
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Iterator
@@ -108,6 +109,12 @@ class CotangentFunction:
 
     def holding(self) -> AbstractContextManager[None]:
         return self.inner.holding()
+
+    def at(self, x: Tensors) -> "CotangentFunction":
+        """The same backward at another point x."""
+        moved = copy.copy(self)
+        moved.x = x
+        return moved
 
     def outputs(self, vs: Tensors) -> Tensors:
         xs = [own_leaf(x, self.reentrant) for x in self.x]

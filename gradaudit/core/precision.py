@@ -188,10 +188,12 @@ class _WithoutDownCasts(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def without_down_casts(values: Callable[[list], list], x: list, eps: float) -> Callable[[list], list]:
+def without_down_casts(values: Callable[[list], list], x: list,
+                       eps: float) -> tuple[Callable[[list], list], bool]:
     """``values`` (points -> the function's values at each) run with the computation's down-casts removed, where
     that is the same function at ``x`` up to the coarse precision's rounding (``eps``); else ``values`` itself
-    (a kernel that refuses float64, a forward that branches on its dtype).
+    (a kernel that refuses float64, a forward that branches on its dtype). Also: whether the casts were removed
+    (the values then carry the leaves' precision, not the coarse one).
 
     Why: finite differences through a float32 section see its rounding steps, so a float64 audit resolved only
     ~1e-4 there (a 1e-4 rotate_half error behind Llama's float32 RMSNorm passed). Autograd differentiates a cast
@@ -204,8 +206,10 @@ def without_down_casts(values: Callable[[list], list], x: list, eps: float) -> C
     try:
         promoted, plain = run([x])[0], values([x])[0]
     except Exception:  # (the plain forward ran at x: the promoted one is what failed)
-        return values
-    return run if all(_alike(a, b, eps) for a, b in zip(promoted, plain)) else values
+        return values, False
+    if all(_alike(a, b, eps) for a, b in zip(promoted, plain)):
+        return run, True
+    return values, False
 
 
 SAME_FUNCTION_UNITS = 1e3  # rounding units of the coarse precision two runs of one function stay within

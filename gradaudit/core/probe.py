@@ -283,12 +283,14 @@ def entries_size(cotangent: list, u: list) -> float:
 @dataclass
 class Analytical:
     """The analytical side at one point: the VJPs ``v_k^T J`` of the cotangents, and (when forward mode runs)
-    a function giving the JVP along a direction."""
+    a function giving the JVP along a direction. In a mixed-precision computation, ``tangent_noise(u, jvp)``:
+    the measured rounding spread of that JVP's elements (asked for only where forward mode fails without it)."""
 
     cotangents: list[Tensors]
     grads: list[Tensors]
     tangents: Callable[[list], Tensors | None] = lambda u: None
     output_names: list[str] = field(default_factory=list)
+    tangent_noise: Callable[[list, Tensors], Tensors | None] | None = None
 
     @cached_property
     def rows(self) -> CotangentRows:
@@ -385,12 +387,22 @@ def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,
     kink at x itself fails at both steps. A retry whose error bar is much wider than the first's (rounding
     dominates at the small step) cannot clear a failure: it would only hide it."""
     tangents = analytical.tangents(u)
+    tangent_noise = None
+
+    def judged(numerical: NumericalDerivative) -> tuple[Outcome, Outcome]:
+        nonlocal tangent_noise
+        outcomes = judge(numerics, analytical, numerical, u, tangents, tangent_noise)
+        if outcomes[1].failed and tangent_noise is None and analytical.tangent_noise is not None:
+            tangent_noise = analytical.tangent_noise(u, tangents)
+            outcomes = judge(numerics, analytical, numerical, u, tangents, tangent_noise)
+        return outcomes
+
     wide = top is not None
     numerical, top = numerics.derivative_in_domain(x, u, top)
-    attempts = [judge(numerics, analytical, numerical, u, tangents)]
+    attempts = [judged(numerical)]
     if retry and any(o.failed for o in attempts[0]):
         numerical = numerics.derivative(x, u, top / numerics.space.retry_divisor)
-        attempts.append(judge(numerics, analytical, numerical, u, tangents))
+        attempts.append(judged(numerical))
     first_bar = attempts[0][0].tolerance
     # (after a wide ladder, a retry at the usual steps clears a failure only where its bar could have seen the
     # disagreement the wide one saw: the wide ladder is there because the usual bar cannot)
@@ -400,8 +412,9 @@ def probe_test(numerics: Numerics, analytical: Analytical, x: Tensors, u: list,
 
 
 def judge(numerics: Numerics, analytical: Analytical, numerical: NumericalDerivative, u: list,
-          tangents: Tensors | None) -> tuple[Outcome, Outcome]:
-    """The reverse-mode (one test per cotangent) and forward-mode outcomes against one numerical J·u."""
+          tangents: Tensors | None, tangent_noise: Tensors | None = None) -> tuple[Outcome, Outcome]:
+    """The reverse-mode (one test per cotangent) and forward-mode outcomes against one numerical J·u
+    (``tangent_noise``: the JVP's measured rounding spread, where it was measured)."""
     eps = numerics.floor_eps
     reverse, forward = Outcome(), Outcome()
     tests = probe_tests(analytical.rows, numerical, u, eps, numerics.model_error, numerics.noise)
@@ -413,18 +426,22 @@ def judge(numerics: Numerics, analytical: Analytical, numerical: NumericalDeriva
         reverse.absorb(a, n, tolerance, cotangent=k, user=user)
         reverse.tolerances.append(tolerance)
     if tangents is not None:
-        # (a JVP through the coarse section rounds there too, and no jitter measures it: its eps is the model)
+        # (a JVP through the coarse section rounds there too: its eps is the model, and where that fails, the
+        # spread measured at jittered points)
         compare_tangents(tangents, numerical, numerics.space.eps, numerics.model_error, analytical.output_names,
-                         forward, numerics.user, u)
+                         forward, numerics.user, u, tangent_noise)
     return reverse, forward
 
 
 def compare_tangents(tangents: Tensors, numerical: NumericalDerivative, eps: float, model_error: float,
                      output_names: list[str], outcome: Outcome, user: UserTolerance | None = None,
-                     u: list | None = None) -> None:
+                     u: list | None = None, noise: Tensors | None = None) -> None:
     """Forward mode: each output's JVP against the numerical J·u, elementwise; the worst element is kept (the
-    error bar or the user's tolerance, whichever is looser, judges each element)."""
+    error bar or the user's tolerance, whichever is looser, judges each element). ``noise``: the JVP's
+    measured rounding spread per element, counted as the VJPs' is."""
     tolerances = elementwise_tolerance(numerical, eps, model_error)
+    if noise is not None:
+        tolerances = [tol + GRADIENT_NOISE_SAFETY * n.to(tol.device) for tol, n in zip(tolerances, noise)]
     names = output_names or [f"output[{i}]" for i in range(len(tangents))]
     for name, t, n, tol in zip(names, tangents, numerical.value, tolerances):
         if n.numel() == 0:

@@ -74,7 +74,8 @@ def bound_over_actual(dtype: torch.dtype, cases: int, seed: int) -> list[float]:
 def test_parity_bound_tracks_the_actual_error(dtype):
     ratios = bound_over_actual(dtype, cases=60, seed=2)
     assert min(ratios) >= 1.0, sorted(ratios)[:5]
-    assert max(ratios) <= 30.0, sorted(ratios)[-5:]
+    # (float32's largest: 22 on one CI machine, 34 on an AMD EPYC, whose vectorized sums round differently)
+    assert max(ratios) <= 40.0, sorted(ratios)[-5:]
     assert 3.0 <= statistics.median(ratios) <= 20.0, statistics.median(ratios)
 
 

@@ -71,9 +71,11 @@ def fault_finding(order: int, method: str, failing: list[Check], kind: FaultKind
     accepted = "" if worst.user_tolerance is None else f", --rtol/--atol allow {worst.user_tolerance:.3g}"
     scaled = "" if worst.user_rel_err is None else f" ({worst.user_rel_err:.3g} on --rtol's scale)"
     if all(v is not None and math.isfinite(v) for v in (worst.analytical, worst.numerical)):
+        # (relative to a numerical 0 there is no relative error to print: 1e300 said nothing)
+        relative = "" if worst.numerical == 0 else f", relative error {worst.max_rel_err:.3g}"
         message = (f"order-{order} {what} wrt {worst.wrt} is wrong{where}: analytical {worst.analytical:.6g} vs "
-                   f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}, relative error "
-                   f"{worst.max_rel_err:.3g}{scaled}, error bar {worst.tolerance:.3g}{accepted})")
+                   f"numerical {worst.numerical:.6g} (|err| {worst.max_abs_err:.3g}{relative}{scaled}, "
+                   f"error bar {worst.tolerance:.3g}{accepted})")
     else:
         message = f"order-{order} {what} wrt {worst.wrt} is wrong: " + nonfinite_words(order, method, worst, where)
     if others:

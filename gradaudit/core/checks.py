@@ -740,13 +740,12 @@ class Auditor:
 
         def analytical_at(point: list[torch.Tensor], grads: list | None = None) -> Analytical:
             tangents = (lambda u: self.tangents(f, point, u)) if oracles else (lambda u: None)
-            noise = None
-            if oracles and space.mixed:
-                def noise(u, jvp_at_point):
-                    return measure_tangent_noise(lambda z: self.tangents(f, z, u), point, jvp_at_point, space.eps,
-                                                 self.settings.seed + 15485863 * f.order)
+
+            def tangent_noise(u: list, jvp_at_point: Tensors) -> Tensors | None:
+                return measure_tangent_noise(lambda z: self.tangents(f, z, u), point, jvp_at_point, space.eps,
+                                             self.settings.seed + 15485863 * f.order)
             return Analytical(cotangents, grads or [on_cpu(g) for g in vjps(f, point, cotangents)], tangents,
-                              f.output_names, noise)
+                              f.output_names, tangent_noise if oracles and space.mixed else None)
 
         state = OrderState(f, numerics, analytical_at(x, grads), analytical_at, self.settings, self._tick)
         self.checks += CHECK_MODES[self.settings.mode](state)

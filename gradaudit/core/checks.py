@@ -388,20 +388,33 @@ def measure_gradient_noise(f, space: ProbeSpace, cotangents: list[Tensors], grad
     if not space.mixed:
         return None
     generator = torch.Generator().manual_seed(seed + 104729 * f.order)
-    spread = [[GRADIENT_ROUNDING_UNITS * space.eps * real(g).double().abs() for g in row] for row in grads]
+    spread = [[rounding_floor(g, space.eps) for g in row] for row in grads]
     # A backward as a function of its cotangent v is linear in v: moving v re-rounds nothing its forward
     # computed, whose float32 rounding it carries. There the point x is jittered, v held.
     at_x = isinstance(f, CotangentFunction)
+    origin = f.x if at_x else space.x
+
+    def gradients_at(z: list[torch.Tensor]) -> list[Tensors]:
+        return on_cpu_rows(vjps(f.at(z), space.x, cotangents) if at_x else vjps(f, z, cotangents))
+
     for _ in range(GRADIENT_JITTERS):
-        signs = jitter_signs(f.x if at_x else space.x, generator)
-        plus, minus = (on_cpu_rows(vjps(f.at(jittered(f.x, signs, side, space.eps)), space.x, cotangents) if at_x
-                                   else vjps(f, jittered(space.x, signs, side, space.eps), cotangents))
-                       for side in (1.0, -1.0))
+        signs = jitter_signs(origin, generator)
+        plus, minus = (gradients_at(jittered(origin, signs, side, space.eps)) for side in (1.0, -1.0))
         for k in range(len(grads)):
             for i, g in enumerate(grads[k]):
-                curvature = real(plus[k][i]).double() + real(minus[k][i]).double() - 2 * real(g).double()
-                spread[k][i] = torch.maximum(spread[k][i], torch.nan_to_num(curvature.abs() / 2, nan=0.0, posinf=0.0))
+                spread[k][i] = widened(spread[k][i], plus[k][i], minus[k][i], g)
     return spread
+
+
+def rounding_floor(value: torch.Tensor, eps: float) -> torch.Tensor:
+    """GRADIENT_ROUNDING_UNITS of the coarse precision's rounding, per element of a derivative."""
+    return GRADIENT_ROUNDING_UNITS * eps * real(value).double().abs()
+
+
+def widened(spread: torch.Tensor, plus: torch.Tensor, minus: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """``spread`` raised to half of |d(x+) + d(x-) - 2 d(x)| of one derivative at a pair of jittered points."""
+    curvature = real(plus).double() + real(minus).double() - 2 * real(center).double()
+    return torch.maximum(spread, torch.nan_to_num(curvature.abs() / 2, nan=0.0, posinf=0.0))
 
 
 def measure_tangent_noise(tangents_at: Callable[[list[torch.Tensor]], Tensors | None], point: Tensors,
@@ -412,15 +425,13 @@ def measure_tangent_noise(tangents_at: Callable[[list[torch.Tensor]], Tensors | 
     relative to its size fell short there (T5's float32 norms, a loss: relative error 2e-5, passed for a
     fault once finite differences ran in float64). None where forward mode fails at a jittered point."""
     generator = torch.Generator().manual_seed(seed)
-    spread = [GRADIENT_ROUNDING_UNITS * eps * real(t).double().abs() for t in tangents]
+    spread = [rounding_floor(t, eps) for t in tangents]
     for _ in range(GRADIENT_JITTERS):
         signs = jitter_signs(point, generator)
         plus, minus = (tangents_at(jittered(point, signs, side, eps)) for side in (1.0, -1.0))
         if plus is None or minus is None:
             return None
-        for i, t in enumerate(tangents):
-            curvature = real(plus[i]).double() + real(minus[i]).double() - 2 * real(t).double()
-            spread[i] = torch.maximum(spread[i], torch.nan_to_num(curvature.abs() / 2, nan=0.0, posinf=0.0))
+        spread = [widened(s, p, m, t) for s, p, m, t in zip(spread, plus, minus, tangents)]
     # Each element is compared on its own, and an element's rounding is not predictable from its own jitter
     # (ViT's float32 softmax: a tangent that is exactly 0 in float64 computed as 8.6e-11 where the jittered
     # points rounded alike): no element is known better than its output's mean spread.

@@ -24,7 +24,7 @@ from gradaudit.core.findings import (graphless_backward, nondeterminism_finding,
 from gradaudit.core.followups import at_kink, worst_element
 from gradaudit.core.kinds import CheckStatus, Method, Note
 from gradaudit.core.numerics import (ERROR_BAR_SAFETY, GRADIENT_NOISE_SAFETY, ROUNDING_FACTOR, RSS_SAFETY, Evaluate,
-                                     Tensors, directional_derivative, on_device_of, rademacher_like, real,
+                                     Tensors, batching, directional_derivative, on_device_of, rademacher_like, real,
                                      rounding_noise, rss_inner, to_host)
 from gradaudit.core.precision import (Precision, coarsest, detect_precision, resolution_of,
                                       without_down_casts)
@@ -794,7 +794,7 @@ class Auditor:
         leaves' precision, not the arithmetic's)."""
         if self.numeric is self.program:
             if isinstance(f, ForwardFunction) and self.settings.batch and self.program.capabilities.batch_evaluation:
-                return (lambda points: [on_cpu(y) for y in evaluate_batch(self.program, points)]), False
+                return batching(lambda points: [on_cpu(y) for y in evaluate_batch(self.program, points)]), False
             values = lambda points: [on_cpu(evaluate(f, z)) for z in points]  # noqa: E731
             point = self.space.x if point is None else point  # (where f is evaluated: x, or a cotangent)
             # (space.mixed: this program's own precision, or eager float64's path for a backend whose tensors
@@ -805,7 +805,7 @@ class Auditor:
         def move(z):
             return [zi.to(dtype=leaf.value.dtype, device=leaf.value.device) for zi, leaf in zip(z, leaves)]
         if self.numeric.capabilities.batch_evaluation:
-            return (lambda points: [on_cpu(y) for y in self.numeric.evaluate_batch([move(z) for z in points])]), False
+            return batching(lambda points: [on_cpu(y) for y in self.numeric.evaluate_batch([move(z) for z in points])]), False
         return (lambda points: [on_cpu(evaluate(self._numeric_first, move(z))) for z in points]), False
 
     def _tick(self, what: str) -> None:

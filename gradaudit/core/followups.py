@@ -8,8 +8,9 @@ from typing import Callable
 
 import torch
 
-from gradaudit.core.numerics import (RSS_SAFETY, Evaluate, Tensors, central_difference, extrapolated_derivative,
-                                     is_finite, nonsmooth_evidence, rademacher_like, real, relative_floor, rss_inner)
+from gradaudit.core.numerics import (RSS_SAFETY, Evaluate, Tensors, batching, central_difference,
+                                     extrapolated_derivative, is_finite, nonsmooth_evidence, rademacher_like, real,
+                                     relative_floor, rss_inner)
 from gradaudit.core.probe import Analytical, Numerics, dot, group_direction, probe_group, unit
 
 NEARBY_TRIES = 2  # nearby points a kink must pass at
@@ -21,7 +22,7 @@ def scalar_of(values: Evaluate, cotangent: Tensors) -> Evaluate:
         return [[torch.as_tensor(sum((real(v).double().cpu() * real(y).double().cpu()).sum()
                                      for v, y in zip(cotangent, outputs))).reshape(1)]
                 for outputs in values(points)]
-    return function
+    return batching(function, getattr(values, "batched", False))
 
 
 def scalar_noise(noise: Tensors | None, cotangent: Tensors) -> list[torch.Tensor] | None:

@@ -15,7 +15,7 @@ import torch
 
 from gradaudit.core.numerics import (FIRST_LEVELS, GRADIENT_NOISE_SAFETY, LADDER_LEVELS, RSS_SAFETY, CotangentRows,
                                      Direction, Evaluate, NumericalDerivative, Tensors, abs_inner, elementwise_tolerance, eps_of,
-                                     extrapolated_derivative, flat, is_finite, ladder_points, ladder_steps,
+                                     extrapolated_derivative, flat, is_finite, ladder_steps, ladder_values,
                                      ladder_top, probe_tests, rademacher_like, real, rss_inner, step_size, to_host,
                                      unravel)
 
@@ -353,7 +353,7 @@ class Numerics:
         wide = top is not None
         top = top if wide else (self.ladder_start or self.space.top)
         for _ in range(DOMAIN_SHRINKS):
-            first = self.values_or_none(ladder_points(x, u, ladder_steps(top, FIRST_LEVELS)))
+            first = self.values_or_none(x, u, ladder_steps(top, FIRST_LEVELS))
             if first is not None and all(is_finite(y) for y in first[:2]):  # (the top level: the domain check)
                 numerical = self.derivative(x, u, top, first, wide)
                 if not wide:
@@ -369,11 +369,12 @@ class Numerics:
         usual steps, while its truncation stays far below: the ladder then descends to where they meet."""
         return min(WIDE_TOP_LIMIT, self.space.top * 2 ** WIDE_LEVELS)
 
-    def values_or_none(self, points: list[Tensors]) -> list[Tensors] | None:
-        """The values at points a step away from x, or None where the function refuses them: f ran at x, so an
-        error there (BCELoss's "input should be between 0 and 1") is the edge of its domain, like a NaN."""
+    def values_or_none(self, x: Tensors, u: list, steps: list[float]) -> list[Tensors] | None:
+        """The values at the ladder's points a step away from x, or None where the function refuses them: f ran
+        at x, so an error there (BCELoss's "input should be between 0 and 1") is the edge of its domain, like a
+        NaN."""
         try:
-            return self.values(points)
+            return ladder_values(self.values, x, u, steps)
         except Exception:
             return None
 

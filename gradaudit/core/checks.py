@@ -490,13 +490,14 @@ def reentrancy(f: ForwardFunction, x: Tensors, cotangent_of: Callable[[Tensors],
     with torch.enable_grad(), f.holding():
         xs = [own_leaf(c) for c in copies]
         ys, saved = outputs_and_saved(f, xs)
-        before = [t.clone() for t in saved]
+        before = [unchanged_view(t, copies, x) for t in saved]
         cotangent = cotangent_of([y.detach() for y in ys])
-        first = [g.detach().clone() for g in gradients(ys, xs, cotangent, f.stats)]
+        first = [g.detach() for g in gradients(ys, xs, cotangent, f.stats)]
         changed = [t for t, b in zip(saved, before) if gradient_spread([t], [b]) > 0]
         mutated = [name for name, c, xi in zip(names, copies, x) if gradient_spread([c], [xi]) > 0]
         if not changed and not mutated:
             return None
+        first = [g.clone() for g in first]  # (before a second pass can write where they live)
         nodes = nodes_saving(ys, changed)
         try:
             second = [g.detach() for g in gradients(ys, xs, cotangent, f.stats)]
@@ -504,6 +505,18 @@ def reentrancy(f: ForwardFunction, x: Tensors, cotangent_of: Callable[[Tensors],
             return nonreentrant_finding(f.order, mutated, nodes, None, first_line(exc))
     scale = max((float(real(g).double().abs().max()) for g in first if g.numel()), default=0.0)
     return nonreentrant_finding(f.order, mutated, nodes, gradient_spread(first, second) / max(scale, 1e-300), None)
+
+
+def unchanged_view(saved: torch.Tensor, copies: Tensors, x: Tensors) -> torch.Tensor:
+    """What a saved tensor held before the backward: a copy, or, where it views one of the leaves' copies (a
+    weight saved by its matmul), the same view of the leaf itself, which nothing writes (no copy of every weight)."""
+    for copy, xi in zip(copies, x):
+        if (copy.numel() and saved.untyped_storage().data_ptr() == copy.untyped_storage().data_ptr()
+                and saved.dtype == xi.dtype and copy.is_contiguous() and xi.is_contiguous()
+                and xi.device == saved.device):
+            return xi.detach().as_strided(saved.shape, saved.stride(),
+                                          xi.storage_offset() + saved.storage_offset() - copy.storage_offset())
+    return saved.clone()
 
 
 def outputs_and_saved(f: ForwardFunction, xs: Tensors) -> tuple[Tensors, Tensors]:

@@ -506,7 +506,8 @@ def stacked_rows(rows: list[Tensors]) -> torch.Tensor:
     for k, row in enumerate(rows):
         start = 0
         for t, size in zip(row, sizes):
-            out[k, start:start + size] = real(t).detach().reshape(-1)
+            t = real(t).detach()
+            out[k, start:start + size].view(t.shape).copy_(t)  # (a transposed weight's gradient: no copy first)
             start += size
     return out
 
@@ -525,6 +526,15 @@ class CotangentRows:
         ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
         self.columns = [(end - size, end) for size, end in zip(sizes, ends)]  # each leaf's columns in g
         self._sums: tuple[list, torch.Tensor, torch.Tensor] | None = None
+
+    def share_memory(self, grads: list[Tensors]) -> None:
+        """Points each float64 (complex128) gradient in ``grads``, in place, at its own columns of g (the same
+        numbers), so that one copy of the gradients is kept, not two (168 MB on a 21 M-parameter model)."""
+        for k, row in enumerate(grads):
+            for i, t in enumerate(row):
+                if t.dtype in (torch.float64, torch.complex128) and t.layout == torch.strided and t.device.type == "cpu":
+                    view = self.leaf(i)[k].view(real(t).shape)
+                    row[i] = torch.view_as_complex(view) if t.is_complex() else view
 
     @cached_property
     def g_abs(self) -> torch.Tensor:

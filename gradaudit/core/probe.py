@@ -294,8 +294,11 @@ class Analytical:
 
     @cached_property
     def rows(self) -> CotangentRows:
-        """The cotangents and gradients as matrices, for every probe test at this point."""
-        return CotangentRows(self.cotangents, self.grads)
+        """The cotangents and gradients as matrices, for every probe test at this point (the gradients' lists
+        then view the matrix: whoever holds them holds no second copy)."""
+        rows = CotangentRows(self.cotangents, self.grads)
+        rows.share_memory(self.grads)
+        return rows
 
 
 @dataclass

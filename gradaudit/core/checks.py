@@ -513,7 +513,7 @@ def unchanged_view(saved: torch.Tensor, copies: Tensors, x: Tensors) -> torch.Te
     for copy, xi in zip(copies, x):
         if (copy.numel() and saved.untyped_storage().data_ptr() == copy.untyped_storage().data_ptr()
                 and saved.dtype == xi.dtype and copy.is_contiguous() and xi.is_contiguous()
-                and xi.device == saved.device):
+                and xi.device == saved.device and not (saved.is_conj() or saved.is_neg())):  # (z.conj(): a bit)
             return xi.detach().as_strided(saved.shape, saved.stride(),
                                           xi.storage_offset() + saved.storage_offset() - copy.storage_offset())
     return saved.clone()

@@ -489,8 +489,11 @@ def reentrancy(f: ForwardFunction, x: Tensors, cotangent_of: Callable[[Tensors],
     copies = [xi.detach().clone() for xi in x]
     with torch.enable_grad(), f.holding():
         xs = [own_leaf(c) for c in copies]
+        versions = [c._version for c in copies]
         ys, saved = outputs_and_saved(f, xs)
-        before = [unchanged_view(t, copies, x) for t in saved]
+        # (a copy the forward wrote into, in place, no longer holds x: what views it is copied)
+        unwritten = [(c, xi) for c, xi, version in zip(copies, x, versions) if c._version == version]
+        before = [unchanged_view(t, unwritten) for t in saved]
         cotangent = cotangent_of([y.detach() for y in ys])
         first = [g.detach() for g in gradients(ys, xs, cotangent, f.stats)]
         changed = [t for t, b in zip(saved, before) if gradient_spread([t], [b]) > 0]
@@ -507,10 +510,11 @@ def reentrancy(f: ForwardFunction, x: Tensors, cotangent_of: Callable[[Tensors],
     return nonreentrant_finding(f.order, mutated, nodes, gradient_spread(first, second) / max(scale, 1e-300), None)
 
 
-def unchanged_view(saved: torch.Tensor, copies: Tensors, x: Tensors) -> torch.Tensor:
+def unchanged_view(saved: torch.Tensor, copies: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """What a saved tensor held before the backward: a copy, or, where it views one of the leaves' copies (a
-    weight saved by its matmul), the same view of the leaf itself, which nothing writes (no copy of every weight)."""
-    for copy, xi in zip(copies, x):
+    weight saved by its matmul), the same view of the leaf itself, which nothing writes (no copy of every weight).
+    ``copies``: (copy, leaf) for the copies the forward left as they were."""
+    for copy, xi in copies:
         if (copy.numel() and saved.untyped_storage().data_ptr() == copy.untyped_storage().data_ptr()
                 and saved.dtype == xi.dtype and copy.is_contiguous() and xi.is_contiguous()
                 and xi.device == saved.device and not (saved.is_conj() or saved.is_neg())):  # (z.conj(): a bit)

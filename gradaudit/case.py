@@ -388,20 +388,33 @@ class Leaf:
     name: str  # 'args[0]', 'kwargs[mask]', 'fc1.weight'
     value: torch.Tensor
     kind: str  # 'input' | 'parameter'
-    # Elements whose gradient torch defines as zero instead of the derivative (an embedding's padding row):
-    # finite differences never move them, and the report says so (see declared_zero_gradients).
+    # Elements whose gradient torch defines as something other than the derivative (an embedding's padding row,
+    # a max_norm embedding's renormalized rows): finite differences never move them, and the report says so
+    # (see declared_unchecked).
     frozen: torch.Tensor | None = None  # a bool mask of the value's shape, on the CPU
     frozen_reason: str = ""
 
 
-def declared_zero_gradients(module: nn.Module | None) -> dict[int, tuple[torch.Tensor, str]]:
-    """Per parameter (by identity), the elements whose gradient the module declares to be zero: nn.Embedding's
-    and nn.EmbeddingBag's ``padding_idx`` row ("the entries at padding_idx do not contribute to the gradient").
-    BERT-style models put their pad token there; where a batch holds it, the row's derivative is not zero."""
+def declared_unchecked(module: nn.Module | None) -> dict[int, tuple[torch.Tensor, str]]:
+    """Per parameter (by identity), the elements whose gradient the module declares to be other than the
+    derivative of its forward, with why:
+
+    * nn.Embedding's and nn.EmbeddingBag's ``padding_idx`` row ("the entries at padding_idx do not contribute to
+      the gradient"). BERT-style models put their pad token there; where a batch holds it, the row's derivative
+      is not zero.
+    * their whole weight where ``max_norm`` is set: the forward renormalizes the rows it looks up, in place and
+      without differentiating that, so torch's gradient is the renormalized rows' (documented), and the first
+      forward leaves those rows on the renormalization's edge, where finite differences see its kink."""
     declared: dict[int, tuple[torch.Tensor, str]] = {}
     for path, sub in ([] if module is None else module.named_modules()):
         row = getattr(sub, "padding_idx", None)
-        if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and row is not None:
+        if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and sub.max_norm is not None:
+            where = f"{path}.max_norm" if path else "max_norm"
+            declared[id(sub.weight)] = (torch.ones(sub.weight.shape, dtype=torch.bool),
+                                        f"{where} is set: the forward renormalizes the rows it looks up in place "
+                                        "and torch's gradient is that of the renormalized rows, not the "
+                                        "derivative, so the weight is not checked")
+        elif isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and row is not None:
             mask = torch.zeros(sub.weight.shape, dtype=torch.bool)
             mask[row] = True
             where = f"{path}.padding_idx" if path else "padding_idx"
@@ -518,13 +531,21 @@ class PreparedCase:
         try:
             with torch.enable_grad():
                 values = [leaf.value.detach().requires_grad_() for leaf in self.leaves]
+                versions = [value._version for value in values]
                 tensors, names = flatten_outputs((call or self.call)(values))
         except AuditError:
             raise
         except Exception as exc:
             raise call_failed(exc) from exc
         kept, keep, notes = differentiated_outputs(tensors, names, self.label)
+        notes += [Note(what=leaf.name, reason=WRITTEN_BY_FORWARD) for leaf, value, version
+                  in zip(self.leaves, values, versions) if value._version != version and leaf.frozen is None]
         return FirstOutputs(kept, keep, [t.detach() for t, k in zip(tensors, keep) if k], notes)
+
+
+WRITTEN_BY_FORWARD = ("the forward writes into it in place (a clamp or renormalization of a weight under no_grad): "
+                      "torch's gradient is then that of the written values, and where the write changes them, "
+                      "finite differences see what it does; a failure there may be the write, not the backward")
 
 
 def prepare_case(case: Case, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
@@ -542,7 +563,7 @@ def prepare_case(case: Case, dtype: torch.dtype | None = None, device: str | tor
     inputs = InputSlots.of(tuple(pytree.tree_map(cast, args)), pytree.tree_map(cast, kwargs), set(choice.inputs))
     params = [] if module is None else [
         (name, p) for name, p in module.named_parameters() if name in choice.parameters]
-    declared = declared_zero_gradients(module)
+    declared = declared_unchecked(module)
     leaves = [Leaf(name, p.detach().clone(), "parameter", *declared.get(id(p), (None, "")))
               for name, p in params]
     leaves += [Leaf(name, inputs.values[slot].detach().clone(), "input")

@@ -30,6 +30,15 @@ def test_the_zoos_cover_each_architecture_as_loss_and_hidden_states_in_both_mode
         assert {f"{model}.{kind}[{mode}]" for kind in ("loss", "logits") for mode in ("train", "eval")} <= names
 
 
+@pytest.mark.parametrize("zoo", ["transformers", "timm"])
+def test_every_case_of_the_zoos_runs_its_forward(zoo):
+    """(timm 1.0's ConvNeXt reached 1x1 before its last 2x2 downsampling at 16x16 and raised: 8 suite errors.)"""
+    for zoo_case in load_zoo(zoo):
+        fn, args, *kwargs = zoo_case.build()
+        with torch.no_grad():
+            fn(*args, **(kwargs[0] if kwargs else {}))
+
+
 def test_cases_are_the_same_in_every_process_and_leave_the_global_rng_alone():
     before = torch.random.get_rng_state()
     first, second = case("transformers", "gpt2.hidden[eval]"), case("transformers", "gpt2.hidden[eval]")

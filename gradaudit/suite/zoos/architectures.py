@@ -150,8 +150,11 @@ def _timm_models(timm: Any) -> dict[str, Callable[[], nn.Module]]:
     return {
         "vit": lambda: timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, img_size=IMAGE,
                                          patch_size=8, embed_dim=16, depth=2, num_heads=2),
+        # (stem stride 2 and the last stage dilated: at stride 32 a 16x16 image is 1x1 before the last 2x2
+        # downsampling convolution, which raises)
         "convnext": lambda: timm.create_model("convnext_atto", pretrained=False, num_classes=4,
-                                              depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)),
+                                              depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), patch_size=2,
+                                              output_stride=16),
         "resnet": lambda: ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 8, 16, 16), stem_width=8,
                                  num_classes=4),
         "efficientnet": lambda: efficientnet._gen_efficientnet("efficientnet_b0", pretrained=False, num_classes=4,

@@ -277,6 +277,7 @@ def test_a_max_norm_embedding_weight_is_left_out_with_a_note_and_the_rest_still_
     assert report.ok, report.findings
     (note,) = [n for n in report.skipped if n["what"] == "embedding.weight"]
     assert note["reason"].startswith("embedding.max_norm is set"), note
+    assert "embedding.weight" not in {c.wrt for c in report.checks}  # (not checked: no row says it passed)
     assert torch.equal(model.embedding.weight, weight)  # (the user's weight, never renormalized by the audit)
     torch.manual_seed(0)
     report = gradaudit.check(_MaxNormThenLinear(scale=1.001).double(), (tokens,), order=1)

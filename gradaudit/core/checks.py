@@ -108,9 +108,13 @@ def probe_mode(state: OrderState) -> list[Check]:
     same). A passing aggregate covers its leaves; a failing one is split in halves, down to the leaves that
     fail on their own, so a correct model costs a few probes whatever its number of parameter tensors."""
     space, order = state.space, state.f.order
-    members = list(range(len(space.names)))
+    # (a leaf none of whose elements may move, a max_norm embedding's weight, is in the notes, not the checks)
+    members = [i for i, movable in enumerate(space.movable) if bool(movable.any()) or space.frozen is None
+               or space.frozen[i] is None]
+    if not members:
+        return []
     if len(members) == 1:
-        groups = [probed_group(state, space.names[0], members)]
+        groups = [probed_group(state, space.names[members[0]], members)]
     else:
         total = probed_group(state, "total", members)
         groups = [total] + split_failures(state, total)

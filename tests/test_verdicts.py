@@ -284,6 +284,15 @@ def test_a_max_norm_embedding_weight_is_left_out_with_a_note_and_the_rest_still_
     assert not report.ok and {f.wrt for f in report.findings} & {"linear.weight", "linear.bias"}, report.findings
 
 
+def test_full_mode_leaves_out_what_the_notes_leave_out():
+    """--mode full moved every element, a max_norm weight's too, and held torch's gradient against a numerical 0."""
+    torch.manual_seed(0)
+    report = gradaudit.check(_MaxNormThenLinear().double(), (torch.tensor([[1, 2, 3], [4, 1, 7]]),), mode="full",
+                             localize=False)
+    assert report.ok, report.findings
+    assert {c.wrt for c in report.checks} == {"linear.weight", "linear.bias"}
+
+
 class _ClampsItsWeight(nn.Module):
     def __init__(self):
         super().__init__()

@@ -203,11 +203,15 @@ def values_along(f: Evaluate, x: Tensors, u, ts: Sequence[float], before: Tensor
     outputs: list[Tensors] = []
     for start in range(0, len(ts), PAIR):
         points = shifted_points(x, u, ts[start:start + PAIR])
-        buffers = {zi.untyped_storage().data_ptr() for point in points for zi, xi in zip(point, x) if zi is not xi}
+        buffers = {_memory(zi) for point in points for zi, xi in zip(point, x) if zi is not xi}
         values = f((head if start == 0 else []) + points)
-        outputs += [[y.clone() if y.untyped_storage().data_ptr() in buffers else y for y in value]
-                    for value in values]
+        outputs += [[y.clone() if _memory(y) in buffers else y for y in value] for value in values]
     return outputs
+
+
+def _memory(tensor: torch.Tensor) -> int | None:
+    """Where a strided tensor's memory starts (None for a sparse one, which has no single storage)."""
+    return tensor.untyped_storage().data_ptr() if tensor.layout == torch.strided else None
 
 
 PAIR = 2  # points per call where large leaves are shifted into reused buffers

@@ -109,8 +109,7 @@ def probe_mode(state: OrderState) -> list[Check]:
     fail on their own, so a correct model costs a few probes whatever its number of parameter tensors."""
     space, order = state.space, state.f.order
     # (a leaf none of whose elements may move, a max_norm embedding's weight, is in the notes, not the checks)
-    members = [i for i, movable in enumerate(space.movable) if bool(movable.any()) or space.frozen is None
-               or space.frozen[i] is None]
+    members = [i for i in range(len(space.names)) if not space.left_out(i)]
     if not members:
         return []
     if len(members) == 1:
@@ -297,13 +296,11 @@ def full_jacobian_mode(state: OrderState) -> list[Check]:
     checks, rtol, atol = [], state.settings.rtol, state.settings.atol
     for leaf, name in enumerate(space.names):
         outcome, worst = Outcome(), None
-        movable = space.movable[leaf].reshape(-1)
-        per_element = real(space.x[leaf]).numel() // max(movable.numel(), 1)  # (2 for a complex leaf's real view)
-        if space.frozen is not None and space.frozen[leaf] is not None and not bool(movable.any()):
-            continue  # (a leaf none of whose elements may move is in the notes, not the checks)
+        if space.left_out(leaf):
+            continue
         for j in range(real(space.x[leaf]).numel()):
-            if space.frozen is not None and space.frozen[leaf] is not None and not bool(movable[j // per_element]):
-                continue  # (torch defines this element's gradient otherwise: see the notes)
+            if space.left_out(leaf, j):
+                continue
             numerical = directional_derivative(state.numerics.values, space.x, space.basis(leaf, j), space.h,
                                                space.eps)
             column = torch.cat([real(n).cpu().reshape(-1) for n in numerical.value]) / space.scales[leaf]

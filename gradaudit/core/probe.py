@@ -193,6 +193,16 @@ class ProbeSpace:
     def all_movable(self) -> list[bool]:
         return [bool(m.all()) for m in self.movable]
 
+    def left_out(self, leaf: int, j: int | None = None) -> bool:
+        """Whether a declaration (``frozen``: an embedding's padding row, a max_norm weight) keeps element j of
+        the leaf's real view, or with j None the whole leaf, from moving: the notes, not the checks, speak for it."""
+        if self.frozen is None or self.frozen[leaf] is None:
+            return False
+        movable = self.movable[leaf].reshape(-1)
+        if j is None:
+            return not bool(movable.any())
+        return not bool(movable[j // (real(self.x[leaf]).numel() // max(movable.numel(), 1))])  # (2 per complex)
+
     def leaf_direction(self, leaf: int, u_flat: torch.Tensor) -> list:
         """A direction that moves one leaf along ``u_flat`` (its real view, flattened) by its scale."""
         x = self.x[leaf]

@@ -164,3 +164,40 @@ def test_vanishing_gradients_in_a_deep_narrow_net(eps, caught):
     assert report.ok is not caught
     resolution = leaf_check(report, "layers.16.bias").resolution
     assert resolution is not None and resolution < 1e-3
+
+
+class ShiftGrad(torch.autograd.Function):
+    """The identity, whose backward adds ``delta`` to every element of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, delta):
+        ctx.delta = delta
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad + ctx.delta, None
+
+
+class ConvBeforeBatchNorm(nn.Module):
+    """A convolution's bias before train-mode BatchNorm: its gradient is exactly 0 (the normalization subtracts
+    the channel mean), computed as rounding (~1e-15); ``delta`` plants an error of that absolute size in it."""
+
+    def __init__(self, delta: float) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm, self.delta = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), delta
+
+    def forward(self, x):
+        bias = ShiftGrad.apply(self.conv.bias, self.delta)
+        return self.norm(nn.functional.conv2d(x, self.conv.weight, bias)).tanh()
+
+
+def test_a_gradient_that_is_zero_is_named_on_the_verdict_line_and_an_error_in_it_is_caught():
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    passed = gradaudit.check(ConvBeforeBatchNorm(0.0).double(), (x,), localize=False)
+    assert passed.ok
+    from gradaudit.renderers.text import verdict_line
+    assert "conv.bias's gradient is 0 to within its error bar" in verdict_line(passed)
+    failed = gradaudit.check(ConvBeforeBatchNorm(1e-9).double(), (x,), localize=False)
+    assert not failed.ok and any(c.wrt == "conv.bias" and not c.ok for c in failed.checks)

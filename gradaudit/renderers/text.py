@@ -92,12 +92,21 @@ def coarse_resolution(report: Report) -> str:
               and c.resolution > EXPECTED_RESOLUTION.get(c.dtype or report.dtype, 1e-6)]
     if not coarse:
         return ""
-    worst = max(c.resolution for c in coarse)
+    worst = max(coarse, key=lambda c: c.resolution)
     tensors = len({(c.backend, c.wrt) for c in coarse})
-    why = "; ".join(precision_words(note) for note in report.precision[:2])
+    why = "; ".join(precision_words(note) for note in report.precision[:2]) or unresolved_words(worst)
     more = f" and {len(report.precision) - 2} more" if len(report.precision) > 2 else ""
-    return (f" (resolution {worst:.1g} on {tensors} tensor{'s' if tensors > 1 else ''}"
+    return (f" (resolution {worst.resolution:.1g} on {tensors} tensor{'s' if tensors > 1 else ''}"
             f"{': ' + why + more if why else ''})")
+
+
+def unresolved_words(check) -> str:
+    """Why a check with no precision note resolves coarsely, in a few words: a gradient that its error bar cannot
+    tell from 0 (a conv bias before train-mode BatchNorm: exactly 0, computed as ~1e-15) is named as that, with the
+    bar it was held to, rather than left as a relative resolution above 1; a small one is named."""
+    if check.resolution >= 1 and check.tolerance is not None:
+        return f"{check.wrt}'s gradient is 0 to within its error bar, {check.tolerance:.1g}"
+    return f"coarsest at {check.wrt}"
 
 
 def precision_words(note: dict) -> str:

@@ -39,6 +39,32 @@ def test_every_case_of_the_zoos_runs_its_forward(zoo):
             fn(*args, **(kwargs[0] if kwargs else {}))
 
 
+def test_train_mode_batchnorm_in_the_timm_zoo_normalizes_more_than_a_pair_of_values():
+    """At stride 32 ResNet's and EfficientNet's last stages saw 1x1 images: BatchNorm over a batch of 2 maps any
+    two values to about +-1, so the loss barely depended on the layers before it (gradients of 1e-6..1e-8: no
+    test of those layers, and 4,324 evaluations for EfficientNet)."""
+    for zoo_case in load_zoo("timm"):
+        fn, args = zoo_case.build()
+        counts = []
+        for module in fn.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                module.register_forward_pre_hook(lambda m, a: counts.append(a[0].numel() // a[0].shape[1]))
+        with torch.no_grad():
+            fn(*args)
+        assert min(counts, default=8) >= 8, (zoo_case.name, counts)
+
+
+@pytest.mark.parametrize("model", ["resnet", "efficientnet"])
+def test_every_parameter_of_the_timm_cnns_in_eval_mode_has_a_gradient(model):
+    """An untrained EfficientNet with its initial BatchNorm statistics shrank its activations to 1e-6 at the
+    logits (gradients down to 4e-13), and timm's zero-initialized last norms gave ResNet's residual branches an
+    exactly 0 gradient: a wrong backward there was invisible to the zoo."""
+    fn, args = case("timm", f"{model}.loss[eval]")
+    names, parameters = zip(*fn.named_parameters())
+    sizes = [float(g.abs().max()) for g in torch.autograd.grad(fn(*args), parameters)]
+    assert min(sizes) > 1e-4 * max(sizes), min(zip(sizes, names))
+
+
 def test_cases_are_the_same_in_every_process_and_leave_the_global_rng_alone():
     before = torch.random.get_rng_state()
     first, second = case("transformers", "gpt2.hidden[eval]"), case("transformers", "gpt2.hidden[eval]")

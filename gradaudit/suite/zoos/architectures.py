@@ -155,10 +155,16 @@ def _timm_models(timm: Any) -> dict[str, Callable[[], nn.Module]]:
         "convnext": lambda: timm.create_model("convnext_atto", pretrained=False, num_classes=4,
                                               depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), patch_size=2,
                                               output_stride=16),
+        # (the last stages dilated, at stride 8: at stride 32 a 16x16 image is 1x1 there, where train-mode
+        # BatchNorm over a batch of 2 normalizes 2 values to about +-1 whatever they are, so the loss hardly
+        # depends on anything before it: gradients of 1e-6..1e-8 that cost EfficientNet 4,324 evaluations.
+        # ResNet's last norm of each block starts at weight 1, as a trained one is: timm's zero_init_last makes
+        # every residual branch's gradient exactly 0, and a wrong conv backward there invisible)
         "resnet": lambda: ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 8, 16, 16), stem_width=8,
-                                 num_classes=4),
+                                 num_classes=4, output_stride=8, zero_init_last=False),
         "efficientnet": lambda: efficientnet._gen_efficientnet("efficientnet_b0", pretrained=False, num_classes=4,
-                                                               channel_multiplier=0.25, depth_multiplier=0.25),
+                                                               channel_multiplier=0.25, depth_multiplier=0.25,
+                                                               output_stride=8),
     }
 
 
@@ -175,8 +181,27 @@ class _CrossEntropy(nn.Module):
 
 
 def _timm_case(make: Callable[[], nn.Module], train: bool, loss: bool) -> tuple:
-    model = _seeded(make, train)
+    model = _seeded(make, train) if train else _calibrated(_seeded(make, True))
     return (_CrossEntropy(model, randint(4, BATCH, seed=2)).train(train) if loss else model), (_image(),)
+
+
+CALIBRATION_BATCH = 8
+
+
+def _calibrated(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with its BatchNorm statistics those of a batch of images, as a trained model's are:
+    with the initial ones (mean 0, variance 1) an untrained EfficientNet's activations shrank some 5x per block,
+    to 1e-6 at its logits, and its eval-mode loss was log(4) whatever the weights."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # (a cumulative average: after one batch, that batch's statistics)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        model.train()(randn(CALIBRATION_BATCH, 3, IMAGE, IMAGE, seed=3))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return model.eval()
 
 
 def timm_zoo() -> list[ZooCase]:

@@ -186,27 +186,36 @@ def split_failures(state: OrderState, group: Group) -> list[Group]:
     """One group per leaf, by the resolution rule: each leaf ends resolved to ``resolution_target`` (a relative
     error that large in its gradient would have failed its group), or probed alone at the best step the
     arithmetic allows (``probed_group``), or, within AGGREGATE_LIMIT, where no smaller group could resolve it
-    better (``excused``, ``accuracy_bound``). A failing aggregate, or one too coarse for some of its leaves (a
-    gradient that vanishes beside the others), is split in halves and the halves that need it are probed
-    again, down to single leaves."""
+    better (``excused``, ``accuracy_bound``). A failing aggregate is split in halves, down to the leaves that
+    fail. One too coarse for some of its leaves (a gradient that vanishes beside the others) keeps the leaves it
+    resolves and probes the coarse ones again together, without the leaves that swamped them; where that
+    resolves them no better, each alone. (7 exactly-zero gradients among EfficientNet's 96 tensors, a conv bias
+    before train-mode BatchNorm: halving probed every half that held one, 7 levels down; 1087 -> 409
+    evaluations.) Halves again where every leaf is coarse."""
     names = state.space.names
     broken = failed(group)
     coarse = {i for i in group.members if not excused(state, i, group.resolution.get(i, math.inf))}
     if len(group.members) == 1 or not (broken or coarse):
         return [leaf_of(group, i, names) for i in group.members]
-    groups = []
-    for half in (group.members[:len(group.members) // 2], group.members[len(group.members) // 2:]):
-        if not broken and not set(half) & coarse:
-            groups += [leaf_of(group, i, names) for i in half]
-            continue
-        name = names[half[0]] if len(half) == 1 else f"{len(half)} leaves from {names[half[0]]}"
-        sub = probed_group(state, name, half)
-        unsplit = set(half) & coarse
-        if not broken and not sharper(group, sub, unsplit) and accuracy_bound(state, sub, unsplit):
-            groups += [leaf_of(sub, i, names) for i in half]  # as resolved as they can be
-            continue
+    halves = [group.members[:len(group.members) // 2], group.members[len(group.members) // 2:]]
+    if broken or len(coarse) == len(group.members):
+        groups, parts, extracted = [], halves, False
+    else:  # only the coarse leaves need a smaller group: the others are resolved here (see the docstring)
+        groups = [leaf_of(group, i, names) for i in group.members if i not in coarse]
+        parts, extracted = [[i for i in group.members if i in coarse]], True
+    for part in parts:
+        name = names[part[0]] if len(part) == 1 else f"{len(part)} leaves from {names[part[0]]}"
+        sub = probed_group(state, name, part)
+        if not broken and not sharper(group, sub, set(part) & coarse):
+            if accuracy_bound(state, sub, set(part) & coarse):
+                groups += [leaf_of(sub, i, names) for i in part]  # as resolved as they can be
+                continue
+            if extracted:  # together, without the leaves that swamped them, they resolved no better: each alone
+                groups += [leaf_of(sub, i, names) if excused(state, i, sub.resolution.get(i, math.inf))
+                           else probed_group(state, names[i], [i]) for i in part]
+                continue
         groups += split_failures(state, sub)
-    return groups
+    return sorted(groups, key=lambda leaf: leaf.members[0])  # (each group here is one leaf)
 
 
 # A smaller group is probed only where it could resolve a leaf at least this many times more finely.

@@ -105,11 +105,12 @@ def user_judged(outcome: Outcome, bar_excess: torch.Tensor, errors: torch.Tensor
     return torch.minimum(bar_excess, user_excess)
 
 
-def leaf_scale(x: torch.Tensor) -> float:
+def leaf_scale(x: torch.Tensor, finite: torch.Tensor | None = None) -> float:
     """The root mean square of a leaf's finite elements, at least 1: probe steps are relative to it. (On the
-    CPU: a boolean mask on an XLA tensor would be a data-dependent shape, a CPU fallback.)"""
+    CPU: a boolean mask on an XLA tensor would be a data-dependent shape, a CPU fallback.) ``finite``: the
+    leaf's ``isfinite`` mask on the CPU, where the caller has it."""
     values = to_host(x)
-    finite = torch.isfinite(values)
+    finite = torch.isfinite(values) if finite is None else finite
     values = real(values if bool(finite.all()) else values[finite]).double()  # (no copy where all are finite)
     return max(1.0, float(values.pow(2).mean().sqrt())) if values.numel() else 1.0
 
@@ -153,10 +154,10 @@ class ProbeSpace:
         # Infinite elements (-inf in an attention mask) cannot be moved by a finite step: every direction leaves
         # them where they are, and they do not count in the scale.
         self.movable = [torch.isfinite(to_host(x)) for x in self.x]  # (a copy, not a device graph)
+        self.scales = [leaf_scale(x, finite) for x, finite in zip(self.x, self.movable)]
         for movable, frozen in zip(self.movable, self.frozen or []):
             if frozen is not None:
                 movable &= ~frozen.reshape(movable.shape)
-        self.scales = [leaf_scale(x) for x in self.x]
 
     @classmethod
     def seeded(cls, x: list[torch.Tensor], names: list[str], dtype: torch.dtype, seed: int,

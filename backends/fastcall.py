@@ -58,8 +58,7 @@ class DirectCall:
         self.prepared = prepared
         self.count = len(prepared.param_names)
         self.rebuild = flat_rebuild(prepared.inputs) or prepared.inputs.rebuild
-        self.slots = [] if prepared.module is None else [
-            parameter_slots(prepared.module, name) for name in prepared.param_names]
+        self.slots = [] if prepared.module is None else parameter_slots(prepared.module, prepared.param_names)
         self._held: list | None = None  # while holding: the originals every call replaced, to put back at the end
 
     @classmethod
@@ -107,16 +106,20 @@ def _put_back(saved: list[tuple[dict, str, Any]]) -> None:
         table[name] = original
 
 
-def parameter_slots(module: nn.Module, name: str) -> list[Slot]:
-    """Every slot that holds the parameter ``name`` (tied weights: each name the same tensor has, as
+def parameter_slots(module: nn.Module, names: list[str]) -> list[list[Slot]]:
+    """Per parameter name, every slot that holds that parameter (tied weights: each name the same tensor has, as
     functional_call's tie_weights finds them); [] where one of them is not a ``_parameters``/``_buffers``
-    entry."""
-    target = module.get_parameter(name)
+    entry. (The module's names are listed once: listed per parameter, a 144-tensor encoder spent 0.33 s here.)"""
     named = list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
-    slots: list[Slot] = []
+    aliases: dict[int, list[str]] = {}
     for alias, tensor in named:
-        if tensor is not target:
-            continue
+        aliases.setdefault(id(tensor), []).append(alias)
+    return [_slots(module, aliases.get(id(module.get_parameter(name)), [])) for name in names]
+
+
+def _slots(module: nn.Module, aliases: list[str]) -> list[Slot]:
+    slots: list[Slot] = []
+    for alias in aliases:
         owner_path, _, attr = alias.rpartition(".")
         owner = module.get_submodule(owner_path)
         table = owner._parameters if attr in owner._parameters else owner._buffers if attr in owner._buffers else None

@@ -15,16 +15,17 @@ from gradaudit.core import checks
 
 
 class ScaleGrad(torch.autograd.Function):
-    """The identity, whose backward scales the gradient by 1 + eps: a planted relative error of eps."""
+    """The identity, whose backward scales the gradient by 1 + eps and adds ``shift`` to each element: a planted
+    relative error of eps, or an absolute one (of a gradient that should be 0)."""
 
     @staticmethod
-    def forward(ctx, x, eps):
-        ctx.eps = eps
+    def forward(ctx, x, eps, shift):
+        ctx.eps, ctx.shift = eps, shift
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad * (1 + ctx.eps), None
+        return grad * (1 + ctx.eps) + ctx.shift, None, None
 
 
 class DeepTanh(nn.Module):
@@ -43,7 +44,7 @@ class DeepTanh(nn.Module):
 
     def forward(self, x):
         for i, layer in enumerate(self.layers):
-            bias = ScaleGrad.apply(layer.bias, self.eps) if i == self.planted else layer.bias
+            bias = ScaleGrad.apply(layer.bias, self.eps, 0.0) if i == self.planted else layer.bias
             x = torch.tanh(nn.functional.linear(x, layer.weight, bias))
         return x
 
@@ -125,7 +126,7 @@ class Neighbours(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        small = ScaleGrad.apply(self.small, self.eps)
+        small = ScaleGrad.apply(self.small, self.eps, 0.0)
         return torch.tanh(x @ self.big) + 1e-6 * torch.sin(small)
 
 
@@ -166,19 +167,6 @@ def test_vanishing_gradients_in_a_deep_narrow_net(eps, caught):
     assert resolution is not None and resolution < 1e-3
 
 
-class ShiftGrad(torch.autograd.Function):
-    """The identity, whose backward adds ``delta`` to every element of the gradient."""
-
-    @staticmethod
-    def forward(ctx, x, delta):
-        ctx.delta = delta
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad + ctx.delta, None
-
-
 class ConvBeforeBatchNorm(nn.Module):
     """A convolution's bias before train-mode BatchNorm: its gradient is exactly 0 (the normalization subtracts
     the channel mean), computed as rounding (~1e-15); ``delta`` plants an error of that absolute size in it."""
@@ -189,7 +177,7 @@ class ConvBeforeBatchNorm(nn.Module):
         self.conv, self.norm, self.delta = nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), delta
 
     def forward(self, x):
-        bias = ShiftGrad.apply(self.conv.bias, self.delta)
+        bias = ScaleGrad.apply(self.conv.bias, 0.0, self.delta)
         return self.norm(nn.functional.conv2d(x, self.conv.weight, bias)).tanh()
 
 

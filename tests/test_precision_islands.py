@@ -219,3 +219,52 @@ def test_a_backend_hidden_from_dispatch_modes_gets_eager_float64s_precision(plan
     assert max(c.resolution for c in report.checks if c.method == "reverse" and c.wrt != "total") < 1e-4
     planted(1e-4)
     assert not gradaudit.check(model, args, backend="xla", localize=False).ok
+
+
+class ScaledJvpIdentity(torch.autograd.Function):
+    """The identity with a right backward and a forward-mode formula off by ``eps`` (relative)."""
+
+    @staticmethod
+    def forward(x, eps):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.eps = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _):
+        return tangent * (1 + ctx.eps)
+
+
+class Float32SoftmaxAttention(nn.Module):
+    """One head of attention whose softmax runs in float32 and is cast back, as HF's eager attention computes it;
+    the key bias's gradient is 0 in exact arithmetic (softmax ignores a shift shared by a row), and its JVP is
+    float32 rounding alone. ``eps`` plants a forward-mode error after the softmax."""
+
+    def __init__(self, width: int = 8, eps: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.query(x) @ self.key(x).transpose(-1, -2) / x.shape[-1] ** 0.5
+        weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)
+        return ScaledJvpIdentity.apply(weights, self.eps) @ self.value(x)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_jvp_that_is_float32_rounding_alone_passes_and_a_forward_mode_fault_is_caught(seed):
+    """HF ViT (transformers 5) at its key bias: a JVP that is 0 in exact arithmetic, computed as -1.3e-9 by the
+    float32 softmax, was judged against a spread measured from 4 pairs of jittered points (9.6e-11): a false
+    faulty_forward_ad on 4 of 6 seeds."""
+    x = torch.randn(2, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    correct = gradaudit.check(Float32SoftmaxAttention().double(), (x,), localize=False, seed=seed)
+    assert correct.ok, [(c.wrt, c.method, c.analytical, c.numerical, c.tolerance) for c in correct.failed_checks]
+    faulty = gradaudit.check(Float32SoftmaxAttention(eps=1e-3).double(), (x,), localize=False, seed=seed)
+    assert any(f.kind == "faulty_forward_ad" for f in faulty.findings)

@@ -293,6 +293,18 @@ def test_full_mode_leaves_out_what_the_notes_leave_out():
     assert {c.wrt for c in report.checks} == {"linear.weight", "linear.bias"}
 
 
+def test_an_audit_whose_every_tensor_is_left_out_says_so_and_evaluates_nothing_for_it():
+    """A bare max_norm embedding: its weight, the only tensor, is left out. The orders read "no check of this
+    order ran", after a noise line and the probes' set-up on a weight nothing would move."""
+    torch.manual_seed(0)
+    report = gradaudit.check(nn.Embedding(6, 3, max_norm=10.0).double(), (torch.tensor([[1, 2], [3, 5]]),),
+                             order=2, localize=False)
+    assert not report.checks
+    reasons = {n["what"]: n["reason"] for n in report.skipped}
+    assert reasons["order 1"] == "nothing to differentiate: weight is left out, see its note", reasons
+    assert report.stats["forward_evals"] <= 4
+
+
 class _ClampsItsWeight(nn.Module):
     def __init__(self):
         super().__init__()

@@ -768,6 +768,11 @@ class Auditor:
         space = space or self.space
         x, order = space.x, f.order
         self.order = order  # (the order under way, for a failure's report)
+        if all(space.left_out(i) for i in range(len(space.names))):  # (a max_norm embedding's weight alone)
+            verb, notes = ("is", "its note") if len(space.names) == 1 else ("are", "their notes")
+            self.skipped.append(Note(what=f"order {order}", reason=f"nothing to differentiate: "
+                                     f"{', '.join(space.names)} {verb} left out, see {notes}"))
+            return False
         outputs = on_cpu(evaluate(f, x))
         for name, out in zip(f.output_names, outputs):
             if not torch.isfinite(out).all():  # (order 1's outputs were checked when the program loaded)

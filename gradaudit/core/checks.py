@@ -210,7 +210,7 @@ def split_failures(state: OrderState, group: Group) -> list[Group]:
             if accuracy_bound(state, sub, set(part) & coarse):
                 groups += [leaf_of(sub, i, names) for i in part]  # as resolved as they can be
                 continue
-            if extracted:  # together, without the leaves that swamped them, they resolved no better: each alone
+            if extracted and len(part) > 1:  # together, without the leaves that swamped them, no better: alone
                 groups += [leaf_of(sub, i, names) if excused(state, i, sub.resolution.get(i, math.inf))
                            else probed_group(state, names[i], [i]) for i in part]
                 continue

@@ -108,10 +108,9 @@ def probe_mode(state: OrderState) -> list[Check]:
     same). A passing aggregate covers its leaves; a failing one is split in halves, down to the leaves that
     fail on their own, so a correct model costs a few probes whatever its number of parameter tensors."""
     space, order = state.space, state.f.order
-    # (a leaf none of whose elements may move, a max_norm embedding's weight, is in the notes, not the checks)
+    # (a leaf none of whose elements may move, a max_norm embedding's weight, is in the notes, not the checks;
+    # an order where that is every leaf stops in Auditor.check_order, before any evaluation)
     members = [i for i in range(len(space.names)) if not space.left_out(i)]
-    if not members:
-        return []
     if len(members) == 1:
         groups = [probed_group(state, space.names[members[0]], members)]
     else:
@@ -206,8 +205,9 @@ def split_failures(state: OrderState, group: Group) -> list[Group]:
     for part in parts:
         name = names[part[0]] if len(part) == 1 else f"{len(part)} leaves from {names[part[0]]}"
         sub = probed_group(state, name, part)
-        if not broken and not sharper(group, sub, set(part) & coarse):
-            if accuracy_bound(state, sub, set(part) & coarse):
+        unsplit = set(part) & coarse
+        if not broken and not sharper(group, sub, unsplit):
+            if accuracy_bound(state, sub, unsplit):
                 groups += [leaf_of(sub, i, names) for i in part]  # as resolved as they can be
                 continue
             if extracted and len(part) > 1:  # together, without the leaves that swamped them, no better: alone

@@ -193,6 +193,8 @@ def _calibrated(model: nn.Module) -> nn.Module:
     with the initial ones (mean 0, variance 1) an untrained EfficientNet's activations shrank some 5x per block,
     to 1e-6 at its logits, and its eval-mode loss was log(4) whatever the weights."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:  # (ViT, ConvNeXt: nothing to calibrate)
+        return model.eval()
     momenta = [m.momentum for m in norms]
     for norm in norms:
         norm.reset_running_stats()
